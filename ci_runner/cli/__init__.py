@@ -1,0 +1,1 @@
+"""The command-line interface: the typer app, the live view, and reports."""

@@ -1,0 +1,231 @@
+"""The `ci-runner` command: run pipelines, list and inspect runs, read logs, write starters.
+
+Exit codes: 0 complete, 1 pipeline failed, 2 usage or configuration error,
+3 the run is waiting (sleep or event) and has hibernated, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ci_runner.errors import CIRunnerError, UsageError
+
+app = typer.Typer(
+    name="ci-runner",
+    help="Durable CI pipelines from .ci/pipeline.py, run in a git worktree at a sha.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+RepoOpt = Annotated[Path, typer.Option("--repo", "-C", help="The git repository (default: here).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object.")]
+
+
+def _params(values: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {item!r} must look like KEY=VALUE")
+        params[key.strip()] = value
+    return params
+
+
+@app.command()
+def run(
+    repo: RepoOpt = Path("."),
+    rev: Annotated[str, typer.Option(help="Commit, branch or tag to run at.")] = "HEAD",
+    include_uncommitted: Annotated[bool, typer.Option(
+        "--include-uncommitted", help="Run on a snapshot of tracked changes and untracked files."
+    )] = False,
+    param: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 - typer needs Optional
+        "--param", "-p", help="KEY=VALUE passed to the pipeline as event.payload (repeatable)."
+    )] = None,
+    pipeline: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Which Pipeline class, when .ci/pipeline.py defines several."
+    )] = None,
+    keep_workspace: Annotated[bool, typer.Option(
+        "--keep-workspace", help="Keep the run's worktree after it ends."
+    )] = False,
+    secrets_file: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="YAML file of NAME: value secrets (mode 600); else secrets come from the env."
+    )] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
+    from ci_runner.cli.report import exit_code, run_record
+    from ci_runner.cli.view import make_view
+    from ci_runner.dispatch.runs import RunRequest, drive_run, open_engine, start_run
+
+    request = RunRequest(
+        repo_path=repo, rev=rev, include_uncommitted=include_uncommitted,
+        params=_params(param or []), pipeline=pipeline, keep_workspace=keep_workspace,
+        secrets_file=secrets_file.resolve() if secrets_file else None,
+    )
+    with open_engine() as engine:
+        run_id = start_run(engine, request)
+        view = make_view(json_mode=json_out)
+        try:
+            drive_run(engine, run_id, observer=view)
+        except KeyboardInterrupt:
+            view.close(run_record(engine.conn, run_id))
+            typer.echo(f"interrupted; `ci-runner resume {run_id}` picks it up again", err=True)
+            raise typer.Exit(130) from None
+        record = run_record(engine.conn, run_id)
+    view.close(record)
+    if json_out:
+        typer.echo(json.dumps(record))
+    raise typer.Exit(exit_code(record))
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run to resume.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Drive a hibernated or orphaned run on from its last committed step."""
+    from ci_runner.cli.report import exit_code, run_record
+    from ci_runner.cli.view import make_view
+    from ci_runner.dispatch.runs import drive_run, open_engine
+
+    with open_engine() as engine:
+        view = make_view(json_mode=json_out)
+        drive_run(engine, run_id, observer=view)
+        record = run_record(engine.conn, run_id)
+    view.close(record)
+    if json_out:
+        typer.echo(json.dumps(record))
+    raise typer.Exit(exit_code(record))
+
+
+@app.command("send-event")
+def send_event(
+    run_id: Annotated[str, typer.Argument(help="The run to send to.")],
+    event_type: Annotated[str, typer.Argument(metavar="TYPE", help="The event type.")],
+    payload: Annotated[Optional[str], typer.Option(help="JSON payload.")] = None,  # noqa: UP045
+) -> None:
+    """Send an event to a run; it is kept until the run waits for it."""
+    from ci_runner.dispatch.runs import open_engine
+    from ci_runner.engine.step import valid_event_type
+
+    try:
+        data = json.loads(payload) if payload is not None else None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--payload is not valid JSON: {exc}") from exc
+    valid_event_type(event_type)
+    with open_engine() as engine:
+        row = engine.get(run_id)
+        engine.send_event(row["id"], event_type, data)
+    typer.echo(f"sent {event_type!r} to run {row['id']}; `ci-runner resume {row['id']}` wakes it")
+
+
+@app.command()
+def runs(
+    repo: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--repo", "-C", help="Only this repository's runs.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """List recent runs, newest first."""
+    from ci_runner.cli.report import list_records
+    from ci_runner.dispatch.runs import open_engine
+
+    tenant = None
+    if repo is not None:
+        from ci_runner.workspace import open_repo, tenant_key
+
+        tenant = tenant_key(open_repo(repo))
+    with open_engine() as engine:
+        records = list_records(engine.conn, tenant=tenant, limit=limit)
+    if json_out:
+        typer.echo(json.dumps(records))
+        return
+    if not records:
+        typer.echo("no runs yet: `ci-runner run` in a repo with .ci/pipeline.py")
+        return
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+        ok = sum(1 for s in r["steps"] if s["status"] == "complete")
+        took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
+        sha = (r["sha"] or "")[:10] + ("+" if r["snapshot"] else "")
+        typer.echo(f"{r['run_id']}  {r['status']:<17} {r['repo']:<20} {sha:<11} "
+                   f"{ok}/{len(r['steps'])} steps  {took:>7}  {when}")
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one run: its commit, status, and every step."""
+    from ci_runner.cli.report import run_record
+    from ci_runner.cli.view import summary
+    from ci_runner.dispatch.runs import open_engine
+
+    with open_engine() as engine:
+        record = run_record(engine.conn, run_id)
+    if json_out:
+        typer.echo(json.dumps(record))
+        return
+    ref = f" ({record['ref']})" if record["ref"] else ""
+    snap = " + uncommitted changes" if record["snapshot"] else ""
+    typer.echo(f"run      {record['run_id']}\nrepo     {record['repo_path']}\n"
+               f"commit   {record['sha']}{ref}{snap}\ntrigger  {record['trigger']}\n"
+               f"status   {record['status']}")
+    if record["params"]:
+        typer.echo(f"params   {json.dumps(record['params'])}")
+    for s in record["steps"]:
+        took = f"{s['duration_s']:.2f}s" if s["duration_s"] is not None else "-"
+        code = f"exit {s['exit_code']}" if s["exit_code"] is not None else ""
+        tries = f"{s['attempts']} attempt{'s' if s['attempts'] != 1 else ''}"
+        typer.echo(f"  {s['status']:<9} {s['name']:<24} {took:>8}  {tries:<11} {code}")
+        if s["error"] and s["status"] in ("failed", "retrying"):
+            typer.echo(f"            {s['error']}")
+    typer.echo(summary(record))
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    step: Annotated[Optional[str], typer.Argument(help="One step's log.")] = None,  # noqa: UP045
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output.")]
+    = False,
+) -> None:
+    """Print a run's step logs (secrets are already masked in them)."""
+    from ci_runner.cli.logs import print_logs
+
+    print_logs(run_id, step, follow=follow)
+
+
+@app.command()
+def init(
+    repo: RepoOpt = Path("."),
+    template: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Starter to copy (default: picked from the repo's files).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing pipeline.")]
+    = False,
+) -> None:
+    """Write a starter .ci/pipeline.py into the repository."""
+    from ci_runner.cli.starters import write_starter
+
+    path, name = write_starter(repo, template, force=force)
+    typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
+
+
+def main() -> None:
+    try:
+        app()
+    except CIRunnerError as exc:
+        message = f"error: {exc.message}"
+        if sys.stderr.isatty():
+            message = f"\x1b[31m{message}\x1b[0m"
+        print(message, file=sys.stderr)  # noqa: T201
+        sys.exit(exc.exit_code)

@@ -1,0 +1,92 @@
+"""A run as data: the one JSON shape `run`, `show` and `runs` print, and exit codes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from ci_runner.store import journal as j
+
+USAGE_ERRORS = {"UsageError", "NotAGitRepository", "PipelineNotFound", "PipelineLoadError",
+                "RunNotFound"}
+WAITING = ("waiting", "waiting_for_event")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
+
+
+def exit_code(record: dict[str, Any]) -> int:
+    status = record["status"]
+    if status == "complete":
+        return EXIT_OK
+    if status in WAITING:
+        return EXIT_WAITING
+    error = record.get("error") or {}
+    if status == "errored" and error.get("type") in USAGE_ERRORS:
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def step_label(name: str, occurrence: int) -> str:
+    return name if occurrence == 1 else f"{name}#{occurrence}"
+
+
+def step_record(row: sqlite3.Row) -> dict[str, Any]:
+    result = j.loads(row["result"])
+    detail = j.loads(row["detail"]) or {}
+    exit_code_value = None
+    if isinstance(result, dict) and "exit_code" in result:
+        exit_code_value = result["exit_code"]
+    elif "exit_code" in detail:
+        exit_code_value = detail["exit_code"]
+    error = j.loads(row["error"])
+    return {
+        "name": step_label(row["name"], row["occurrence"]),
+        "kind": row["kind"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "duration_s": None if row["duration_s"] is None else round(row["duration_s"], 6),
+        "exit_code": exit_code_value,
+        "error": error.get("message") if isinstance(error, dict) else None,
+    }
+
+
+def run_record(conn: sqlite3.Connection, run_id: str, *, with_steps: bool = True) -> dict[str, Any]:
+    row = j.get_instance(conn, run_id)
+    return _record(conn, row, with_steps=with_steps)
+
+
+def _record(conn: sqlite3.Connection, row: sqlite3.Row, *, with_steps: bool) -> dict[str, Any]:
+    payload = json.loads(row["payload"])
+    meta = payload.get("__dispatcherMetadata", {}) if isinstance(payload, dict) else {}
+    duration = None
+    if row["started_at"] is not None:
+        end = row["finished_at"] or row["updated_at"]
+        duration = round(end - row["started_at"], 3)
+    record: dict[str, Any] = {
+        "run_id": row["id"],
+        "status": row["status"],
+        "repo": meta.get("repo_name") or row["tenant"],
+        "repo_path": meta.get("repo"),
+        "sha": meta.get("sha"),
+        "ref": meta.get("ref"),
+        "snapshot": bool(meta.get("snapshot")),
+        "trigger": meta.get("trigger"),
+        "pipeline": meta.get("pipeline"),
+        "params": payload.get("params", {}) if isinstance(payload, dict) else {},
+        "created_at": row["created_at"],
+        "duration_s": duration,
+        "error": j.loads(row["error"]),
+        "waiting_for": j.loads(row["waiting_for"]),
+        "workspace": meta.get("workspace"),
+    }
+    if with_steps:
+        record["steps"] = [step_record(s) for s in j.steps_of(conn, row["id"])]
+    return record
+
+
+def list_records(
+    conn: sqlite3.Connection, *, tenant: str | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = j.list_instances(conn, tenant=tenant, limit=limit)
+    return [_record(conn, r, with_steps=True) for r in rows]

@@ -1,0 +1,249 @@
+"""The terminal view of a run: a live checklist of steps on a TTY, plain lines otherwise.
+
+This is the only module that imports rich (lazily), so `ci-runner --help` and
+the pipeline's child process never pay for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ci_runner.cli.report import WAITING, step_label
+
+ICONS = {"pending": "·", "running": "▶", "complete": "✓", "failed": "✗", "retrying": "↻",
+         "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡"}
+STYLES = {"running": "bold cyan", "complete": "green", "failed": "bold red",
+          "retrying": "yellow", "skipped": "dim", "waiting": "magenta", "sleeping": "blue",
+          "cached": "green"}
+TAIL_LINES = 12
+
+
+@dataclass
+class StepState:
+    label: str
+    kind: str = ""
+    status: str = "pending"
+    attempt: int = 1
+    max_attempts: int = 1
+    started: float = field(default_factory=time.monotonic)
+    duration_s: float | None = None
+    exit_code: int | None = None
+    replayed: bool = False
+    note: str = ""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    partial: str = ""
+
+
+class RunView:
+    """Receives engine observer events; subclasses decide how to show them."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, StepState] = {}
+        self.last_active: str | None = None
+        self.started = time.monotonic()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["type"] == "step":
+            self._on_step(event)
+        elif event["type"] == "output":
+            label = step_label(event["name"], event["occurrence"])
+            state = self.steps.setdefault(label, StepState(label))
+            self._on_output(state, event["text"])
+
+    def _on_step(self, event: dict[str, Any]) -> None:
+        label = step_label(event["name"], event["occurrence"])
+        state = self.steps.get(label)
+        if state is None:
+            state = self.steps[label] = StepState(label, kind=event.get("kind", ""))
+        status = event["status"]
+        if status == "running":
+            state.started = time.monotonic()
+            state.attempt = event.get("attempt", 1)
+            state.max_attempts = event.get("max_attempts", 1)
+            self.last_active = label
+        state.replayed = bool(event.get("replayed"))
+        if event.get("duration_s") is not None:
+            state.duration_s = float(event["duration_s"])
+        elif status in ("failed", "retrying"):
+            state.duration_s = time.monotonic() - state.started
+        result = event.get("result")
+        detail = event.get("detail") or {}
+        if isinstance(result, dict) and isinstance(result.get("exit_code"), int):
+            state.exit_code = result["exit_code"]
+        elif isinstance(detail.get("exit_code"), int):
+            state.exit_code = detail["exit_code"]
+        if status == "retrying":
+            state.note = f"retry in {event.get('retry_in', 0):g}s: {_message(event)}"
+        elif status == "failed":
+            state.note = _message(event)
+        elif status == "waiting" and event.get("event_type"):
+            state.note = f"waiting for event {event['event_type']!r}"
+        elif status == "sleeping":
+            state.note = f"until {time.strftime('%H:%M:%S', time.localtime(event['wake_at']))}"
+        else:
+            state.note = ""
+        state.status = status
+        self.on_change(state)
+
+    def _on_output(self, state: StepState, text: str) -> None:
+        lines = (state.partial + text).split("\n")
+        state.partial = lines.pop()
+        for line in lines:
+            state.tail.append(line)
+            self.on_line(state, line)
+
+    def on_change(self, state: StepState) -> None:
+        """A step changed status."""
+
+    def on_line(self, state: StepState, line: str) -> None:
+        """A step printed a whole line."""
+
+    def close(self, record: dict[str, Any]) -> None:
+        """The run stopped (ended or hibernated): print the summary."""
+
+
+class PlainView(RunView):
+    """Line output for logs and pipes: one line per step change, output prefixed."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self.stream = stream or sys.stdout
+
+    def _print(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def on_change(self, state: StepState) -> None:
+        icon = ICONS.get(state.status, "?")
+        parts = [f"{icon} {state.label}", state.status]
+        if state.replayed:
+            parts.append("(replayed)")
+        if state.status == "running" and state.max_attempts > 1:
+            parts.append(f"attempt {state.attempt}/{state.max_attempts}")
+        if state.duration_s is not None and state.status != "running":
+            parts.append(f"{state.duration_s:.2f}s")
+        if state.exit_code not in (None, 0):
+            parts.append(f"exit {state.exit_code}")
+        if state.note:
+            parts.append(f"- {state.note}")
+        self._print(" ".join(parts))
+
+    def on_line(self, state: StepState, line: str) -> None:
+        self._print(f"  [{state.label}] {line}")
+
+    def close(self, record: dict[str, Any]) -> None:
+        for state in self.steps.values():
+            if state.partial:
+                self._print(f"  [{state.label}] {state.partial}")
+                state.partial = ""
+        self._print(summary(record))
+
+
+class LiveView(RunView):
+    """The rich live checklist: steps light up as they commit; the running step's tail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.live = Live(get_renderable=self._render, console=self.console,
+                         refresh_per_second=10, transient=False)
+        self.live.start()
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table.grid(padding=(0, 1))
+        table.add_column(width=1)
+        table.add_column(min_width=16)
+        table.add_column(min_width=9)
+        table.add_column(justify="right", min_width=7)
+        table.add_column()
+        for state in list(self.steps.values()):
+            style = STYLES.get(state.status, "")
+            seconds = state.duration_s
+            if state.status == "running":
+                seconds = time.monotonic() - state.started
+            status = state.status + (" (replayed)" if state.replayed else "")
+            if state.status == "running" and state.max_attempts > 1:
+                status += f" {state.attempt}/{state.max_attempts}"
+            note = state.note
+            if state.exit_code not in (None, 0):
+                note = f"exit {state.exit_code} {note}".strip()
+            table.add_row(
+                Text(ICONS.get(state.status, "?"), style=style), Text(state.label, style=style),
+                Text(status, style=style),
+                Text("" if seconds is None else f"{seconds:.1f}s", style="dim"),
+                Text(note, style="dim", overflow="ellipsis", no_wrap=True),
+            )
+        parts: list[Any] = [table]
+        active = self.steps.get(self.last_active or "")
+        running = [s for s in self.steps.values() if s.status == "running"]
+        if running and (active is None or active.status != "running"):
+            active = running[-1]
+        if active is not None and active.status == "running" and (active.tail or active.partial):
+            lines = list(active.tail) + ([active.partial] if active.partial else [])
+            parts.append(Panel(Text("\n".join(lines[-TAIL_LINES:]), overflow="ellipsis"),
+                               title=active.label, title_align="left", border_style="dim"))
+        elapsed = time.monotonic() - self.started
+        parts.append(Text(f"{elapsed:.1f}s", style="dim"))
+        return Group(*parts)
+
+    def close(self, record: dict[str, Any]) -> None:
+        self.live.update(self._render(), refresh=True)
+        self.live.stop()
+        failed = [s for s in self.steps.values() if s.status == "failed" and s.tail]
+        for state in failed:
+            self.console.print(f"[bold red]── {state.label}: last output ──[/]")
+            for line in list(state.tail)[-TAIL_LINES:]:
+                self.console.print(line, markup=False, highlight=False)
+        style = {"complete": "bold green", "errored": "bold red"}.get(record["status"], "bold")
+        self.console.print(summary(record), style=style, markup=False, highlight=False)
+
+
+def summary(record: dict[str, Any]) -> str:
+    """The closing line(s) of a run: status, counts, time, id, and what to do next."""
+    steps = record.get("steps", [])
+    ok = sum(1 for s in steps if s["status"] == "complete")
+    took = f" in {record['duration_s']:.2f}s" if record.get("duration_s") is not None else ""
+    rid = record["run_id"]
+    head = f"run {rid} {record['status']}{took}: {ok}/{len(steps)} steps complete"
+    lines = [head]
+    error = record.get("error")
+    if record["status"] == "errored" and error:
+        lines.append(f"error: {error.get('message')}")
+        lines.append(f"logs: ci-runner logs {rid}")
+    if record["status"] in WAITING:
+        for wait in record.get("waiting_for") or []:
+            if "event_type" in wait:
+                lines.append(
+                    f"waiting for event {wait['event_type']!r} at step {wait['step']!r}: "
+                    f"ci-runner send-event {rid} {wait['event_type']}"
+                )
+            elif "sleep_until" in wait:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wait["sleep_until"]))
+                lines.append(f"sleeping at step {wait['step']!r} until {when}: "
+                             f"ci-runner resume {rid} wakes it then")
+    return "\n".join(lines)
+
+
+def _message(event: dict[str, Any]) -> str:
+    error = event.get("error") or {}
+    return str(error.get("message", "")) if isinstance(error, dict) else ""
+
+
+def make_view(*, json_mode: bool) -> RunView:
+    if json_mode:
+        return RunView()
+    if sys.stdout.isatty():
+        return LiveView()
+    return PlainView()

@@ -1,0 +1,85 @@
+"""``load_runner(metadata)``: import a repo's ``.ci/pipeline.py`` from the run's own worktree.
+
+Called whenever the engine wakes a run, in the run's child process, so a run
+always replays the code of its own commit even after the repo moved on. A
+worktree that was deleted meanwhile is forked again at the run's sha.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ci_runner.dispatch.pipeline import Pipeline
+from ci_runner.errors import PipelineLoadError, PipelineNotFound
+
+PIPELINE_FILE = ".ci/pipeline.py"
+
+
+def load_runner(metadata: dict[str, Any]) -> Pipeline:
+    workspace = Path(metadata["workspace"])
+    if not workspace.is_dir():
+        _refork(metadata, workspace)
+    os.chdir(workspace)
+    path = workspace / metadata.get("pipeline_file", PIPELINE_FILE)
+    if not path.is_file():
+        raise PipelineNotFound(
+            f"no {PIPELINE_FILE} at {str(metadata['sha'])[:12]}: `ci-runner init` writes a starter"
+        )
+    module = _import(path, f"_ci_pipeline_{metadata['run_id'].replace('-', '_')}")
+    cls = pick_pipeline(module, metadata.get("pipeline"), str(path))
+    return cls()
+
+
+def _import(path: Path, module_name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PipelineLoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    # Helpers next to the pipeline (".ci/helpers.py") import like siblings.
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the pipeline's
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{Path(frame.filename).name}:{frame.lineno}"
+        raise PipelineLoadError(
+            f"{PIPELINE_FILE} failed to import: {type(exc).__name__}: {exc} ({where})"
+        ) from exc
+    return module
+
+
+def pick_pipeline(module: Any, wanted: str | None, where: str) -> type[Pipeline]:
+    """The Pipeline subclass defined in ``module``; ``wanted`` picks one of several."""
+    found = {
+        (obj.name or obj.__name__): obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, Pipeline) and obj is not Pipeline
+        and obj.__module__ == module.__name__
+    }
+    if wanted is not None:
+        if wanted not in found:
+            names = ", ".join(sorted(found)) or "none"
+            raise PipelineNotFound(f"no pipeline {wanted!r} in {where} (found: {names})")
+        return found[wanted]
+    if not found:
+        raise PipelineNotFound(
+            f"{where} defines no subclass of ci_runner.Pipeline: add `class CI(Pipeline)`"
+        )
+    if len(found) > 1:
+        raise PipelineNotFound(
+            f"{where} defines several pipelines ({', '.join(sorted(found))}): pick one with"
+            " --pipeline NAME"
+        )
+    return next(iter(found.values()))
+
+
+def _refork(metadata: dict[str, Any], workspace: Path) -> None:
+    from ci_runner.workspace import fork, open_repo
+
+    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace)

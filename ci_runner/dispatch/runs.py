@@ -1,0 +1,139 @@
+"""Starting and driving CI runs: resolve the sha, fork the worktree, wrap the envelope,
+create the instance, drive it, and clean up the worktree when the run is over."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ci_runner import paths
+from ci_runner.dispatch.dispatcher import WORKFLOW
+from ci_runner.dispatch.envelope import unwrap_params, wrap_params
+from ci_runner.dispatch.loader import PIPELINE_FILE
+from ci_runner.engine.driver import Engine, new_instance_id
+from ci_runner.engine.service import Observer
+from ci_runner.errors import PipelineNotFound
+from ci_runner.store.db import immediate, now
+
+TERMINAL = ("complete", "errored", "terminated")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What `ci-runner run` (or a webhook, or watch) asks for."""
+
+    repo_path: Path
+    rev: str = "HEAD"
+    include_uncommitted: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None
+    trigger: str = "cli"
+    keep_workspace: bool = False
+    secrets_file: Path | None = None
+
+
+def reap_orphan(detail: dict[str, Any]) -> None:
+    """Kill the process group a dead runner's light step left behind."""
+    pgid = detail.get("pgid")
+    if isinstance(pgid, int) and pgid > 1:
+        from ci_runner.executors import kill_process_group
+
+        kill_process_group(pgid)
+
+
+def open_engine() -> Engine:
+    return Engine(paths.database(), reap_orphan=reap_orphan)
+
+
+def start_run(engine: Engine, request: RunRequest) -> str:
+    """Fork the worktree and store the queued run; returns the run id.
+
+    Nothing is written when the repo, the rev or the pipeline file is missing.
+    """
+    from ci_runner.workspace import (
+        fork,
+        hold,
+        open_repo,
+        resolve_rev,
+        snapshot_uncommitted,
+        tenant_key,
+    )
+
+    repo = open_repo(request.repo_path)
+    if request.include_uncommitted:
+        sha = snapshot_uncommitted(repo)
+        try:
+            ref = resolve_rev(repo, "HEAD").ref
+        except Exception:  # noqa: BLE001 - an unborn HEAD has no ref; the snapshot is enough
+            ref = None
+    else:
+        resolved = resolve_rev(repo, request.rev)
+        sha, ref = resolved.sha, resolved.ref
+    from ci_runner.workspace import file_at
+
+    if file_at(repo, sha, PIPELINE_FILE) is None:
+        raise PipelineNotFound(
+            f"no {PIPELINE_FILE} in {repo.root} at {sha[:12]}: `ci-runner init` writes a"
+            " starter (commit it, or run with --include-uncommitted)"
+        )
+    run_id = new_instance_id()
+    workspace = paths.worktrees() / run_id
+    tenant = tenant_key(repo)
+    metadata = {
+        "tenant": tenant, "repo": str(repo.root), "repo_name": repo.name, "sha": sha,
+        "ref": ref, "pipeline": request.pipeline, "pipeline_file": PIPELINE_FILE,
+        "workspace": str(workspace), "trigger": request.trigger,
+        "snapshot": request.include_uncommitted, "run_id": run_id,
+        "keep_workspace": request.keep_workspace,
+        "secrets_file": str(request.secrets_file) if request.secrets_file else None,
+    }
+    if request.include_uncommitted:
+        hold(repo, run_id, sha)
+    fork(repo, sha, workspace)
+    _upsert_tenant(engine, tenant, repo.name, str(repo.root))
+    engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
+                  instance_id=run_id)
+    return run_id
+
+
+def drive_run(engine: Engine, run_id: str, observer: Observer | None = None) -> str:
+    """Drive the run in this process until it ends or hibernates; returns its status."""
+    row = engine.get(run_id)
+    metadata, _ = unwrap_params(json.loads(row["payload"]))
+    log_dir = paths.run_logs(row["id"])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workspace = Path(metadata["workspace"])
+    with (log_dir / "pipeline.log").open("ab") as stdio:
+        status = engine.drive(
+            row["id"], observer=observer, stdio=stdio, env=os.environ,
+            cwd=workspace if workspace.is_dir() else None,
+        )
+    if status in TERMINAL:
+        finish_workspace(metadata)
+    return status
+
+
+def finish_workspace(metadata: dict[str, Any]) -> None:
+    """Remove the run's worktree (unless kept) and let go of its snapshot."""
+    from ci_runner.workspace import open_repo, release, remove
+
+    try:
+        repo = open_repo(Path(metadata["repo"]))
+    except Exception:  # noqa: BLE001 - the repo is gone; nothing of ours to clean there
+        return
+    if not metadata.get("keep_workspace"):
+        remove(repo, Path(metadata["workspace"]))
+    if metadata.get("snapshot"):
+        release(repo, str(metadata["run_id"]))
+
+
+def _upsert_tenant(engine: Engine, key: str, name: str, location: str) -> None:
+    with immediate(engine.conn):
+        engine.conn.execute(
+            "INSERT INTO tenants (key, name, location, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET location = excluded.location",
+            (key, name, location, now()),
+        )

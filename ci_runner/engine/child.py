@@ -1,0 +1,87 @@
+"""The per-run child process: imports the workflow and runs it, asking the driver
+through a pipe for every durable decision. It opens no database.
+
+A pipeline that crashes, hangs or calls ``os._exit`` takes down only this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ci_runner.errors import from_record, to_record
+
+_PR_SET_PDEATHSIG = 1
+
+
+class PipeHost:
+    """``Host`` over the driver's pipe: length-framed JSON, one request at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        data = json.dumps({"op": op, "args": args, "reply": True}).encode()
+        with self._lock:
+            self._conn.send_bytes(data)
+            answer: dict[str, Any] = json.loads(self._conn.recv_bytes())
+        if "__error__" in answer:
+            raise from_record(answer["__error__"])
+        return answer
+
+    def notify(self, op: str, **args: Any) -> None:
+        data = json.dumps({"op": op, "args": args}).encode()
+        with self._lock:
+            self._conn.send_bytes(data)
+
+
+def _harden() -> None:
+    # Die with the driver: a killed runner must not leave its pipeline running.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    # Ctrl-C reaches the whole foreground group; the driver decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Inherited by every light step: no core dumps of secrets-bearing processes.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def main(fd: int) -> None:
+    _harden()
+    conn = Connection(fd)
+    if os.getppid() == 1:  # the driver died before we set the death signal
+        os._exit(1)
+    init = json.loads(conn.recv_bytes())
+    host = PipeHost(conn)
+    from ci_runner.engine.runtime import execute, import_path
+    from ci_runner.engine.step import Step, WorkflowEvent
+
+    try:
+        workflow = import_path(init["workflow"])()
+        outcome = asyncio.run(execute(
+            workflow,
+            WorkflowEvent(init["payload"], init["created_at"], init["instance_id"]),
+            Step(host, inline_sleep_max_s=init["inline_sleep_max_s"]),
+        ))
+    except BaseException as exc:  # noqa: BLE001 - report, whatever it was
+        outcome = {"kind": "errored", "error": to_record(exc)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    host.request("outcome", **outcome)
+    # Threads of a plain-def pipeline may still block on a parked step: do not wait for them.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

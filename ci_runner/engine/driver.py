@@ -1,0 +1,275 @@
+"""The Engine: creates instances and drives them, holding a fenced lease while they run.
+
+Driving an instance means: take its lease, start the per-run child process (or,
+embedded, run the workflow in this process), answer its requests, heartbeat,
+and commit its outcome: complete, errored, terminated, or hibernated with no
+process left behind. Every (re)start replays ``run()`` from the top; committed
+steps return their stored result without running again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import IO, Any
+
+from ci_runner.engine import leases, policy
+from ci_runner.engine.runtime import Outcome, execute, path_of
+from ci_runner.engine.service import Observer, StepService
+from ci_runner.engine.step import Step, WorkflowEvent
+from ci_runner.errors import (
+    CIRunnerError,
+    LeaseLost,
+    PipelineCrashed,
+    to_record,
+)
+from ci_runner.store import connect
+from ci_runner.store import journal as j
+
+OrphanReaper = Callable[[dict[str, Any]], None]
+
+
+def new_instance_id() -> str:
+    # Time-ordered prefix so ids sort by creation; random tail so they never collide.
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+class LocalHost:
+    """``Host`` for the embedded engine: the Step calls the service directly."""
+
+    def __init__(self, service: StepService) -> None:
+        self._service = service
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        return self._service.handle(op, args)
+
+    def notify(self, op: str, **args: Any) -> None:
+        self._service.handle(op, args)
+
+
+class Engine:
+    """A durable engine over one SQLite file. Not thread-safe: one per thread."""
+
+    def __init__(
+        self,
+        db_path: Path | str,
+        *,
+        inline_sleep_max_s: float = policy.INLINE_SLEEP_MAX_S,
+        lease_ttl_s: float = leases.LEASE_TTL_S,
+        reap_orphan: OrphanReaper | None = None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.conn = connect(self.db_path)
+        self.inline_sleep_max_s = inline_sleep_max_s
+        self.lease_ttl_s = lease_ttl_s
+        self.owner = leases.owner_id()
+        self._reap_orphan = reap_orphan
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- instances ---------------------------------------------------------------
+
+    def create(
+        self,
+        workflow: str | type,
+        payload: Any,
+        *,
+        tenant: str = "default",
+        instance_id: str | None = None,
+    ) -> str:
+        """Store a new queued instance of ``workflow`` (an import path or a class)."""
+        iid = instance_id or new_instance_id()
+        name = workflow if isinstance(workflow, str) else path_of(workflow)
+        j.create_instance(self.conn, instance_id=iid, tenant=tenant, workflow=name, payload=payload)
+        return iid
+
+    def get(self, instance_id: str) -> dict[str, Any]:
+        row = j.get_instance(self.conn, instance_id)
+        return dict(row)
+
+    def send_event(self, instance_id: str, event_type: str, payload: Any = None) -> int:
+        return j.send_event(self.conn, instance_id, event_type, payload)
+
+    # -- driving -------------------------------------------------------------------
+
+    def drive(
+        self,
+        instance_id: str,
+        *,
+        observer: Observer | None = None,
+        workflow: type | None = None,
+        stdio: IO[Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> str:
+        """Run the instance until it completes, fails or hibernates; returns its status.
+
+        With ``workflow`` (a class) the run happens in this process (embedded use);
+        otherwise a child process imports the stored workflow path and runs it.
+        """
+        row = j.get_instance(self.conn, instance_id)
+        instance_id = row["id"]
+        epoch = j.acquire_lease(
+            self.conn, instance_id, owner=self.owner, ttl_s=self.lease_ttl_s,
+            owner_dead=not leases.owner_alive(row["owner"]),
+        )
+        journal = j.Journal(self.conn, instance_id, epoch)
+        self._reap(journal)
+        beat = _Heartbeat(journal, self.lease_ttl_s)
+        service = StepService(journal, observer, heartbeat=beat)
+        if observer:
+            observer({"type": "instance", "status": "running", "id": instance_id})
+        event = WorkflowEvent(json.loads(row["payload"]), row["created_at"], instance_id)
+        try:
+            if workflow is not None:
+                step = Step(LocalHost(service), inline_sleep_max_s=self.inline_sleep_max_s)
+                outcome = asyncio.run(execute(workflow(), event, step))
+            else:
+                outcome = self._drive_child(row, service, beat, stdio=stdio, env=env, cwd=cwd)
+        except LeaseLost:
+            return "lost"
+        status = self._commit(journal, outcome)
+        if observer:
+            observer({"type": "instance", "status": status, "id": instance_id,
+                      "error": outcome.get("error"), "waiting_for": outcome.get("waiting_for")})
+        return status
+
+    def _reap(self, journal: j.Journal) -> None:
+        # Steps left running by a dead driver may still have processes: stop them first.
+        if self._reap_orphan is None:
+            return
+        for detail in journal.running_details():
+            self._reap_orphan(detail)
+
+    def _commit(self, journal: j.Journal, outcome: Outcome) -> str:
+        kind = outcome["kind"]
+        if kind == "hibernate":
+            journal.hibernate(
+                status=outcome["status"], wake_at=outcome["wake_at"],
+                waiting_for=outcome["waiting_for"],
+            )
+            return str(outcome["status"])
+        if kind == "complete":
+            journal.finish("complete", output=outcome.get("output"))
+            return "complete"
+        if kind == "terminated":
+            journal.finish("terminated")
+            return "terminated"
+        journal.finish("errored", error=outcome.get("error"))
+        return "errored"
+
+    def _drive_child(
+        self,
+        row: Any,
+        service: StepService,
+        beat: _Heartbeat,
+        *,
+        stdio: IO[Any] | None,
+        env: Mapping[str, str] | None,
+        cwd: Path | None,
+    ) -> Outcome:
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=stdio,
+                stderr=subprocess.STDOUT if stdio is not None else None,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            conn.send_bytes(json.dumps({
+                "workflow": row["workflow"], "payload": json.loads(row["payload"]),
+                "created_at": row["created_at"], "instance_id": row["id"],
+                "inline_sleep_max_s": self.inline_sleep_max_s,
+            }).encode())
+            return self._serve(conn, proc, service, beat)
+        finally:
+            conn.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    def _serve(
+        self, conn: Connection, proc: subprocess.Popen[bytes], service: StepService,
+        beat: _Heartbeat,
+    ) -> Outcome:
+        current: dict[str, Any] = {}
+        while True:
+            try:
+                ready = conn.poll(leases.HEARTBEAT_EVERY_S / 3)
+            except (EOFError, OSError):
+                ready = True
+            if not ready:
+                beat()
+                continue
+            try:
+                message = json.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return self._crashed(proc, service, current)
+            op, args = message["op"], message["args"]
+            if op == "outcome":
+                conn.send_bytes(b"{}")
+                return dict(args)
+            if op == "begin":
+                current = args
+            try:
+                answer = service.handle(op, args)
+            except LeaseLost:
+                proc.kill()
+                raise
+            except CIRunnerError as exc:
+                answer = {"__error__": to_record(exc)}
+            if message.get("reply"):
+                conn.send_bytes(json.dumps(answer).encode())
+
+    def _crashed(
+        self, proc: subprocess.Popen[bytes], service: StepService, current: dict[str, Any]
+    ) -> Outcome:
+        code = proc.wait()
+        where = f" during step {current['name']!r}" if current else ""
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        error = to_record(PipelineCrashed(
+            f"the pipeline process {how}{where} (os._exit, a crash or the OOM killer?)",
+            exit_code=code,
+        ))
+        if current and current.get("kind") != "sleep":
+            # Record the crash on the step too, so `show` points at where it happened.
+            service.handle("fail", {"name": current["name"], "occurrence": current["occurrence"],
+                                    "error": error, "final": True})
+        return {"kind": "errored", "error": error}
+
+
+class _Heartbeat:
+    """Renews the lease when due; cheap to call on every request."""
+
+    def __init__(self, journal: j.Journal, ttl_s: float) -> None:
+        self._journal = journal
+        self._ttl_s = ttl_s
+        self._next = time.monotonic() + leases.HEARTBEAT_EVERY_S
+
+    def __call__(self) -> None:
+        t = time.monotonic()
+        if t >= self._next:
+            self._journal.heartbeat(self._ttl_s)
+            self._next = t + leases.HEARTBEAT_EVERY_S

@@ -1,0 +1,112 @@
+"""The driver's side of a running workflow: answers the Step's requests by writing the
+journal, and tells an observer (the live view) what happened."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ci_runner.store.journal import Journal
+
+Observer = Callable[[dict[str, Any]], None]
+
+
+def _quiet(_event: dict[str, Any]) -> None:
+    return None
+
+
+class StepService:
+    """Handles one instance's requests while its driver holds the lease."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        observer: Observer | None = None,
+        *,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.observe = observer or _quiet
+        self._heartbeat = heartbeat
+
+    def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if self._heartbeat is not None:
+            self._heartbeat()
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise ValueError(f"unknown request {op!r}")
+        result: dict[str, Any] = handler(**args)
+        return result
+
+    def op_begin(
+        self, *, name: str, occurrence: int, kind: str, detail: dict[str, Any] | None = None,
+        timeout_s: float | None = None, max_attempts: int = 1,
+    ) -> dict[str, Any]:
+        answer = self.journal.begin(name, occurrence, kind, detail)
+        base = {"type": "step", "name": name, "occurrence": occurrence, "kind": kind}
+        if answer["state"] == "run":
+            self.observe({**base, "status": "running", "attempt": answer["attempt"],
+                          "max_attempts": max_attempts, "detail": answer["detail"],
+                          "timeout_s": timeout_s, "started_at": time.time()})
+        else:
+            self.observe({**base, "status": answer["state"], "replayed": True,
+                          "attempts": answer["attempts"], "duration_s": answer["duration_s"],
+                          "result": answer["result"], "error": answer["error"],
+                          "detail": answer["detail"]})
+        return answer
+
+    def op_complete(
+        self, *, name: str, occurrence: int, result: Any, detail: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        duration = self.journal.complete(name, occurrence, result, detail=detail)
+        self.observe({"type": "step", "name": name, "occurrence": occurrence,
+                      "status": "complete", "duration_s": duration, "result": result,
+                      "detail": detail})
+        return {}
+
+    def op_skip(self, *, name: str, occurrence: int, kind: str, result: Any) -> dict[str, Any]:
+        self.journal.record_skip(name, occurrence, kind, result)
+        self.observe({"type": "step", "name": name, "occurrence": occurrence, "kind": kind,
+                      "status": "skipped", "duration_s": 0.0, "result": result})
+        return {}
+
+    def op_fail(
+        self, *, name: str, occurrence: int, error: dict[str, Any], final: bool,
+        retry_in: float = 0.0, detail: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        self.journal.fail_attempt(name, occurrence, error, final=final, detail=detail)
+        self.observe({"type": "step", "name": name, "occurrence": occurrence,
+                      "status": "failed" if final else "retrying", "error": error,
+                      "retry_in": retry_in, "detail": detail})
+        return {}
+
+    def op_set_detail(self, *, name: str, occurrence: int, detail: dict[str, Any]) -> dict[str, Any]:
+        self.journal.set_detail(name, occurrence, detail)
+        return {}
+
+    def op_sleep(self, *, name: str, occurrence: int, wake_at: float) -> dict[str, Any]:
+        answer = self.journal.sleep(name, occurrence, wake_at)
+        if answer["state"] == "sleeping":
+            self.observe({"type": "step", "name": name, "occurrence": occurrence,
+                          "kind": "sleep", "status": "sleeping", "wake_at": answer["wake_at"]})
+        return answer
+
+    def op_wait_event(
+        self, *, name: str, occurrence: int, event_type: str, deadline: float
+    ) -> dict[str, Any]:
+        answer = self.journal.wait_event(name, occurrence, event_type, deadline)
+        status = {"complete": "complete", "failed": "failed"}.get(answer["state"], "waiting")
+        self.observe({"type": "step", "name": name, "occurrence": occurrence, "kind": "event",
+                      "status": status, "event_type": event_type,
+                      "deadline": answer.get("deadline"), "result": answer.get("result")})
+        return answer
+
+    def op_output(self, *, name: str, occurrence: int, text: str) -> dict[str, Any]:
+        self.observe({"type": "output", "name": name, "occurrence": occurrence, "text": text})
+        return {}
+
+    def op_notice(self, **event: Any) -> dict[str, Any]:
+        """Free-form news for the observer from an extension (e.g. 'cached')."""
+        self.observe(event)
+        return {}

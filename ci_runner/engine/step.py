@@ -1,0 +1,318 @@
+"""The ``step`` object a workflow's ``run(event, step)`` receives: memoised steps, retries,
+durable sleeps and events, in Cloudflare Workflows' vocabulary.
+
+It runs where the workflow code runs (normally the per-run child process) and
+owns no database handle: every durable decision is a request to the driver
+through a ``Host`` (a pipe to the driver, or a direct call when embedded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ci_runner.engine import policy
+from ci_runner.engine.policy import RetryPolicy, seconds
+from ci_runner.errors import (
+    Cancelled,
+    CIRunnerError,
+    EventTimeout,
+    NonRetryableError,
+    StepFailed,
+    StepTimeout,
+    UsageError,
+    from_record,
+    to_record,
+)
+
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+class Host(Protocol):
+    """How a Step talks to its driver: a request with an answer, or a one-way notice."""
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]: ...
+
+    def notify(self, op: str, **args: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkflowEvent:
+    """What ``run`` receives as ``event``: the instance's payload and identity."""
+
+    payload: Any
+    timestamp: float
+    instance_id: str
+
+
+@dataclass
+class Hibernation:
+    """Why and until when a run parks itself with no process."""
+
+    status: str  # "waiting" (timer) or "waiting_for_event"
+    wake_at: float | None
+    waiting_for: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Hibernate(BaseException):  # noqa: N818 - control flow, never an error
+    pass
+
+
+class Step:
+    """Durable steps. Step results are keyed by (name, occurrence): the same name
+    called twice in a loop is two steps, replayed in the same order."""
+
+    def __init__(self, host: Host, *, inline_sleep_max_s: float = policy.INLINE_SLEEP_MAX_S) -> None:
+        self._host = host
+        self._inline_sleep_max_s = inline_sleep_max_s
+        self._occurrences: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._active = 0
+        self._waits: list[tuple[Hibernation, asyncio.Future[None]]] = []
+        self._main: asyncio.Task[Any] | None = None
+        self.hibernation: Hibernation | None = None
+
+    # -- the author's API ------------------------------------------------------
+
+    async def do(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        retries: RetryPolicy | dict[str, Any] | int | None = None,
+        timeout: float | str | None = None,
+    ) -> Any:
+        """Run ``fn`` (sync or async) once; its JSON result is replayed ever after."""
+        occurrence = self.occurrence(name)
+
+        async def body(_attempt: int) -> Any:
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return await self.attempts(
+            name, occurrence, "do", body,
+            policy=RetryPolicy.parse(retries), timeout_s=_timeout(timeout),
+        )
+
+    async def sleep(self, name: str, duration: float | str) -> None:
+        """Sleep durably: the wake time is committed before sleeping."""
+        await self._sleep_until(name, time.time() + seconds(duration, what="sleep duration"))
+
+    async def sleep_until(self, name: str, when: datetime | float) -> None:
+        wake_at = when.timestamp() if isinstance(when, datetime) else float(when)
+        await self._sleep_until(name, wake_at)
+
+    async def wait_for_event(
+        self, name: str, event_type: str, *, timeout: float | str = policy.DEFAULT_EVENT_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Wait for an event sent to this instance; ``{type, payload, timestamp}``.
+
+        An event sent before the run gets here is kept and delivered now. Raises
+        ``EventTimeout`` (catchable) when none comes in time.
+        """
+        valid_event_type(event_type)
+        occurrence = self.occurrence(name)
+        deadline = time.time() + seconds(timeout, what="event timeout")
+        while True:
+            answer = self._host.request(
+                "wait_event", name=name, occurrence=occurrence, event_type=event_type,
+                deadline=deadline,
+            )
+            if answer["state"] == "complete":
+                result: dict[str, Any] = answer["result"]
+                return result
+            if answer["state"] == "failed":
+                raise from_record(answer["error"])
+            deadline = float(answer["deadline"])
+            if time.time() >= deadline:
+                error = EventTimeout(
+                    f"no {event_type!r} event arrived for step {name!r} in time",
+                    event_type=event_type,
+                )
+                self._host.request(
+                    "fail", name=name, occurrence=occurrence, error=to_record(error), final=True
+                )
+                raise error
+            await self._park(Hibernation(
+                "waiting_for_event", deadline,
+                [{"step": _label(name, occurrence), "event_type": event_type,
+                  "deadline": deadline}],
+            ))
+
+    async def parallel(self, *aws: Awaitable[Any]) -> list[Any]:
+        """Run steps at once: ``await step.parallel(step.run(...), step.run(...))``."""
+        return list(await asyncio.gather(*aws))
+
+    @property
+    def host(self) -> Host:
+        """The driver connection, for extensions that add step kinds."""
+        return self._host
+
+    # -- building blocks for extensions (the CI layer's step.run uses these) ----
+
+    def occurrence(self, name: str) -> int:
+        """Claim the next occurrence of ``name`` (in call order, so replays line up)."""
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise UsageError(f"a step name must be a non-empty string of at most 200 chars: {name!r}")
+        with self._lock:
+            n = self._occurrences.get(name, 0) + 1
+            self._occurrences[name] = n
+        return n
+
+    async def attempts(
+        self,
+        name: str,
+        occurrence: int,
+        kind: str,
+        body: Callable[[int], Awaitable[Any]],
+        *,
+        policy: RetryPolicy,
+        timeout_s: float,
+        detail: dict[str, Any] | None = None,
+        on_failure: Callable[[BaseException], dict[str, Any] | None] | None = None,
+    ) -> Any:
+        """Replay the step's recorded outcome, or run ``body(attempt)`` under the policy.
+
+        ``on_failure`` may return detail to store with a failed attempt (exit code...).
+        """
+        while True:
+            answer = self._host.request(
+                "begin", name=name, occurrence=occurrence, kind=kind, detail=detail,
+                timeout_s=timeout_s, max_attempts=policy.max_attempts,
+            )
+            state = answer["state"]
+            if state in ("complete", "skipped"):
+                return answer["result"]
+            if state == "failed":
+                raise from_record(answer["error"])
+            attempt = int(answer["attempt"])
+            self._active += 1
+            try:
+                result = await asyncio.wait_for(body(attempt), timeout_s)
+                _check_json(name, result)
+            except (Cancelled, _Hibernate, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of author code is the step's
+                error: BaseException = exc
+                if isinstance(exc, asyncio.TimeoutError):
+                    error = StepTimeout(
+                        f"step {_label(name, occurrence)} timed out after {timeout_s:g}s",
+                        timeout_s=timeout_s,
+                    )
+            else:
+                self._host.request("complete", name=name, occurrence=occurrence, result=result)
+                return result
+            finally:
+                self._active -= 1
+                self._check_parked()
+            final = isinstance(error, NonRetryableError) or attempt >= policy.max_attempts
+            delay = 0.0 if final else policy.delay_before(attempt + 1)
+            record = to_record(error)
+            extra = on_failure(error) if on_failure else None
+            self._host.request(
+                "fail", name=name, occurrence=occurrence, error=record, final=final,
+                retry_in=delay, detail=extra,
+            )
+            if final:
+                failure = from_record(record)
+                if not isinstance(failure, StepFailed):
+                    failure = StepFailed(record["message"], **record["fields"])
+                raise failure from error
+            await asyncio.sleep(delay)
+
+    # -- hibernation -------------------------------------------------------------
+
+    async def _sleep_until(self, name: str, wake_at: float) -> None:
+        occurrence = self.occurrence(name)
+        answer = self._host.request("sleep", name=name, occurrence=occurrence, wake_at=wake_at)
+        if answer["state"] == "complete":
+            return
+        wake_at = float(answer["wake_at"])
+        remaining = wake_at - time.time()
+        if remaining > self._inline_sleep_max_s:
+            await self._park(Hibernation(
+                "waiting", wake_at, [{"step": _label(name, occurrence), "sleep_until": wake_at}]
+            ))
+        self._active += 1
+        try:
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        finally:
+            self._active -= 1
+        self._host.request("complete", name=name, occurrence=occurrence, result=None)
+
+    async def _park(self, why: Hibernation) -> None:
+        """Block this branch; when no branch has work left, the whole run hibernates."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waits.append((why, future))
+        asyncio.get_running_loop().call_soon(self._check_parked)
+        await future  # never resolved: the run is cancelled into hibernation
+
+    def _check_parked(self) -> None:
+        if not self._waits or self._active or self._main is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def decide() -> None:
+            # Re-check after the loop ran what was ready: a sibling may just be starting.
+            if not self._waits or self._active or self._main is None or self.hibernation:
+                return
+            whys = [w for w, _ in self._waits]
+            deadlines = [w.wake_at for w in whys if w.wake_at is not None]
+            status = "waiting_for_event" if any(
+                w.status == "waiting_for_event" for w in whys) else "waiting"
+            self.hibernation = Hibernation(
+                status, min(deadlines) if deadlines else None,
+                [item for w in whys for item in w.waiting_for],
+            )
+            self._main.cancel()
+
+        loop.call_soon(lambda: loop.call_soon(decide))
+
+    async def run_main(self, coro: Awaitable[Any]) -> Any:
+        """Run the workflow's ``run()``; returns its output or raises ``_Hibernate``."""
+        self._main = asyncio.ensure_future(coro)
+        try:
+            return await self._main
+        except asyncio.CancelledError:
+            if self.hibernation is not None:
+                raise _Hibernate() from None
+            raise
+
+
+def valid_event_type(event_type: str) -> str:
+    """Cloudflare's rule: 1-100 letters, digits, '_' or '-'."""
+    if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+        raise UsageError(f"event type {event_type!r} must be 1-100 letters, digits, '_' or '-'")
+    return event_type
+
+
+def _timeout(value: float | str | None) -> float:
+    return policy.DEFAULT_TIMEOUT_S if value is None else seconds(value, what="timeout")
+
+
+def _check_json(name: str, result: Any) -> None:
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise NonRetryableError(
+            f"step {name!r} returned a {type(result).__name__}, which is not JSON-serialisable;"
+            " return plain data (dict, list, str, number, bool, None)"
+        ) from exc
+
+
+def _label(name: str, occurrence: int) -> str:
+    return name if occurrence == 1 else f"{name}#{occurrence}"
+
+
+__all__ = ["CIRunnerError", "Hibernation", "Host", "Step", "WorkflowEvent"]

@@ -1,0 +1,293 @@
+"""Runs light steps as host subprocesses, each in a process group of its own.
+
+Light steps are the hot path of a pipeline, so this is a thin layer over asyncio's
+subprocess machinery: no shell unless the step asks for one, no ``preexec_fn`` (it
+forces fork over vfork in CPython; rlimits are inherited from the runner instead),
+no reader task. A step owns its whole process group: on timeout, cancellation, or
+plain exit, whatever is left in the group is terminated, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ci_runner.errors import ExecutorError
+from ci_runner.executors.base import CommandResult
+from ci_runner.executors.masking import Masker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Mapping
+
+    from ci_runner.executors.base import CommandSpec, OutputSink
+
+_KEPT_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TZ",
+    "TMPDIR",
+    "SHELL",
+)
+_TIMEOUT_EXIT_CODE = 124
+_TAIL_LINES = 20
+_TAIL_CHARS = 4000
+_PROC = Path("/proc")
+
+
+def scrubbed_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment a step sees: a few host basics, ``CI=true``, ``CI_RUNNER=1``, then ``extra``.
+
+    Everything else in the runner's environment (tokens, cloud credentials) stays out.
+    """
+    env = {name: os.environ[name] for name in _KEPT_ENV if name in os.environ}
+    env["CI"] = "true"
+    env["CI_RUNNER"] = "1"
+    env.update(extra)
+    return env
+
+
+def kill_process_group(pgid: int, *, grace_s: float = 2.0) -> None:
+    """SIGTERM the process group, SIGKILL whatever is still alive after ``grace_s``.
+
+    No error if the group is already gone. Blocking: crash recovery calls it for
+    groups a dead runner left behind (``run`` uses a non-blocking twin). Refuses
+    (``ValueError``) group ids 0 and 1, and skips the caller's own group.
+    """
+    for pause in _terminate(pgid, grace_s):
+        time.sleep(pause)
+
+
+class HostExecutor:
+    """Runs each command as a host subprocess in a new session (so a new process group).
+
+    ``kill_grace_s`` is how long a timed-out or leftover group gets between SIGTERM
+    and SIGKILL.
+    """
+
+    def __init__(self, *, kill_grace_s: float = 2.0) -> None:
+        self.kill_grace_s = kill_grace_s
+
+    async def run(
+        self,
+        spec: CommandSpec,
+        on_output: OutputSink,
+        *,
+        on_start: Callable[[int], None] | None = None,
+    ) -> CommandResult:
+        """Run ``spec`` to completion; see ``Executor.run``."""
+        argv = ["sh", "-c", spec.argv] if isinstance(spec.argv, str) else list(spec.argv)
+        masker = Masker(spec.secrets.values())
+        if not argv:
+            raise ExecutorError(
+                f"empty command (step cwd {spec.cwd}): give the step a program to run",
+                cwd=str(spec.cwd),
+            )
+        env = scrubbed_env(spec.env)
+        env.update(spec.secrets)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _StepProtocol(loop, masker, on_output),
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=spec.cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise _start_error(exc, argv[0], spec.cwd, masker) from exc
+
+        # A session leader's process group id is its pid.
+        pgid = transport.get_pid()
+        grace = self.kill_grace_s
+        timed_out = False
+        try:
+            if on_start is not None:
+                on_start(pgid)
+            await asyncio.wait(
+                (protocol.exited, protocol.aborted),
+                timeout=spec.timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not protocol.exited.done():
+                timed_out = not protocol.aborted.done()
+                await _stop_group(pgid, grace)
+                await protocol.exited
+            # A step's forgotten background processes (daemons, `cmd &`) die with it.
+            await _stop_group(pgid, grace)
+            if not protocol.drained.done():
+                # Only a process that left the group (setsid) can still hold the pipe
+                # now; stop reading rather than wait for it.
+                await asyncio.wait((protocol.drained,), timeout=grace)
+        except BaseException:
+            # Cancelled, or on_start failed: the group must not outlive the step.
+            await _stop_group(pgid, grace)
+            await asyncio.wait((protocol.exited,), timeout=grace)
+            raise
+        finally:
+            transport.close()
+        if protocol.sink_error is not None:
+            raise protocol.sink_error
+
+        returncode = transport.get_returncode()
+        assert returncode is not None
+        if timed_out:
+            exit_code = _TIMEOUT_EXIT_CODE
+        elif returncode < 0:
+            exit_code = 128 - returncode
+        else:
+            exit_code = returncode
+        return CommandResult(
+            exit_code=exit_code,
+            duration_s=time.monotonic() - started,
+            output_tail=protocol.output_tail(),
+            timed_out=timed_out,
+        )
+
+
+class _StepProtocol(asyncio.SubprocessProtocol):
+    """Decodes, masks and forwards the step's merged output, as it arrives.
+
+    Callbacks come straight from the event loop, so the sink is called with no
+    reader task or stream buffer in between.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, masker: Masker, sink: OutputSink) -> None:
+        self._masker = masker
+        self._sink = sink
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._tail = ""
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.drained: asyncio.Future[None] = loop.create_future()
+        self.aborted: asyncio.Future[None] = loop.create_future()
+        self.sink_error: BaseException | None = None
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self._emit(self._masker.feed(self._decoder.decode(data)))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        rest = self._masker.feed(self._decoder.decode(b"", final=True))
+        self._emit(rest + self._masker.flush())
+        if not self.drained.done():
+            self.drained.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def output_tail(self) -> str:
+        lines = self._tail.splitlines()[-_TAIL_LINES:]
+        return "\n".join(lines)[-_TAIL_CHARS:]
+
+    def _emit(self, text: str) -> None:
+        if not text or self.sink_error is not None:
+            return
+        # One spare character: the tail's last line break is dropped by output_tail.
+        keep = _TAIL_CHARS + 1
+        self._tail = text[-keep:] if len(text) >= keep else (self._tail + text)[-keep:]
+        try:
+            self._sink(text)
+        except BaseException as exc:
+            # Raised from a loop callback it would only be logged; run() re-raises it.
+            self.sink_error = exc
+            self.aborted.set_result(None)
+
+
+def _start_error(exc: OSError, program: str, cwd: Path, masker: Masker) -> ExecutorError:
+    if not cwd.is_dir():
+        message = f"step cwd does not exist: {cwd}: create it or fix the step's cwd"
+    elif isinstance(exc, FileNotFoundError):
+        message = f"command not found: {program} (step cwd {cwd}): install it or check PATH"
+    elif isinstance(exc, PermissionError):
+        message = f"command not executable: {program} (step cwd {cwd}): check its mode and path"
+    else:
+        message = f"could not start {program} (step cwd {cwd}): {exc.strerror or exc}"
+    return ExecutorError(masker.mask(message), command=masker.mask(program), cwd=str(cwd))
+
+
+async def _stop_group(pgid: int, grace_s: float) -> None:
+    steps = _terminate(pgid, grace_s)
+    try:
+        for pause in steps:
+            await asyncio.sleep(pause)
+    finally:
+        # Cancelled mid-grace: closing the generator still sends the SIGKILL.
+        steps.close()
+
+
+def _terminate(pgid: int, grace_s: float) -> Generator[float, None, None]:
+    """SIGTERM, then yield pauses until the group is gone or grace is up, then SIGKILL.
+
+    A generator so the blocking and the asyncio callers share one policy and each
+    sleeps its own way.
+    """
+    if pgid <= 1:
+        raise ValueError(f"refusing to kill process group {pgid}: not a step's group")
+    if pgid == os.getpgrp() or not _signal_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace_s
+    pause = 0.002
+    alive = True
+    try:
+        while True:
+            alive = _group_alive(pgid)
+            left = deadline - time.monotonic()
+            if not alive or left <= 0:
+                return
+            yield min(pause, left)
+            pause = min(pause * 2, 0.1)
+    finally:
+        if alive:
+            _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal the group; False if there is nothing we can signal (gone, or not ours)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return _has_live_member(pgid)
+
+
+def _has_live_member(pgid: int) -> bool:
+    # killpg(pgid, 0) succeeds for zombies too, and where nothing reaps orphans (PID 1
+    # in many containers) they stay forever: only a member that is not a zombie counts.
+    if not _PROC.is_dir():
+        return True
+    with os.scandir(_PROC) as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_bytes()
+            except OSError:
+                continue  # exited while we looked
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False

@@ -1,0 +1,397 @@
+"""The engine's SQL: instances, the step journal, events and leases.
+
+Every write made on behalf of a driven instance is fenced: inside the same
+``BEGIN IMMEDIATE`` transaction it first checks that the instance's
+``lease_epoch`` is still the one this driver took. A driver that was presumed
+dead and replaced can therefore never commit again (``LeaseLost``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from ci_runner.errors import InvalidState, LeaseLost, NondeterminismError, RunNotFound
+from ci_runner.store.db import immediate, now
+
+TERMINAL = ("complete", "errored", "terminated")
+HIBERNATING = ("waiting", "waiting_for_event")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+# -- instances ---------------------------------------------------------------
+
+
+def create_instance(
+    conn: sqlite3.Connection, *, instance_id: str, tenant: str, workflow: str, payload: Any
+) -> None:
+    t = now()
+    with immediate(conn):
+        conn.execute(
+            "INSERT INTO instances (id, tenant, workflow, payload, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+            (instance_id, tenant, workflow, dumps(payload), t, t),
+        )
+
+
+def get_instance(conn: sqlite3.Connection, instance_id: str) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
+    if row is None:
+        # Accept a unique prefix, as git does for shas: ids are long.
+        rows = conn.execute(
+            "SELECT * FROM instances WHERE id LIKE ? || '%' LIMIT 2", (instance_id,)
+        ).fetchall()
+        if len(rows) == 1:
+            return rows[0]
+        raise RunNotFound(f"no run {instance_id!r}: `ci-runner runs` lists the runs")
+    return row
+
+
+def list_instances(
+    conn: sqlite3.Connection, *, tenant: str | None = None, limit: int = 50
+) -> list[sqlite3.Row]:
+    if tenant is None:
+        sql, args = "SELECT * FROM instances ORDER BY created_at DESC LIMIT ?", (limit,)
+        return conn.execute(sql, args).fetchall()
+    return conn.execute(
+        "SELECT * FROM instances WHERE tenant = ? ORDER BY created_at DESC LIMIT ?",
+        (tenant, limit),
+    ).fetchall()
+
+
+def steps_of(conn: sqlite3.Connection, instance_id: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT * FROM steps WHERE instance_id = ? ORDER BY seq, name, occurrence", (instance_id,)
+    ).fetchall()
+
+
+def acquire_lease(
+    conn: sqlite3.Connection, instance_id: str, *, owner: str, ttl_s: float, owner_dead: bool
+) -> int:
+    """Take the instance for ``owner``; returns the new fencing epoch.
+
+    Allowed when nobody holds it, the lease expired, or the caller checked that
+    the holder's process is dead (``owner_dead``).
+    """
+    t = now()
+    with immediate(conn):
+        row = conn.execute(
+            "SELECT status, owner, lease_expires_at, lease_epoch FROM instances WHERE id = ?",
+            (instance_id,),
+        ).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run {instance_id!r}")
+        if row["status"] in TERMINAL:
+            raise InvalidState(f"run {instance_id} is {row['status']}; nothing to drive")
+        if row["status"] == "paused":
+            raise InvalidState(f"run {instance_id} is paused: `ci-runner unpause {instance_id}`")
+        held = row["owner"] is not None and (row["lease_expires_at"] or 0) > t
+        if held and row["owner"] != owner and not owner_dead:
+            raise InvalidState(
+                f"run {instance_id} is being driven by {row['owner']}; it is not taken over"
+                " while its owner is alive"
+            )
+        epoch = int(row["lease_epoch"]) + 1
+        conn.execute(
+            "UPDATE instances SET owner = ?, lease_epoch = ?, lease_expires_at = ?,"
+            " status = 'running', started_at = COALESCE(started_at, ?), updated_at = ?,"
+            " waiting_for = NULL WHERE id = ?",
+            (owner, epoch, t + ttl_s, t, t, instance_id),
+        )
+    return epoch
+
+
+def send_event(
+    conn: sqlite3.Connection, instance_id: str, event_type: str, payload: Any
+) -> int:
+    with immediate(conn):
+        row = conn.execute("SELECT status FROM instances WHERE id = ?", (instance_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run {instance_id!r}: `ci-runner runs` lists the runs")
+        if row["status"] in TERMINAL:
+            raise InvalidState(f"run {instance_id} is {row['status']}; it takes no more events")
+        cur = conn.execute(
+            "INSERT INTO events (instance_id, type, payload, created_at) VALUES (?, ?, ?, ?)",
+            (instance_id, event_type, dumps(payload), now()),
+        )
+        return int(cur.lastrowid or 0)
+
+
+# -- one driven instance -----------------------------------------------------
+
+
+class Journal:
+    """The step journal of one instance, written by the driver holding its lease."""
+
+    def __init__(self, conn: sqlite3.Connection, instance_id: str, epoch: int) -> None:
+        self.conn = conn
+        self.instance_id = instance_id
+        self.epoch = epoch
+        row = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM steps WHERE instance_id = ?", (instance_id,)
+        ).fetchone()
+        self._seq = int(row[0])
+
+    def _fence(self) -> None:
+        row = self.conn.execute(
+            "SELECT lease_epoch FROM instances WHERE id = ?", (self.instance_id,)
+        ).fetchone()
+        if row is None or row[0] != self.epoch:
+            raise LeaseLost(
+                f"run {self.instance_id} was taken over by another process; this one stops"
+            )
+
+    def _step(self, name: str, occurrence: int) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(
+            "SELECT * FROM steps WHERE instance_id = ? AND name = ? AND occurrence = ?",
+            (self.instance_id, name, occurrence),
+        ).fetchone()
+        return row
+
+    def _check_kind(self, row: sqlite3.Row, name: str, occurrence: int, kind: str) -> None:
+        if row["kind"] != kind:
+            raise NondeterminismError(
+                f"step {_label(name, occurrence)} was recorded as a {row['kind']} step but the"
+                f" pipeline now calls it as a {kind} step; a run replays the code of its own"
+                " commit, so the pipeline must make the same calls on every replay",
+                step=_label(name, occurrence),
+            )
+
+    def begin(
+        self, name: str, occurrence: int, kind: str, detail: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Start an attempt, or return the step's recorded outcome for replay."""
+        t = now()
+        # Not fsynced: a lost attempt marker only means an attempt is not counted
+        # after a power cut; the next durable commit makes it permanent anyway.
+        with immediate(self.conn, durable=False):
+            self._fence()
+            row = self._step(name, occurrence)
+            if row is not None:
+                self._check_kind(row, name, occurrence, kind)
+                if row["status"] in ("complete", "failed", "skipped"):
+                    return {
+                        "state": row["status"],
+                        "result": loads(row["result"]),
+                        "error": loads(row["error"]),
+                        "attempts": row["attempts"],
+                        "duration_s": row["duration_s"],
+                        "detail": loads(row["detail"]),
+                    }
+                attempt = int(row["attempts"]) + 1
+                self.conn.execute(
+                    "UPDATE steps SET status = 'running', attempts = ?, started_at = ?"
+                    " WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                    (attempt, t, self.instance_id, name, occurrence),
+                )
+                return {"state": "run", "attempt": attempt, "detail": loads(row["detail"])}
+            self._seq += 1
+            self.conn.execute(
+                "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
+                " started_at, detail, seq) VALUES (?, ?, ?, ?, 'running', 1, ?, ?, ?)",
+                (self.instance_id, name, occurrence, kind, t,
+                 None if detail is None else dumps(detail), self._seq),
+            )
+            return {"state": "run", "attempt": 1, "detail": detail}
+
+    def complete(
+        self,
+        name: str,
+        occurrence: int,
+        result: Any,
+        *,
+        status: str = "complete",
+        detail: dict[str, Any] | None = None,
+    ) -> float:
+        """Commit the step's result; returns its duration (from its first start)."""
+        t = now()
+        with immediate(self.conn):
+            self._fence()
+            self.conn.execute(
+                "UPDATE steps SET status = ?, result = ?, finished_at = ?,"
+                " duration_s = ? - started_at, detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
+                " error = NULL"
+                " WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                (status, dumps(result), t, t, None if detail is None else dumps(detail),
+                 self.instance_id, name, occurrence),
+            )
+            row = self.conn.execute(
+                "SELECT duration_s FROM steps WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                (self.instance_id, name, occurrence),
+            ).fetchone()
+        return float(row[0] or 0.0) if row else 0.0
+
+    def record_skip(self, name: str, occurrence: int, kind: str, result: Any) -> None:
+        t = now()
+        with immediate(self.conn):
+            self._fence()
+            self._seq += 1
+            self.conn.execute(
+                "INSERT OR REPLACE INTO steps (instance_id, name, occurrence, kind, status,"
+                " attempts, started_at, finished_at, duration_s, result, seq)"
+                " VALUES (?, ?, ?, ?, 'skipped', 0, ?, ?, 0, ?, ?)",
+                (self.instance_id, name, occurrence, kind, t, t, dumps(result), self._seq),
+            )
+
+    def fail_attempt(
+        self,
+        name: str,
+        occurrence: int,
+        error: dict[str, Any],
+        *,
+        final: bool,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a failed attempt; ``final`` commits the step as failed for good."""
+        t = now()
+        with immediate(self.conn):
+            self._fence()
+            self.conn.execute(
+                "UPDATE steps SET status = ?, error = ?, finished_at = ?,"
+                " duration_s = ? - started_at,"
+                " detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}'))"
+                " WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                ("failed" if final else "retrying", dumps(error), t, t,
+                 None if detail is None else dumps(detail), self.instance_id, name, occurrence),
+            )
+
+    def set_detail(self, name: str, occurrence: int, detail: dict[str, Any]) -> None:
+        with immediate(self.conn, durable=False):
+            self._fence()
+            self.conn.execute(
+                "UPDATE steps SET detail = json_patch(COALESCE(detail, '{}'), ?)"
+                " WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                (dumps(detail), self.instance_id, name, occurrence),
+            )
+
+    def running_details(self) -> list[dict[str, Any]]:
+        """Details of steps left 'running' (a previous driver died during them)."""
+        rows = self.conn.execute(
+            "SELECT detail FROM steps WHERE instance_id = ? AND status = 'running'"
+            " AND detail IS NOT NULL",
+            (self.instance_id,),
+        ).fetchall()
+        return [loads(r[0]) for r in rows]
+
+    def sleep(self, name: str, occurrence: int, wake_at: float) -> dict[str, Any]:
+        """Register a durable sleep (its wake time is written before it sleeps)."""
+        with immediate(self.conn):
+            self._fence()
+            row = self._step(name, occurrence)
+            if row is not None:
+                self._check_kind(row, name, occurrence, "sleep")
+                if row["status"] == "complete":
+                    return {"state": "complete", "result": None}
+                return {"state": "sleeping", "wake_at": row["wake_at"]}
+            self._seq += 1
+            self.conn.execute(
+                "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
+                " started_at, wake_at, seq) VALUES (?, ?, ?, 'sleep', 'waiting', 1, ?, ?, ?)",
+                (self.instance_id, name, occurrence, now(), wake_at, self._seq),
+            )
+            return {"state": "sleeping", "wake_at": wake_at}
+
+    def wait_event(
+        self, name: str, occurrence: int, event_type: str, deadline: float
+    ) -> dict[str, Any]:
+        """Take the oldest unconsumed event of ``event_type``, or register the wait."""
+        t = now()
+        label = _label(name, occurrence)
+        with immediate(self.conn):
+            self._fence()
+            row = self._step(name, occurrence)
+            if row is not None:
+                self._check_kind(row, name, occurrence, "event")
+                if row["status"] in ("complete", "failed"):
+                    return {"state": row["status"], "result": loads(row["result"]),
+                            "error": loads(row["error"])}
+                deadline = row["wake_at"]
+            event = self.conn.execute(
+                "SELECT id, type, payload, created_at FROM events WHERE instance_id = ?"
+                " AND type = ? AND consumed_by IS NULL ORDER BY id LIMIT 1",
+                (self.instance_id, event_type),
+            ).fetchone()
+            if row is None:
+                self._seq += 1
+                self.conn.execute(
+                    "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
+                    " started_at, wake_at, detail, seq)"
+                    " VALUES (?, ?, ?, 'event', 'waiting', 1, ?, ?, ?, ?)",
+                    (self.instance_id, name, occurrence, t, deadline,
+                     dumps({"event_type": event_type}), self._seq),
+                )
+            if event is not None:
+                result = {"type": event["type"], "payload": loads(event["payload"]),
+                          "timestamp": event["created_at"]}
+                self.conn.execute(
+                    "UPDATE events SET consumed_by = ?, consumed_at = ? WHERE id = ?",
+                    (label, t, event["id"]),
+                )
+                self.conn.execute(
+                    "UPDATE steps SET status = 'complete', result = ?, finished_at = ?,"
+                    " duration_s = ? - started_at"
+                    " WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                    (dumps(result), t, t, self.instance_id, name, occurrence),
+                )
+                return {"state": "complete", "result": result}
+            return {"state": "waiting", "deadline": deadline}
+
+    def heartbeat(self, ttl_s: float) -> None:
+        t = now()
+        with immediate(self.conn, durable=False):
+            self._fence()
+            self.conn.execute(
+                "UPDATE instances SET lease_expires_at = ? WHERE id = ?",
+                (t + ttl_s, self.instance_id),
+            )
+
+    def hibernate(self, *, status: str, wake_at: float | None, waiting_for: Any) -> None:
+        """Park the instance: no owner, no process, woken when due or when an event comes."""
+        t = now()
+        with immediate(self.conn):
+            self._fence()
+            self.conn.execute(
+                "UPDATE instances SET status = ?, wake_at = ?, waiting_for = ?, owner = NULL,"
+                " lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                (status, wake_at, dumps(waiting_for), t, self.instance_id),
+            )
+
+    def release(self, status: str = "queued") -> None:
+        """Give the instance back without finishing it (shutdown, paused)."""
+        with immediate(self.conn):
+            self._fence()
+            self.conn.execute(
+                "UPDATE instances SET status = ?, owner = NULL, lease_expires_at = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (status, now(), self.instance_id),
+            )
+
+    def finish(self, status: str, *, output: Any = None, error: dict[str, Any] | None = None) -> None:
+        t = now()
+        with immediate(self.conn):
+            self._fence()
+            self.conn.execute(
+                "UPDATE instances SET status = ?, output = ?, error = ?, finished_at = ?,"
+                " updated_at = ?, owner = NULL, lease_expires_at = NULL, wake_at = NULL,"
+                " waiting_for = NULL WHERE id = ?",
+                (status, dumps(output), None if error is None else dumps(error), t, t,
+                 self.instance_id),
+            )
+
+    def status(self) -> str:
+        row = self.conn.execute(
+            "SELECT status FROM instances WHERE id = ?", (self.instance_id,)
+        ).fetchone()
+        return str(row[0])
+
+
+def _label(name: str, occurrence: int) -> str:
+    return name if occurrence == 1 else f"{name}#{occurrence}"

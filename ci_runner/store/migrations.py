@@ -1,0 +1,110 @@
+"""The schema, as an ordered list of migrations applied once each (tracked in ``user_version``).
+
+A migration is a function of a ``sqlite_utils.Database``; append new ones, never
+edit a released one. sqlite-utils is imported only when a migration has to run,
+because importing it costs ~150 ms and the hot path (a run starting) must not pay that.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+
+def _engine_tables(db: sqlite_utils.Database) -> None:
+    db["instances"].create(
+        {
+            "id": str,
+            "tenant": str,          # who the instance belongs to (a repo, for ci-runner)
+            "workflow": str,        # import path of the workflow class
+            "payload": str,         # JSON: the envelope {__dispatcherMetadata, params}
+            "status": str,
+            "created_at": float,
+            "updated_at": float,
+            "started_at": float,
+            "finished_at": float,
+            "output": str,          # JSON
+            "error": str,           # JSON {type, message, fields}
+            "owner": str,           # lease holder: "host:pid:start_time"
+            "lease_epoch": int,     # fencing token, bumped by every takeover
+            "lease_expires_at": float,
+            "wake_at": float,       # when a hibernated instance is due
+            "waiting_for": str,     # JSON: what a hibernated instance waits for
+            "generation": int,      # bumped by restart/retry
+        },
+        pk="id",
+        not_null={"tenant", "workflow", "payload", "status", "created_at", "updated_at"},
+        defaults={"lease_epoch": 0, "generation": 1},
+    )
+    db["instances"].create_index(["status", "wake_at"])
+    db["instances"].create_index(["tenant", "created_at"])
+    db["steps"].create(
+        {
+            "instance_id": str,
+            "name": str,
+            "occurrence": int,      # the Nth call of a step with this name in one run
+            "kind": str,            # do | run | sleep | event | ...
+            "status": str,          # running | complete | failed | waiting | skipped
+            "attempts": int,
+            "started_at": float,
+            "finished_at": float,
+            "duration_s": float,
+            "result": str,          # JSON
+            "error": str,           # JSON
+            "wake_at": float,
+            "detail": str,          # JSON: kind-specific facts (exit code, process group, event type)
+            "seq": int,             # order of first start, for display
+        },
+        pk=("instance_id", "name", "occurrence"),
+        foreign_keys=[("instance_id", "instances", "id")],
+        not_null={"instance_id", "name", "occurrence", "kind", "status"},
+        defaults={"attempts": 0},
+    )
+    db["events"].create(
+        {
+            "id": int,
+            "instance_id": str,
+            "type": str,
+            "payload": str,
+            "created_at": float,
+            "consumed_by": str,     # "name#occurrence" of the step that took it
+            "consumed_at": float,
+        },
+        pk="id",
+        foreign_keys=[("instance_id", "instances", "id")],
+        not_null={"instance_id", "type", "created_at"},
+    )
+    db["events"].create_index(["instance_id", "type", "consumed_by"])
+
+
+def _ci_tables(db: sqlite_utils.Database) -> None:
+    db["tenants"].create(
+        {"key": str, "name": str, "location": str, "created_at": float},
+        pk="key",
+        not_null={"name", "created_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_engine_tables, _ci_tables]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations this database has not seen, each in its own transaction."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version >= len(MIGRATIONS):
+        return
+    import sqlite_utils
+
+    from ci_runner.store.db import immediate
+
+    db = sqlite_utils.Database(conn)
+    with immediate(conn):
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        for index in range(version, len(MIGRATIONS)):
+            MIGRATIONS[index](db)
+        conn.execute(f"PRAGMA user_version={len(MIGRATIONS)}")

@@ -1,0 +1,310 @@
+"""Gives every run its own checkout of one sha without touching the user's working copy.
+
+A run is pinned to a commit: either one that exists (``resolve_rev``) or one made on
+the fly from the uncommitted working tree (``snapshot_uncommitted``). ``fork`` checks
+that commit out as a detached linked worktree, ``remove`` takes it away again, and
+``hold``/``release`` keep a ref on the commit so ``git gc`` cannot prune a snapshot
+while its run lives. Every git call goes through ``_git`` as an argument list.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import git
+
+from ci_runner.errors import NotAGitRepository, UsageError, WorkspaceError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_RUN_REF_PREFIX = "refs/ci-runner/runs/"
+_SNAPSHOT_MESSAGE = "ci-runner snapshot of uncommitted changes"
+_SNAPSHOTTING = "snapshot the uncommitted working tree"
+# A fixed identity: the snapshot must commit even where user.name/email are unset,
+# and it is ci-runner's object, not the user's authorship.
+_SNAPSHOT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "ci-runner",
+    "GIT_AUTHOR_EMAIL": "ci-runner@localhost",
+    "GIT_COMMITTER_NAME": "ci-runner",
+    "GIT_COMMITTER_EMAIL": "ci-runner@localhost",
+}
+# Stricter than git's own rules on purpose: a run id becomes one path component.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """A git working tree, as found by ``open_repo``."""
+
+    root: Path
+    """Real path of the working tree's top level."""
+    common_dir: Path
+    """Real path of the ``.git`` dir that every worktree of the repository shares."""
+    name: str
+    """``root.name``, for display."""
+
+
+@dataclass(frozen=True)
+class ResolvedRev:
+    """A revision pinned to its commit."""
+
+    sha: str
+    """The full 40-hex commit sha."""
+    ref: str | None
+    """The full ref the revision named (``refs/heads/main`` for ``HEAD`` on main or for
+    ``main``; ``refs/tags/v1`` for ``v1``), or None for a detached HEAD or a sha."""
+
+
+class _Result(NamedTuple):
+    status: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "surrogateescape").strip()
+
+
+def open_repo(path: Path) -> RepoInfo:
+    """Find the git working tree that contains ``path`` (a file or any subdirectory)."""
+    where = Path(path).absolute()
+    if not where.exists():
+        raise NotAGitRepository(
+            f"{where} does not exist; cd into a git repository or pass --repo", path=str(where)
+        )
+    cwd = where if where.is_dir() else where.parent
+    result = _git(cwd, "rev-parse", "--show-toplevel", "--git-common-dir")
+    if result.status != 0:
+        if "not a git repository" in result.stderr:
+            raise NotAGitRepository(
+                f"{where} is not inside a git repository; cd into one or pass --repo",
+                path=str(where),
+            )
+        if "must be run in a work tree" in result.stderr:
+            raise NotAGitRepository(
+                f"{where} is inside a git directory, not a working tree; "
+                "cd into the checkout or pass --repo",
+                path=str(where),
+            )
+        raise _failure(f"git could not open the repository at {where}", result,
+                       "fix what git reports and retry")
+    top, common = result.text.splitlines()
+    root = Path(top).resolve()
+    # --git-common-dir may come back relative to the directory git ran in.
+    return RepoInfo(root=root, common_dir=(cwd / common).resolve(), name=root.name)
+
+
+def tenant_key(repo: RepoInfo) -> str:
+    """The stable key of a repository: the same for every worktree of it."""
+    return "local:" + str(repo.common_dir.parent)
+
+
+def resolve_rev(repo: RepoInfo, rev: str = "HEAD") -> ResolvedRev:
+    """Pin ``rev`` (a branch, tag, sha or any commit-ish) to its commit."""
+    _check_rev(rev)
+    found = _git(repo.root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if found.status != 0:
+        if _is_unborn(repo) and rev in _names_of_head(repo):
+            raise UsageError(
+                f"{repo.root} has no commits yet; commit something or use "
+                "--include-uncommitted",
+                rev=rev,
+            )
+        raise UsageError(
+            f"unknown revision {rev!r} in {repo.root}; pass a branch, tag or commit sha "
+            "that exists there",
+            rev=rev,
+        )
+    named = _git(repo.root, "rev-parse", "--symbolic-full-name", rev).text
+    # A detached HEAD names itself; shas and expressions such as main~1 name nothing.
+    ref = named if named.startswith("refs/") else None
+    return ResolvedRev(sha=found.text, ref=ref)
+
+
+def snapshot_uncommitted(repo: RepoInfo) -> str:
+    """Commit the working tree as it is now, on no branch, and return the new sha.
+
+    The tree holds tracked files as they are on disk (staged or not) and untracked
+    files that are not ignored. The parent is HEAD when there is one. The user's index,
+    files, stash and branches are left alone: git works on a copy of the index.
+    """
+    head = _git(repo.root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    parent = head.text if head.status == 0 else None
+    user_index = repo.root / _git_ok(repo.root, _SNAPSHOTTING, "rev-parse", "--git-path", "index")
+    with tempfile.TemporaryDirectory(prefix="ci-runner-index-") as scratch:
+        index = Path(scratch) / "index"
+        env = {"GIT_INDEX_FILE": str(index)}
+        if user_index.is_file():
+            # Copying keeps the stat cache, so `add -A` hashes only changed files, and
+            # keeps skip-worktree bits, so a sparse checkout is not read as deletions.
+            shutil.copyfile(user_index, index)
+        elif parent is not None:
+            _git_ok(repo.root, _SNAPSHOTTING, "read-tree", parent, env=env)
+        _git_ok(repo.root, _SNAPSHOTTING, "add", "--all", env=env)
+        tree = _git_ok(repo.root, _SNAPSHOTTING, "write-tree", env=env)
+    parents = ["-p", parent] if parent is not None else []
+    return _git_ok(
+        repo.root, _SNAPSHOTTING, "commit-tree", "--no-gpg-sign", "-m", _SNAPSHOT_MESSAGE,
+        *parents, tree, env=_SNAPSHOT_IDENTITY,
+    )
+
+
+def hold(repo: RepoInfo, run_id: str, sha: str) -> None:
+    """Point ``refs/ci-runner/runs/<run_id>`` at ``sha`` so gc keeps it while the run lives."""
+    _check_rev(sha)
+    _git_ok(repo.root, f"hold {sha} for run {run_id}", "update-ref", _run_ref(run_id), sha)
+
+
+def release(repo: RepoInfo, run_id: str) -> None:
+    """Drop the ref ``hold`` made; nothing happens if it is already gone."""
+    _git_ok(repo.root, f"release run {run_id}", "update-ref", "-d", _run_ref(run_id))
+
+
+def fork(repo: RepoInfo, sha: str, dest: Path) -> None:
+    """Check out ``sha`` as a new detached worktree at ``dest``.
+
+    One git call and nothing else: this sits on the start-up path of every run.
+    """
+    _check_rev(sha)
+    target = Path(dest).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    result = _git(
+        repo.root,
+        # The user's post-checkout hook is not part of the commit under test and may be slow.
+        "-c", f"core.hooksPath={os.devnull}",
+        "worktree", "add", "--detach", "--quiet", str(target), sha,
+    )
+    if result.status != 0:
+        raise _failure(f"could not create a worktree of {sha} at {target}", result,
+                       "check that the path is free and the commit exists")
+
+
+def remove(repo: RepoInfo, dest: Path) -> None:
+    """Delete the worktree at ``dest``; nothing happens if it is already gone.
+
+    Refuses to delete a folder that is not a worktree of ``repo``.
+    """
+    target = Path(dest).absolute()
+    removed = _git(repo.root, "worktree", "remove", "--force", str(target))
+    if removed.status == 0 and not target.exists():
+        return
+    # git declined: the folder was deleted by hand, or is damaged, or is not ours.
+    if target.exists():
+        if _is_worktree_of(repo, target):
+            shutil.rmtree(target)
+        elif target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        else:
+            raise WorkspaceError(
+                f"{target} is not a worktree of {repo.name}, so ci-runner will not delete "
+                "it; remove it yourself if it is safe",
+                path=str(target),
+            )
+    # Prune only here: it also forgets the user's own worktrees whose folders are missing.
+    _git_ok(repo.root, f"prune the worktree at {target}", "worktree", "prune")
+
+
+def file_at(repo: RepoInfo, sha: str, path: str) -> bytes | None:
+    """The content of file ``path`` at commit ``sha``, or None if there is no such file."""
+    _check_rev(sha)
+    blob = _git(repo.root, "cat-file", "blob", f"{sha}:{path}")
+    if blob.status == 0:
+        return blob.stdout
+    # Only an absent file is None; a commit that does not exist is an error.
+    known = _git(repo.root, "cat-file", "-e", f"{sha}^{{commit}}")
+    if known.status != 0:
+        raise WorkspaceError(
+            f"commit {sha} is not in {repo.root}; resolve the revision before reading files",
+            sha=sha,
+        )
+    return None
+
+
+def _git(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> _Result:
+    try:
+        status, out, err = git.Git(str(cwd)).execute(
+            ["git", *args],
+            with_extended_output=True,
+            with_exceptions=False,
+            stdout_as_string=False,
+            strip_newline_in_stdout=False,
+            env=env,
+        )
+    except git.GitCommandNotFound as exc:
+        raise WorkspaceError(
+            f"could not run git in {cwd}; check that git is installed and the folder exists",
+            cwd=str(cwd),
+        ) from exc
+    assert isinstance(out, bytes)
+    return _Result(int(status), out, str(err))
+
+
+def _git_ok(cwd: Path, doing: str, *args: str, env: Mapping[str, str] | None = None) -> str:
+    result = _git(cwd, *args, env=env)
+    if result.status != 0:
+        raise _failure(f"git failed to {doing} in {cwd}", result, "fix what git reports and retry")
+    return result.text
+
+
+def _failure(what: str, result: _Result, todo: str) -> WorkspaceError:
+    return WorkspaceError(f"{what}: {_summary(result.stderr)}; {todo}", stderr=result.stderr)
+
+
+def _summary(stderr: str) -> str:
+    """git's complaint in one line, without its hints."""
+    lines = [
+        re.sub(r"^(fatal|error|warning): ", "", line.strip())
+        for line in stderr.splitlines()
+        if line.strip() and not line.startswith("hint:")
+    ]
+    return " / ".join(lines) or "git gave no reason"
+
+
+def _check_rev(rev: str) -> None:
+    # Anything starting with "-" would reach git as an option, not a revision.
+    if not rev or rev.startswith("-"):
+        raise UsageError(
+            f"{rev!r} is not a revision; pass a branch, tag or commit sha", rev=rev
+        )
+
+
+def _run_ref(run_id: str) -> str:
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id or run_id.endswith(".lock"):
+        raise UsageError(
+            f"run id {run_id!r} cannot name a git ref; use letters, digits, '.', '_' and '-'",
+            run_id=run_id,
+        )
+    return _RUN_REF_PREFIX + run_id
+
+
+def _is_unborn(repo: RepoInfo) -> bool:
+    return _git(repo.root, "rev-parse", "--verify", "--quiet", "HEAD").status != 0
+
+
+def _names_of_head(repo: RepoInfo) -> set[str]:
+    """Every spelling of the current branch, to tell 'no commits yet' from a typo."""
+    names = {"HEAD", "@"}
+    branch = _git(repo.root, "symbolic-ref", "--quiet", "HEAD").text
+    if branch.startswith("refs/heads/"):
+        short = branch.removeprefix("refs/heads/")
+        names |= {branch, short, "heads/" + short}
+    return names
+
+
+def _is_worktree_of(repo: RepoInfo, folder: Path) -> bool:
+    """Whether ``folder`` is a linked worktree of ``repo``, judged by its ``.git`` file."""
+    marker = folder / ".git"
+    if not marker.is_file():
+        return False  # the main worktree has a .git directory: never ours to delete
+    content = marker.read_text(encoding="utf-8", errors="replace").strip()
+    if not content.startswith("gitdir:"):
+        return False
+    admin = (folder / content.removeprefix("gitdir:").strip()).resolve()
+    return admin.parent == repo.common_dir / "worktrees"

@@ -1,0 +1,1 @@
+"""Starter pipelines that `ci-runner init` copies into a repo as .ci/pipeline.py."""
