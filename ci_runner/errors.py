@@ -108,7 +108,7 @@ class ExecutorError(CIRunnerError):
     pass
 
 
-class Cancelled(BaseException):  # noqa: N818 - a signal, not an error
+class Cancelled(BaseException):
     """The run was cancelled. A BaseException so ``except Exception`` cannot swallow it."""
 
 

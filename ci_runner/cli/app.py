@@ -41,7 +41,7 @@ def _params(values: list[str]) -> dict[str, Any]:
 
 @app.command()
 def run(
-    repo: RepoOpt = Path("."),
+    repo: RepoOpt = Path(),
     rev: Annotated[str, typer.Option(help="Commit, branch or tag to run at.")] = "HEAD",
     include_uncommitted: Annotated[bool, typer.Option(
         "--include-uncommitted", help="Run on a snapshot of tracked changes and untracked files."
@@ -207,7 +207,7 @@ def logs(
 
 @app.command()
 def init(
-    repo: RepoOpt = Path("."),
+    repo: RepoOpt = Path(),
     template: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Starter to copy (default: picked from the repo's files).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing pipeline.")]
@@ -227,5 +227,5 @@ def main() -> None:
         message = f"error: {exc.message}"
         if sys.stderr.isatty():
             message = f"\x1b[31m{message}\x1b[0m"
-        print(message, file=sys.stderr)  # noqa: T201
+        print(message, file=sys.stderr)
         sys.exit(exc.exit_code)

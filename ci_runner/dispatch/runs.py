@@ -67,7 +67,7 @@ def start_run(engine: Engine, request: RunRequest) -> str:
         sha = snapshot_uncommitted(repo)
         try:
             ref = resolve_rev(repo, "HEAD").ref
-        except Exception:  # noqa: BLE001 - an unborn HEAD has no ref; the snapshot is enough
+        except Exception:
             ref = None
     else:
         resolved = resolve_rev(repo, request.rev)
@@ -122,7 +122,7 @@ def finish_workspace(metadata: dict[str, Any]) -> None:
 
     try:
         repo = open_repo(Path(metadata["repo"]))
-    except Exception:  # noqa: BLE001 - the repo is gone; nothing of ours to clean there
+    except Exception:
         return
     if not metadata.get("keep_workspace"):
         remove(repo, Path(metadata["workspace"]))

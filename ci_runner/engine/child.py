@@ -74,7 +74,7 @@ def main(fd: int) -> None:
             WorkflowEvent(init["payload"], init["created_at"], init["instance_id"]),
             Step(host, inline_sleep_max_s=init["inline_sleep_max_s"]),
         ))
-    except BaseException as exc:  # noqa: BLE001 - report, whatever it was
+    except BaseException as exc:
         outcome = {"kind": "errored", "error": to_record(exc)}
     sys.stdout.flush()
     sys.stderr.flush()

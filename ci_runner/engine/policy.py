@@ -74,7 +74,9 @@ class RetryPolicy:
             raise UsageError(f"retries must be a dict like {{'limit': 2}}, not {value!r}")
         unknown = set(value) - {"limit", "delay", "backoff"}
         if unknown:
-            raise UsageError(f"unknown retries option(s) {sorted(unknown)}: use limit, delay, backoff")
+            raise UsageError(
+                f"unknown retries option(s) {sorted(unknown)}: use limit, delay, backoff"
+            )
         limit = value.get("limit", DEFAULT_RETRY_LIMIT)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise UsageError(f"retries limit must be a whole number >= 0, not {limit!r}")
@@ -95,4 +97,4 @@ class RetryPolicy:
             return self.delay_s
         if self.backoff == "linear":
             return self.delay_s * n
-        return self.delay_s * (2 ** (n - 1))
+        return self.delay_s * float(2 ** (n - 1))

@@ -76,7 +76,7 @@ async def execute(workflow: Any, event: WorkflowEvent, step: Step) -> Outcome:
                 "waiting_for": h.waiting_for}
     except Cancelled:
         return {"kind": "terminated"}
-    except Exception as exc:  # noqa: BLE001 - whatever the workflow raised ends the run
+    except Exception as exc:
         return {"kind": "errored", "error": to_record(exc)}
     try:
         json.dumps(output)

@@ -81,7 +81,9 @@ class StepService:
                       "retry_in": retry_in, "detail": detail})
         return {}
 
-    def op_set_detail(self, *, name: str, occurrence: int, detail: dict[str, Any]) -> dict[str, Any]:
+    def op_set_detail(
+        self, *, name: str, occurrence: int, detail: dict[str, Any]
+    ) -> dict[str, Any]:
         self.journal.set_detail(name, occurrence, detail)
         return {}
 

@@ -62,7 +62,7 @@ class Hibernation:
     waiting_for: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Hibernate(BaseException):  # noqa: N818 - control flow, never an error
+class _Hibernate(BaseException):
     pass
 
 
@@ -70,7 +70,9 @@ class Step:
     """Durable steps. Step results are keyed by (name, occurrence): the same name
     called twice in a loop is two steps, replayed in the same order."""
 
-    def __init__(self, host: Host, *, inline_sleep_max_s: float = policy.INLINE_SLEEP_MAX_S) -> None:
+    def __init__(
+        self, host: Host, *, inline_sleep_max_s: float = policy.INLINE_SLEEP_MAX_S
+    ) -> None:
         self._host = host
         self._inline_sleep_max_s = inline_sleep_max_s
         self._occurrences: dict[str, int] = {}
@@ -163,7 +165,9 @@ class Step:
     def occurrence(self, name: str) -> int:
         """Claim the next occurrence of ``name`` (in call order, so replays line up)."""
         if not isinstance(name, str) or not name or len(name) > 200:
-            raise UsageError(f"a step name must be a non-empty string of at most 200 chars: {name!r}")
+            raise UsageError(
+                f"a step name must be a non-empty string of at most 200 chars: {name!r}"
+            )
         with self._lock:
             n = self._occurrences.get(name, 0) + 1
             self._occurrences[name] = n
@@ -202,7 +206,7 @@ class Step:
                 _check_json(name, result)
             except (Cancelled, _Hibernate, asyncio.CancelledError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure of author code is the step's
+            except Exception as exc:
                 error: BaseException = exc
                 if isinstance(exc, asyncio.TimeoutError):
                     error = StepTimeout(

@@ -43,11 +43,14 @@ def create_instance(
 
 
 def get_instance(conn: sqlite3.Connection, instance_id: str) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM instances WHERE id = ?", (instance_id,)
+    ).fetchone()
     if row is None:
         # Accept a unique prefix, as git does for shas: ids are long.
-        rows = conn.execute(
-            "SELECT * FROM instances WHERE id LIKE ? || '%' LIMIT 2", (instance_id,)
+        rows: list[sqlite3.Row] = conn.execute(
+            "SELECT * FROM instances WHERE substr(id, 1, length(?)) = ? LIMIT 2",
+            (instance_id, instance_id),
         ).fetchall()
         if len(rows) == 1:
             return rows[0]
@@ -217,14 +220,16 @@ class Journal:
             self._fence()
             self.conn.execute(
                 "UPDATE steps SET status = ?, result = ?, finished_at = ?,"
-                " duration_s = ? - started_at, detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
+                " duration_s = ? - started_at,"
+                " detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
                 " error = NULL"
                 " WHERE instance_id = ? AND name = ? AND occurrence = ?",
                 (status, dumps(result), t, t, None if detail is None else dumps(detail),
                  self.instance_id, name, occurrence),
             )
             row = self.conn.execute(
-                "SELECT duration_s FROM steps WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                "SELECT duration_s FROM steps"
+                " WHERE instance_id = ? AND name = ? AND occurrence = ?",
                 (self.instance_id, name, occurrence),
             ).fetchone()
         return float(row[0] or 0.0) if row else 0.0
@@ -374,7 +379,9 @@ class Journal:
                 (status, now(), self.instance_id),
             )
 
-    def finish(self, status: str, *, output: Any = None, error: dict[str, Any] | None = None) -> None:
+    def finish(
+        self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
+    ) -> None:
         t = now()
         with immediate(self.conn):
             self._fence()

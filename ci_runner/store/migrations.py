@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _engine_tables(db: sqlite_utils.Database) -> None:
-    db["instances"].create(
+    db.table("instances").create(
         {
             "id": str,
             "tenant": str,          # who the instance belongs to (a repo, for ci-runner)
@@ -40,9 +40,9 @@ def _engine_tables(db: sqlite_utils.Database) -> None:
         not_null={"tenant", "workflow", "payload", "status", "created_at", "updated_at"},
         defaults={"lease_epoch": 0, "generation": 1},
     )
-    db["instances"].create_index(["status", "wake_at"])
-    db["instances"].create_index(["tenant", "created_at"])
-    db["steps"].create(
+    db.table("instances").create_index(["status", "wake_at"])
+    db.table("instances").create_index(["tenant", "created_at"])
+    db.table("steps").create(
         {
             "instance_id": str,
             "name": str,
@@ -56,7 +56,7 @@ def _engine_tables(db: sqlite_utils.Database) -> None:
             "result": str,          # JSON
             "error": str,           # JSON
             "wake_at": float,
-            "detail": str,          # JSON: kind-specific facts (exit code, process group, event type)
+            "detail": str,          # JSON: kind-specific facts (exit code, process group)
             "seq": int,             # order of first start, for display
         },
         pk=("instance_id", "name", "occurrence"),
@@ -64,7 +64,7 @@ def _engine_tables(db: sqlite_utils.Database) -> None:
         not_null={"instance_id", "name", "occurrence", "kind", "status"},
         defaults={"attempts": 0},
     )
-    db["events"].create(
+    db.table("events").create(
         {
             "id": int,
             "instance_id": str,
@@ -78,11 +78,11 @@ def _engine_tables(db: sqlite_utils.Database) -> None:
         foreign_keys=[("instance_id", "instances", "id")],
         not_null={"instance_id", "type", "created_at"},
     )
-    db["events"].create_index(["instance_id", "type", "consumed_by"])
+    db.table("events").create_index(["instance_id", "type", "consumed_by"])
 
 
 def _ci_tables(db: sqlite_utils.Database) -> None:
-    db["tenants"].create(
+    db.table("tenants").create(
         {"key": str, "name": str, "location": str, "created_at": float},
         pk="key",
         not_null={"name", "created_at"},

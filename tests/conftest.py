@@ -1,0 +1,63 @@
+"""Shared fixtures: a private CI_RUNNER_HOME per test and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gitrepos import ISOLATED_GIT_ENV, make_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh CI_RUNNER_HOME, also set for in-process code under test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("CI_RUNNER_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def cli(home: Path) -> Callable[..., Result]:
+    """Run `python -m ci_runner ARGS` for real; returns its exit code and output."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> Result:
+        full_env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
+                    "PYTHONPATH": str(ROOT), **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "ci_runner", *args], cwd=cwd, env=full_env,
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
+def repo_with(tmp_path: Path) -> Callable[..., Path]:
+    """A real git repo with a .ci/pipeline.py (and other files), committed on main."""
+
+    def make(pipeline: str, files: dict[str, str] | None = None, name: str = "proj") -> Path:
+        return make_repo(tmp_path / name, {".ci/pipeline.py": pipeline, **(files or {})})
+
+    return make
