@@ -87,6 +87,23 @@ def run(
 
 
 @app.command()
+def demo(
+    path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="Where to make the demo repo (default: CI_RUNNER_HOME/demo).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make a small demo repo with a pipeline and run it: a first look in one command."""
+    from ci_runner import paths
+    from ci_runner.cli.demo import make_demo_repo
+
+    where = make_demo_repo((path or paths.home() / "demo").resolve())
+    if not json_out:
+        typer.echo(f"demo repo: {where}")
+    run(repo=where, rev="HEAD", include_uncommitted=False, param=None, pipeline=None,
+        keep_workspace=False, secrets_file=None, json_out=json_out)
+
+
+@app.command()
 def resume(
     run_id: Annotated[str, typer.Argument(help="The run to resume.")],
     json_out: JsonOpt = False,

@@ -64,6 +64,8 @@ class RunView:
             state.started = time.monotonic()
             state.attempt = event.get("attempt", 1)
             state.max_attempts = event.get("max_attempts", 1)
+            state.exit_code = None
+            state.duration_s = None
             self.last_active = label
         state.replayed = bool(event.get("replayed"))
         if event.get("duration_s") is not None:
