@@ -63,7 +63,8 @@ def run(
     """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
     from ci_runner.cli.report import exit_code, run_record
     from ci_runner.cli.view import make_view
-    from ci_runner.dispatch.runs import RunRequest, drive_run, open_engine, start_run
+    from ci_runner.dispatch.runs import RunRequest, drive_run, open_engine, start_run, warm_child
+    from ci_runner.engine.driver import new_instance_id
 
     request = RunRequest(
         repo_path=repo, rev=rev, include_uncommitted=include_uncommitted,
@@ -71,10 +72,16 @@ def run(
         secrets_file=secrets_file.resolve() if secrets_file else None,
     )
     with open_engine() as engine:
-        run_id = start_run(engine, request)
+        run_id = new_instance_id()
+        child = warm_child(engine, run_id)
+        try:
+            start_run(engine, request, run_id=run_id)
+        except BaseException:
+            child.close()
+            raise
         view = make_view(json_mode=json_out)
         try:
-            drive_run(engine, run_id, observer=view)
+            drive_run(engine, run_id, observer=view, child=child)
         except KeyboardInterrupt:
             view.close(run_record(engine.conn, run_id))
             typer.echo(f"interrupted; `ci-runner resume {run_id}` picks it up again", err=True)

@@ -13,7 +13,7 @@ from ci_runner import paths
 from ci_runner.dispatch.dispatcher import WORKFLOW
 from ci_runner.dispatch.envelope import unwrap_params, wrap_params
 from ci_runner.dispatch.loader import PIPELINE_FILE
-from ci_runner.engine.driver import Engine, new_instance_id
+from ci_runner.engine.driver import ChildProcess, Engine, new_instance_id
 from ci_runner.engine.service import Observer
 from ci_runner.errors import PipelineNotFound
 from ci_runner.store.db import immediate, now
@@ -48,7 +48,15 @@ def open_engine() -> Engine:
     return Engine(paths.database(), reap_orphan=reap_orphan)
 
 
-def start_run(engine: Engine, request: RunRequest) -> str:
+def warm_child(engine: Engine, run_id: str) -> ChildProcess:
+    """Start the run's pipeline process early, so its start-up overlaps the git work."""
+    log_dir = paths.run_logs(run_id)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "pipeline.log").open("ab") as stdio:
+        return engine.spawn_child(stdio=stdio, env=os.environ)
+
+
+def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None) -> str:
     """Fork the worktree and store the queued run; returns the run id.
 
     Nothing is written when the repo, the rev or the pipeline file is missing.
@@ -79,7 +87,7 @@ def start_run(engine: Engine, request: RunRequest) -> str:
             f"no {PIPELINE_FILE} in {repo.root} at {sha[:12]}: `ci-runner init` writes a"
             " starter (commit it, or run with --include-uncommitted)"
         )
-    run_id = new_instance_id()
+    run_id = run_id or new_instance_id()
     workspace = paths.worktrees() / run_id
     tenant = tenant_key(repo)
     metadata = {
@@ -99,7 +107,13 @@ def start_run(engine: Engine, request: RunRequest) -> str:
     return run_id
 
 
-def drive_run(engine: Engine, run_id: str, observer: Observer | None = None) -> str:
+def drive_run(
+    engine: Engine,
+    run_id: str,
+    observer: Observer | None = None,
+    *,
+    child: ChildProcess | None = None,
+) -> str:
     """Drive the run in this process until it ends or hibernates; returns its status."""
     row = engine.get(run_id)
     metadata, _ = unwrap_params(json.loads(row["payload"]))
@@ -109,7 +123,7 @@ def drive_run(engine: Engine, run_id: str, observer: Observer | None = None) -> 
     with (log_dir / "pipeline.log").open("ab") as stdio:
         status = engine.drive(
             row["id"], observer=observer, stdio=stdio, env=os.environ,
-            cwd=workspace if workspace.is_dir() else None,
+            cwd=workspace if workspace.is_dir() else None, child=child,
         )
     if status in TERMINAL:
         finish_workspace(metadata)

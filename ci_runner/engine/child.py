@@ -62,10 +62,15 @@ def main(fd: int) -> None:
     conn = Connection(fd)
     if os.getppid() == 1:  # the driver died before we set the death signal
         os._exit(1)
-    init = json.loads(conn.recv_bytes())
-    host = PipeHost(conn)
+    # Import the runtime before the driver has work for us: it may start us early.
     from ci_runner.engine.runtime import execute, import_path
     from ci_runner.engine.step import Step, WorkflowEvent
+
+    try:
+        init = json.loads(conn.recv_bytes())
+    except EOFError:  # the driver did not need us after all
+        os._exit(0)
+    host = PipeHost(conn)
 
     try:
         workflow = import_path(init["workflow"])()

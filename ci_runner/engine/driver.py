@@ -9,7 +9,6 @@ steps return their stored result without running again.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -22,9 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ci_runner.engine import leases, policy
-from ci_runner.engine.runtime import Outcome, execute, path_of
 from ci_runner.engine.service import Observer, StepService
-from ci_runner.engine.step import Step, WorkflowEvent
 from ci_runner.errors import (
     CIRunnerError,
     LeaseLost,
@@ -35,6 +32,21 @@ from ci_runner.store import connect
 from ci_runner.store import journal as j
 
 OrphanReaper = Callable[[dict[str, Any]], None]
+Outcome = dict[str, Any]
+
+
+class ChildProcess:
+    """A started pipeline process, waiting for the instance it should run."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.proc = proc
+        self.conn = conn
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def new_instance_id() -> str:
@@ -94,7 +106,8 @@ class Engine:
     ) -> str:
         """Store a new queued instance of ``workflow`` (an import path or a class)."""
         iid = instance_id or new_instance_id()
-        name = workflow if isinstance(workflow, str) else path_of(workflow)
+        name = workflow if isinstance(workflow, str) else (
+            f"{workflow.__module__}:{workflow.__qualname__}")
         j.create_instance(self.conn, instance_id=iid, tenant=tenant, workflow=name, payload=payload)
         return iid
 
@@ -116,11 +129,13 @@ class Engine:
         stdio: IO[Any] | None = None,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        child: ChildProcess | None = None,
     ) -> str:
         """Run the instance until it completes, fails or hibernates; returns its status.
 
         With ``workflow`` (a class) the run happens in this process (embedded use);
-        otherwise a child process imports the stored workflow path and runs it.
+        otherwise a child process imports the stored workflow path and runs it. A
+        ``child`` from ``spawn_child`` saves its start-up time from the critical path.
         """
         row = j.get_instance(self.conn, instance_id)
         instance_id = row["id"]
@@ -134,20 +149,57 @@ class Engine:
         service = StepService(journal, observer, heartbeat=beat)
         if observer:
             observer({"type": "instance", "status": "running", "id": instance_id})
-        event = WorkflowEvent(json.loads(row["payload"]), row["created_at"], instance_id)
         try:
             if workflow is not None:
-                step = Step(LocalHost(service), inline_sleep_max_s=self.inline_sleep_max_s)
-                outcome = asyncio.run(execute(workflow(), event, step))
+                outcome = self._drive_here(row, workflow, service)
             else:
-                outcome = self._drive_child(row, service, beat, stdio=stdio, env=env, cwd=cwd)
+                child = child or self.spawn_child(stdio=stdio, env=env, cwd=cwd)
+                outcome = self._drive_child(row, service, beat, child)
         except LeaseLost:
             return "lost"
+        except KeyboardInterrupt:
+            # Stop the steps' own process groups too: they are not in our terminal's group.
+            self._reap(journal)
+            journal.release("queued")
+            raise
         status = self._commit(journal, outcome)
         if observer:
             observer({"type": "instance", "status": status, "id": instance_id,
                       "error": outcome.get("error"), "waiting_for": outcome.get("waiting_for")})
         return status
+
+    def _drive_here(self, row: Any, workflow: type, service: StepService) -> Outcome:
+        import asyncio
+
+        from ci_runner.engine.runtime import execute
+        from ci_runner.engine.step import Step, WorkflowEvent
+
+        event = WorkflowEvent(json.loads(row["payload"]), row["created_at"], row["id"])
+        step = Step(LocalHost(service), inline_sleep_max_s=self.inline_sleep_max_s)
+        return asyncio.run(execute(workflow(), event, step))
+
+    def spawn_child(
+        self,
+        *,
+        stdio: IO[Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ChildProcess:
+        """Start a pipeline process now; it imports the runtime while the caller works."""
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=stdio,
+                stderr=subprocess.STDOUT if stdio is not None else None,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )
+        finally:
+            theirs.close()
+        return ChildProcess(proc, Connection(ours.detach()))
 
     def _reap(self, journal: j.Journal) -> None:
         # Steps left running by a dead driver may still have processes: stop them first.
@@ -174,41 +226,19 @@ class Engine:
         return "errored"
 
     def _drive_child(
-        self,
-        row: Any,
-        service: StepService,
-        beat: _Heartbeat,
-        *,
-        stdio: IO[Any] | None,
-        env: Mapping[str, str] | None,
-        cwd: Path | None,
+        self, row: Any, service: StepService, beat: _Heartbeat, child: ChildProcess
     ) -> Outcome:
-        ours, theirs = socket.socketpair()
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=stdio,
-                stderr=subprocess.STDOUT if stdio is not None else None,
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
-            )
-        finally:
-            theirs.close()
-        conn = Connection(ours.detach())
-        try:
-            conn.send_bytes(json.dumps({
+            child.conn.send_bytes(json.dumps({
                 "workflow": row["workflow"], "payload": json.loads(row["payload"]),
                 "created_at": row["created_at"], "instance_id": row["id"],
                 "inline_sleep_max_s": self.inline_sleep_max_s,
             }).encode())
-            return self._serve(conn, proc, service, beat)
+            return self._serve(child.conn, child.proc, service, beat)
+        except (BrokenPipeError, ConnectionResetError):
+            return self._crashed(child.proc, service, {})
         finally:
-            conn.close()
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+            child.close()
 
     def _serve(
         self, conn: Connection, proc: subprocess.Popen[bytes], service: StepService,
