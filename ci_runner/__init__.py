@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         CommandFailed,
         EventTimeout,
         NonRetryableError,
+        Rejected,
         StepFailed,
         StepTimeout,
     )
@@ -31,6 +32,7 @@ _WHERE = {
     "Pipeline": "ci_runner.dispatch.pipeline",
     "PipelineEvent": "ci_runner.dispatch.pipeline",
     "PipelineStep": "ci_runner.dispatch.pipeline",
+    "Rejected": "ci_runner.errors",
     "RetryPolicy": "ci_runner.engine.policy",
     "StepFailed": "ci_runner.errors",
     "StepTimeout": "ci_runner.errors",
@@ -45,6 +47,7 @@ __all__ = [
     "Pipeline",
     "PipelineEvent",
     "PipelineStep",
+    "Rejected",
     "RetryPolicy",
     "StepFailed",
     "StepTimeout",

@@ -17,6 +17,7 @@ non-zero; anything else escaping is a bug and keeps its traceback.
     │   ├── StepTimeout             a step ran past its timeout
     │   └── PipelineCrashed         the pipeline process died mid-step
     ├── EventTimeout                wait_for_event gave up (catchable)
+    ├── Rejected                    a wait_for_approval was rejected (catchable)
     ├── NondeterminismError         replay met a step that differs from the recorded one
     ├── LeaseLost                   another process owns the run now; stop committing
     └── ExecutorError               a command could not be started at all
@@ -96,6 +97,10 @@ class EventTimeout(CIRunnerError):
     pass
 
 
+class Rejected(CIRunnerError):
+    """An approval was rejected; fails the run unless the pipeline catches it."""
+
+
 class NondeterminismError(CIRunnerError):
     pass
 
@@ -117,7 +122,7 @@ _BY_NAME: dict[str, type[CIRunnerError]] = {
     for cls in (
         CIRunnerError, UsageError, NotAGitRepository, PipelineNotFound, PipelineLoadError,
         RunNotFound, InvalidState, WorkspaceError, StepFailed, NonRetryableError,
-        CommandFailed, StepTimeout, PipelineCrashed, EventTimeout, NondeterminismError,
+        CommandFailed, StepTimeout, PipelineCrashed, EventTimeout, Rejected, NondeterminismError,
         LeaseLost, ExecutorError,
     )
 }

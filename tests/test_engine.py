@@ -159,7 +159,7 @@ def test_pipeline_process_crash_leaves_the_engine_unharmed(engine: Engine, led: 
 
 def test_a_replaced_driver_can_no_longer_commit(engine: Engine, tmp_path: Path) -> None:
     iid = engine.create(wf.Sequence, {"ledger": str(tmp_path / "l"), "steps": 1})
-    epoch = j.acquire_lease(engine.conn, iid, owner="a:1:1", ttl_s=60, owner_dead=False)
+    epoch = j.acquire_lease(engine.conn, iid, owner=engine.owner, ttl_s=60, owner_dead=False)
     stale = j.Journal(engine.conn, iid, epoch)
     with pytest.raises(InvalidState, match="not taken over while its owner is alive"):
         j.acquire_lease(engine.conn, iid, owner="b:2:2", ttl_s=60, owner_dead=False)

@@ -9,7 +9,8 @@ import ci_runner
 
 EXPECTED = [
     "CIRunnerError", "Cancelled", "CommandFailed", "EventTimeout", "NonRetryableError",
-    "Pipeline", "PipelineEvent", "PipelineStep", "RetryPolicy", "StepFailed", "StepTimeout",
+    "Pipeline", "PipelineEvent", "PipelineStep", "Rejected", "RetryPolicy", "StepFailed",
+    "StepTimeout",
 ]
 
 

@@ -110,26 +110,6 @@ def demo(
         keep_workspace=False, secrets_file=None, json_out=json_out)
 
 
-@app.command()
-def resume(
-    run_id: Annotated[str, typer.Argument(help="The run to resume.")],
-    json_out: JsonOpt = False,
-) -> None:
-    """Drive a hibernated or orphaned run on from its last committed step."""
-    from ci_runner.cli.report import exit_code, run_record
-    from ci_runner.cli.view import make_view
-    from ci_runner.dispatch.runs import drive_run, open_engine
-
-    with open_engine() as engine:
-        view = make_view(json_mode=json_out)
-        drive_run(engine, run_id, observer=view)
-        record = run_record(engine.conn, run_id)
-    view.close(record)
-    if json_out:
-        typer.echo(json.dumps(record))
-    raise typer.Exit(exit_code(record))
-
-
 @app.command("send-event")
 def send_event(
     run_id: Annotated[str, typer.Argument(help="The run to send to.")],
@@ -148,7 +128,9 @@ def send_event(
     with open_engine() as engine:
         row = engine.get(run_id)
         engine.send_event(row["id"], event_type, data)
-    typer.echo(f"sent {event_type!r} to run {row['id']}; `ci-runner resume {row['id']}` wakes it")
+    typer.echo(
+        f"sent {event_type!r} to run {row['id']}; `ci-runner resume {row['id']}` wakes it"
+    )
 
 
 @app.command()
@@ -242,6 +224,11 @@ def init(
 
     path, name = write_starter(repo, template, force=force)
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
+
+
+from ci_runner.cli import control  # noqa: E402 - commands register on the app above
+
+control.register(app)
 
 
 def main() -> None:

@@ -82,6 +82,11 @@ def _record(conn: sqlite3.Connection, row: sqlite3.Row, *, with_steps: bool) -> 
     }
     if with_steps:
         record["steps"] = [step_record(s) for s in j.steps_of(conn, row["id"])]
+        record["approvals"] = [
+            {"decision": (p := j.loads(e["payload"]) or {}).get("decision"), "by": p.get("by"),
+             "comment": p.get("comment"), "at": e["created_at"], "step": e["consumed_by"]}
+            for e in j.events_of(conn, row["id"]) if e["type"] == "approval"
+        ]
     return record
 
 

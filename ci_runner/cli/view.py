@@ -224,9 +224,19 @@ def summary(record: dict[str, Any]) -> str:
     if record["status"] == "errored" and error:
         lines.append(f"error: {error.get('message')}")
         lines.append(f"logs: ci-runner logs {rid}")
+    for approval in record.get("approvals") or []:
+        comment = f": {approval['comment']}" if approval.get("comment") else ""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(approval["at"]))
+        lines.append(f"{approval['decision']}d by {approval['by']} at {when}{comment}")
     if record["status"] in WAITING:
         for wait in record.get("waiting_for") or []:
-            if "event_type" in wait:
+            if wait.get("approval"):
+                message = f" ({wait['message']})" if wait.get("message") else ""
+                lines.append(
+                    f"waiting for approval at step {wait['step']!r}{message}: "
+                    f"ci-runner approve {rid} [--comment TEXT], or ci-runner reject {rid}"
+                )
+            elif "event_type" in wait:
                 lines.append(
                     f"waiting for event {wait['event_type']!r} at step {wait['step']!r}: "
                     f"ci-runner send-event {rid} {wait['event_type']}"

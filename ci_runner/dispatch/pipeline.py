@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ci_runner import paths
+from ci_runner.engine import leases
 from ci_runner.engine.policy import RetryPolicy, seconds
 from ci_runner.engine.step import Step
 from ci_runner.errors import CommandFailed, StepTimeout, UsageError
@@ -49,8 +51,8 @@ class Pipeline(ABC):
 
 
 class PipelineStep:
-    """The engine's step API (``do``, ``sleep``, ``sleep_until``, ``wait_for_event``)
-    plus ``run`` for commands."""
+    """The engine's step API (``do``, ``sleep``, ``sleep_until``, ``wait_for_event``,
+    ``wait_for_approval``, ``parallel``) plus ``run`` for commands."""
 
     def __init__(self, step: Step, metadata: Mapping[str, Any], host: Any) -> None:
         self._step = step
@@ -62,6 +64,7 @@ class PipelineStep:
         self.sleep = step.sleep
         self.sleep_until = step.sleep_until
         self.wait_for_event = step.wait_for_event
+        self.wait_for_approval = step.wait_for_approval
         self.parallel = step.parallel
 
 
@@ -144,10 +147,13 @@ class PipelineStep:
                 self._host.notify("output", name=name, occurrence=occurrence, text=text)
 
             def on_start(pgid: int) -> None:
+                # Recorded so a runner that takes this run over can stop the group, and
+                # never a recycled pid's (host and start time must match).
                 self._host.request(
                     "set_detail", name=name, occurrence=occurrence,
                     detail={"cmd": _display(argv), "pgid": pgid, "attempt": attempt,
-                            "log": str(log_path)},
+                            "log": str(log_path), "host": socket.gethostname(),
+                            "pgid_start": leases.start_time(pgid)},
                 )
 
             spec = CommandSpec(argv=argv, cwd=workdir, env=env, secrets=values,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,17 @@ class RunRequest:
 def reap_orphan(detail: dict[str, Any]) -> None:
     """Kill the process group a dead runner's light step left behind."""
     pgid = detail.get("pgid")
-    if isinstance(pgid, int) and pgid > 1:
-        from ci_runner.executors import kill_process_group
+    if not isinstance(pgid, int) or pgid <= 1:
+        return
+    if detail.get("host", socket.gethostname()) != socket.gethostname():
+        return  # another machine's process: its own runner (or reboot) deals with it
+    from ci_runner.engine.leases import start_time
+    from ci_runner.executors import kill_process_group
 
-        kill_process_group(pgid)
+    now_start = start_time(pgid)
+    if now_start != "0" and now_start != detail.get("pgid_start", now_start):
+        return  # the pid was recycled by an unrelated process group leader
+    kill_process_group(pgid)
 
 
 def open_engine() -> Engine:
@@ -103,7 +111,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     fork(repo, sha, workspace)
     _upsert_tenant(engine, tenant, repo.name, str(repo.root))
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
-                  instance_id=run_id)
+                  instance_id=run_id, claim=True)
     return run_id
 
 

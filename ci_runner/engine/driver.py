@@ -31,6 +31,9 @@ from ci_runner.errors import (
 from ci_runner.store import connect
 from ci_runner.store import journal as j
 
+# How often an idle driver checks whether its run was cancelled.
+CONTROL_POLL_S = 1.0
+
 OrphanReaper = Callable[[dict[str, Any]], None]
 Outcome = dict[str, Any]
 
@@ -103,12 +106,19 @@ class Engine:
         *,
         tenant: str = "default",
         instance_id: str | None = None,
+        claim: bool = False,
     ) -> str:
-        """Store a new queued instance of ``workflow`` (an import path or a class)."""
+        """Store a new queued instance of ``workflow`` (an import path or a class).
+
+        ``claim`` leases it to this engine at once, so that a worker does not pick it
+        up before this engine drives it.
+        """
         iid = instance_id or new_instance_id()
         name = workflow if isinstance(workflow, str) else (
             f"{workflow.__module__}:{workflow.__qualname__}")
-        j.create_instance(self.conn, instance_id=iid, tenant=tenant, workflow=name, payload=payload)
+        j.create_instance(self.conn, instance_id=iid, tenant=tenant, workflow=name,
+                          payload=payload, owner=self.owner if claim else None,
+                          ttl_s=self.lease_ttl_s)
         return iid
 
     def get(self, instance_id: str) -> dict[str, Any]:
@@ -156,7 +166,8 @@ class Engine:
                 child = child or self.spawn_child(stdio=stdio, env=env, cwd=cwd)
                 outcome = self._drive_child(row, service, beat, child)
         except LeaseLost:
-            return "lost"
+            # Cancelled or taken over: whoever holds the instance now says what it is.
+            return str(j.get_instance(self.conn, instance_id)["status"])
         except KeyboardInterrupt:
             # Stop the steps' own process groups too: they are not in our terminal's group.
             self._reap(journal)
@@ -247,11 +258,14 @@ class Engine:
         current: dict[str, Any] = {}
         while True:
             try:
-                ready = conn.poll(leases.HEARTBEAT_EVERY_S / 3)
+                ready = conn.poll(CONTROL_POLL_S)
             except (EOFError, OSError):
                 ready = True
             if not ready:
                 beat()
+                if not service.journal.still_ours():  # cancelled, or taken over
+                    proc.kill()
+                    raise LeaseLost(f"run {service.journal.instance_id} is no longer ours")
                 continue
             try:
                 message = json.loads(conn.recv_bytes())

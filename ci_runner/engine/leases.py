@@ -14,7 +14,8 @@ LEASE_TTL_S = 60.0
 HEARTBEAT_EVERY_S = 15.0
 
 
-def _start_time(pid: int) -> str:
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot, or '0' when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:  # noqa: PTH123
             stat = f.read()
@@ -28,7 +29,7 @@ def _start_time(pid: int) -> str:
 def owner_id() -> str:
     """This process's lease identity."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{start_time(pid)}"
 
 
 def owner_alive(owner: str | None) -> bool:
@@ -49,4 +50,4 @@ def owner_alive(owner: str | None) -> bool:
         return False
     except PermissionError:
         pass
-    return _start_time(pid) == start
+    return start_time(pid) == start

@@ -26,6 +26,7 @@ from ci_runner.errors import (
     CIRunnerError,
     EventTimeout,
     NonRetryableError,
+    Rejected,
     StepFailed,
     StepTimeout,
     UsageError,
@@ -33,6 +34,7 @@ from ci_runner.errors import (
     to_record,
 )
 
+APPROVAL_EVENT = "approval"
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
@@ -115,7 +117,12 @@ class Step:
         await self._sleep_until(name, wake_at)
 
     async def wait_for_event(
-        self, name: str, event_type: str, *, timeout: float | str = policy.DEFAULT_EVENT_TIMEOUT_S
+        self,
+        name: str,
+        event_type: str,
+        *,
+        timeout: float | str = policy.DEFAULT_EVENT_TIMEOUT_S,
+        describe: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Wait for an event sent to this instance; ``{type, payload, timestamp}``.
 
@@ -148,8 +155,29 @@ class Step:
             await self._park(Hibernation(
                 "waiting_for_event", deadline,
                 [{"step": _label(name, occurrence), "event_type": event_type,
-                  "deadline": deadline}],
+                  "deadline": deadline, **(describe or {})}],
             ))
+
+    async def wait_for_approval(
+        self,
+        name: str,
+        *,
+        timeout: float | str = policy.DEFAULT_EVENT_TIMEOUT_S,
+        message: str | None = None,
+    ) -> dict[str, Any]:
+        """Wait for a human: returns ``{approved_by, comment, at}``; a rejection raises
+        ``Rejected`` (the run fails unless the pipeline catches it)."""
+        event = await self.wait_for_event(
+            name, APPROVAL_EVENT, timeout=timeout,
+            describe={"approval": True, "message": message},
+        )
+        decision = event.get("payload") or {}
+        by, comment = decision.get("by", "unknown"), decision.get("comment")
+        if decision.get("decision") == "reject":
+            because = f": {comment}" if comment else ""
+            raise Rejected(f"step {name!r} was rejected by {by}{because}", by=by,
+                           comment=comment)
+        return {"approved_by": by, "comment": comment, "at": event.get("timestamp")}
 
     async def parallel(self, *aws: Awaitable[Any]) -> list[Any]:
         """Run steps at once: ``await step.parallel(step.run(...), step.run(...))``."""
@@ -197,6 +225,10 @@ class Step:
             state = answer["state"]
             if state in ("complete", "skipped"):
                 return answer["result"]
+            if state == "pause":
+                await self._park(Hibernation(
+                    "paused", None, [{"step": _label(name, occurrence), "paused": True}]
+                ))
             if state == "failed":
                 raise from_record(answer["error"])
             attempt = int(answer["attempt"])
@@ -273,8 +305,11 @@ class Step:
                 return
             whys = [w for w, _ in self._waits]
             deadlines = [w.wake_at for w in whys if w.wake_at is not None]
-            status = "waiting_for_event" if any(
-                w.status == "waiting_for_event" for w in whys) else "waiting"
+            statuses = {w.status for w in whys}
+            status = "waiting"
+            for candidate in ("waiting_for_event", "paused"):  # later ones take precedence
+                if candidate in statuses:
+                    status = candidate
             self.hibernation = Hibernation(
                 status, min(deadlines) if deadlines else None,
                 [item for w in whys for item in w.waiting_for],

@@ -31,14 +31,24 @@ def loads(text: str | None) -> Any:
 
 
 def create_instance(
-    conn: sqlite3.Connection, *, instance_id: str, tenant: str, workflow: str, payload: Any
+    conn: sqlite3.Connection,
+    *,
+    instance_id: str,
+    tenant: str,
+    workflow: str,
+    payload: Any,
+    owner: str | None = None,
+    ttl_s: float = 0.0,
 ) -> None:
+    """Store a queued instance; with ``owner`` it is leased to its creator, so a worker
+    does not pick it up between its creation and its creator driving it."""
     t = now()
     with immediate(conn):
         conn.execute(
-            "INSERT INTO instances (id, tenant, workflow, payload, status, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-            (instance_id, tenant, workflow, dumps(payload), t, t),
+            "INSERT INTO instances (id, tenant, workflow, payload, status, created_at,"
+            " updated_at, owner, lease_expires_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (instance_id, tenant, workflow, dumps(payload), t, t, owner,
+             t + ttl_s if owner else None),
         )
 
 
@@ -113,19 +123,186 @@ def acquire_lease(
 
 
 def send_event(
-    conn: sqlite3.Connection, instance_id: str, event_type: str, payload: Any
+    conn: sqlite3.Connection,
+    instance_id: str,
+    event_type: str,
+    payload: Any,
+    *,
+    only_if_waiting: bool = False,
+    once: bool = False,
 ) -> int:
+    """Store an event for the instance; it is kept until a step waits for it.
+
+    ``only_if_waiting``: refuse unless the instance is hibernated waiting for this type.
+    ``once``: refuse while an earlier event of this type is still undelivered, so two
+    approvals racing from two terminals apply once.
+    """
     with immediate(conn):
-        row = conn.execute("SELECT status FROM instances WHERE id = ?", (instance_id,)).fetchone()
+        row = conn.execute(
+            "SELECT status, waiting_for FROM instances WHERE id = ?", (instance_id,)
+        ).fetchone()
         if row is None:
             raise RunNotFound(f"no run {instance_id!r}: `ci-runner runs` lists the runs")
         if row["status"] in TERMINAL:
             raise InvalidState(f"run {instance_id} is {row['status']}; it takes no more events")
+        if once:
+            earlier = conn.execute(
+                "SELECT payload FROM events WHERE instance_id = ? AND type = ?"
+                " AND consumed_by IS NULL LIMIT 1", (instance_id, event_type),
+            ).fetchone()
+            if earlier is not None:
+                by = (loads(earlier[0]) or {}).get("by", "someone")
+                raise InvalidState(
+                    f"run {instance_id} already has a {event_type!r} from {by} that is being"
+                    " applied; it is applied once"
+                )
+        if only_if_waiting:
+            waits = loads(row["waiting_for"]) or []
+            if row["status"] != "waiting_for_event" or not any(
+                w.get("event_type") == event_type for w in waits
+            ):
+                raise InvalidState(
+                    f"run {instance_id} is {row['status']}, not waiting for {event_type!r}:"
+                    " `ci-runner pending` lists the runs that are"
+                )
         cur = conn.execute(
             "INSERT INTO events (instance_id, type, payload, created_at) VALUES (?, ?, ?, ?)",
             (instance_id, event_type, dumps(payload), now()),
         )
         return int(cur.lastrowid or 0)
+
+
+def terminate(conn: sqlite3.Connection, instance_id: str) -> list[dict[str, Any]]:
+    """Cancel the instance; a live driver loses its lease. Returns the details of steps
+    that were running, so their processes can be stopped."""
+    t = now()
+    with immediate(conn):
+        row = get_instance(conn, instance_id)
+        if row["status"] in TERMINAL:
+            raise InvalidState(f"run {row['id']} is already {row['status']}")
+        conn.execute(
+            "UPDATE instances SET status = 'terminated', lease_epoch = lease_epoch + 1,"
+            " owner = NULL, lease_expires_at = NULL, wake_at = NULL, control = NULL,"
+            " finished_at = ?, updated_at = ?, error = ? WHERE id = ?",
+            (t, t, dumps({"type": "Cancelled", "message": "cancelled by the user",
+                          "fields": {}}), row["id"]),
+        )
+        steps = conn.execute(
+            "SELECT detail FROM steps WHERE instance_id = ? AND status = 'running'",
+            (row["id"],),
+        ).fetchall()
+        conn.execute(
+            "UPDATE steps SET status = 'failed', finished_at = ?, error = ?"
+            " WHERE instance_id = ? AND status IN ('running', 'waiting', 'retrying')",
+            (t, dumps({"type": "Cancelled", "message": "the run was cancelled", "fields": {}}),
+             row["id"]),
+        )
+    return [loads(s[0]) for s in steps if s[0]]
+
+
+def request_pause(conn: sqlite3.Connection, instance_id: str) -> str:
+    """Pause: at once when no driver runs it, else at its next step (returns 'pausing')."""
+    with immediate(conn):
+        row = get_instance(conn, instance_id)
+        status = row["status"]
+        if status in TERMINAL or status == "paused":
+            raise InvalidState(f"run {row['id']} is {status}; it cannot be paused")
+        if status == "running":
+            conn.execute("UPDATE instances SET control = 'pause' WHERE id = ?", (row["id"],))
+            return "pausing"
+        conn.execute(
+            "UPDATE instances SET status = 'paused', updated_at = ? WHERE id = ?",
+            (now(), row["id"]),
+        )
+        return "paused"
+
+
+def unpause(conn: sqlite3.Connection, instance_id: str) -> str:
+    """Make a paused instance runnable again; returns its new status."""
+    with immediate(conn):
+        row = get_instance(conn, instance_id)
+        if row["status"] != "paused" and row["control"] != "pause":
+            raise InvalidState(f"run {row['id']} is {row['status']}, not paused")
+        if row["status"] != "paused":  # the pause had not taken effect yet: withdraw it
+            conn.execute("UPDATE instances SET control = NULL WHERE id = ?", (row["id"],))
+            return str(row["status"])
+        waits = loads(row["waiting_for"]) or []
+        if any("event_type" in w for w in waits):
+            status = "waiting_for_event"
+        elif row["wake_at"] is not None:
+            status = "waiting"
+        else:
+            status = "queued"
+        conn.execute(
+            "UPDATE instances SET status = ?, control = NULL, updated_at = ? WHERE id = ?",
+            (status, now(), row["id"]),
+        )
+        return status
+
+
+def reset_from(conn: sqlite3.Connection, instance_id: str, step: str | None) -> int:
+    """A new attempt of the instance keeping the results of steps before ``step``
+    (all of them dropped when ``step`` is None). Returns how many steps were dropped."""
+    with immediate(conn):
+        row = get_instance(conn, instance_id)
+        if row["status"] == "running" or row["control"] is not None:
+            raise InvalidState(
+                f"run {row['id']} is running; cancel it first (`ci-runner cancel {row['id']}`)"
+            )
+        rows = conn.execute(
+            "SELECT name, occurrence, seq FROM steps WHERE instance_id = ? ORDER BY seq",
+            (row["id"],),
+        ).fetchall()
+        first = 0
+        if step is not None:
+            labels = {_label(r["name"], r["occurrence"]): r["seq"] for r in rows}
+            if step not in labels:
+                known = ", ".join(labels) or "none"
+                raise InvalidState(f"run {row['id']} has no step {step!r} (steps: {known})")
+            first = labels[step]
+        dropped = conn.execute(
+            "DELETE FROM steps WHERE instance_id = ? AND seq >= ?", (row["id"], first)
+        ).rowcount
+        conn.execute(
+            "UPDATE instances SET status = 'queued', output = NULL, error = NULL,"
+            " finished_at = NULL, wake_at = NULL, waiting_for = NULL, owner = NULL,"
+            " lease_expires_at = NULL, generation = generation + 1, updated_at = ?"
+            " WHERE id = ?",
+            (now(), row["id"]),
+        )
+        return int(dropped)
+
+
+def runnable(conn: sqlite3.Connection, *, at: float | None = None) -> list[sqlite3.Row]:
+    """Instances a worker could drive now: queued, due timers, delivered events, and
+    running ones (the caller keeps those whose owner is dead or whose lease expired)."""
+    t = now() if at is None else at
+    rows: list[sqlite3.Row] = conn.execute(
+        "SELECT id, status, owner, lease_expires_at FROM instances WHERE status IN"
+        " ('queued', 'running')"
+        " OR (status IN ('waiting', 'waiting_for_event') AND wake_at IS NOT NULL"
+        "     AND wake_at <= ?)"
+        " OR (status = 'waiting_for_event' AND EXISTS (SELECT 1 FROM events e,"
+        "     json_each(instances.waiting_for) w WHERE e.instance_id = instances.id"
+        "     AND e.consumed_by IS NULL AND e.type = json_extract(w.value, '$.event_type')))"
+        " ORDER BY created_at",
+        (t,),
+    ).fetchall()
+    return rows
+
+
+def pending(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    rows: list[sqlite3.Row] = conn.execute(
+        "SELECT * FROM instances WHERE status = 'waiting_for_event' ORDER BY updated_at"
+    ).fetchall()
+    return rows
+
+
+def events_of(conn: sqlite3.Connection, instance_id: str) -> list[sqlite3.Row]:
+    rows: list[sqlite3.Row] = conn.execute(
+        "SELECT * FROM events WHERE instance_id = ? ORDER BY id", (instance_id,)
+    ).fetchall()
+    return rows
 
 
 # -- one driven instance -----------------------------------------------------
@@ -143,14 +320,23 @@ class Journal:
         ).fetchone()
         self._seq = int(row[0])
 
-    def _fence(self) -> None:
+    def _fence(self) -> str | None:
+        """Check the lease is still ours; returns a pending control request ('pause')."""
         row = self.conn.execute(
-            "SELECT lease_epoch FROM instances WHERE id = ?", (self.instance_id,)
+            "SELECT lease_epoch, control FROM instances WHERE id = ?", (self.instance_id,)
         ).fetchone()
         if row is None or row[0] != self.epoch:
             raise LeaseLost(
-                f"run {self.instance_id} was taken over by another process; this one stops"
+                f"run {self.instance_id} was cancelled or taken over by another process;"
+                " this one stops"
             )
+        return row[1]  # type: ignore[no-any-return]
+
+    def still_ours(self) -> bool:
+        row = self.conn.execute(
+            "SELECT lease_epoch FROM instances WHERE id = ?", (self.instance_id,)
+        ).fetchone()
+        return row is not None and row[0] == self.epoch
 
     def _step(self, name: str, occurrence: int) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(
@@ -176,7 +362,7 @@ class Journal:
         # Not fsynced: a lost attempt marker only means an attempt is not counted
         # after a power cut; the next durable commit makes it permanent anyway.
         with immediate(self.conn, durable=False):
-            self._fence()
+            control = self._fence()
             row = self._step(name, occurrence)
             if row is not None:
                 self._check_kind(row, name, occurrence, kind)
@@ -189,6 +375,8 @@ class Journal:
                         "duration_s": row["duration_s"],
                         "detail": loads(row["detail"]),
                     }
+                if control == "pause":
+                    return {"state": "pause"}
                 attempt = int(row["attempts"]) + 1
                 self.conn.execute(
                     "UPDATE steps SET status = 'running', attempts = ?, started_at = ?"
@@ -196,6 +384,8 @@ class Journal:
                     (attempt, t, self.instance_id, name, occurrence),
                 )
                 return {"state": "run", "attempt": attempt, "detail": loads(row["detail"])}
+            if control == "pause":
+                return {"state": "pause"}
             self._seq += 1
             self.conn.execute(
                 "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
@@ -365,7 +555,7 @@ class Journal:
             self._fence()
             self.conn.execute(
                 "UPDATE instances SET status = ?, wake_at = ?, waiting_for = ?, owner = NULL,"
-                " lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                " lease_expires_at = NULL, control = NULL, updated_at = ? WHERE id = ?",
                 (status, wake_at, dumps(waiting_for), t, self.instance_id),
             )
 
@@ -388,7 +578,7 @@ class Journal:
             self.conn.execute(
                 "UPDATE instances SET status = ?, output = ?, error = ?, finished_at = ?,"
                 " updated_at = ?, owner = NULL, lease_expires_at = NULL, wake_at = NULL,"
-                " waiting_for = NULL WHERE id = ?",
+                " waiting_for = NULL, control = NULL WHERE id = ?",
                 (status, dumps(output), None if error is None else dumps(error), t, t,
                  self.instance_id),
             )

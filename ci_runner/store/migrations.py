@@ -89,7 +89,12 @@ def _ci_tables(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_engine_tables, _ci_tables]
+def _control(db: sqlite_utils.Database) -> None:
+    # A request to the live driver of an instance (e.g. "pause"), read with the lease fence.
+    db.table("instances").add_column("control", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_engine_tables, _ci_tables, _control]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,82 @@
+"""Acting on runs from outside their driver: approvals, cancel, pause, retry, and finding
+the runs that need a driver (due timers, delivered events, orphans of dead runners)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from ci_runner.dispatch.envelope import unwrap_params
+from ci_runner.dispatch.runs import finish_workspace, reap_orphan
+from ci_runner.engine import leases
+from ci_runner.engine.driver import Engine
+from ci_runner.engine.step import APPROVAL_EVENT
+from ci_runner.store import journal as j
+from ci_runner.store.db import now
+
+
+def decide(engine: Engine, run_id: str, *, by: str, comment: str | None, reject: bool) -> str:
+    """Record an approval or rejection, at most once per wait; returns the full run id."""
+    row = j.get_instance(engine.conn, run_id)
+    payload = {"decision": "reject" if reject else "approve", "by": by, "comment": comment}
+    j.send_event(engine.conn, row["id"], APPROVAL_EVENT, payload, only_if_waiting=True,
+                 once=True)
+    return str(row["id"])
+
+
+def cancel(engine: Engine, run_id: str) -> str:
+    row = j.get_instance(engine.conn, run_id)
+    for detail in j.terminate(engine.conn, row["id"]):
+        if detail.get("host") in (None, socket.gethostname()):
+            reap_orphan(detail)
+    metadata, _ = unwrap_params(json.loads(row["payload"]))
+    finish_workspace(metadata)
+    return str(row["id"])
+
+
+def retry(engine: Engine, run_id: str, step: str | None) -> str:
+    """Keep results before ``step`` and make the run runnable again (its worktree is
+    forked again when it was removed)."""
+    row = j.get_instance(engine.conn, run_id)
+    metadata, _ = unwrap_params(json.loads(row["payload"]))
+    if metadata.get("snapshot"):
+        from ci_runner.workspace import hold, open_repo
+
+        hold(open_repo(Path(metadata["repo"])), str(row["id"]), str(metadata["sha"]))
+    j.reset_from(engine.conn, row["id"], step)
+    return str(row["id"])
+
+
+def needs_driver(engine: Engine) -> list[str]:
+    """Run ids a worker should drive now: queued (unclaimed or orphaned), due timers,
+    waits whose event arrived, and running ones whose driver is dead or silent."""
+    t = now()
+    ids = []
+    for row in j.runnable(engine.conn, at=t):
+        if row["status"] in ("queued", "running"):
+            expired = (row["lease_expires_at"] or 0) <= t
+            if row["owner"] is not None and not expired and leases.owner_alive(row["owner"]):
+                continue
+        ids.append(str(row["id"]))
+    return ids
+
+
+def pending_records(engine: Engine) -> list[dict[str, Any]]:
+    """Runs hibernating for an event or approval, with what they wait for."""
+    records = []
+    for row in j.pending(engine.conn):
+        metadata, _ = unwrap_params(json.loads(row["payload"]))
+        for wait in j.loads(row["waiting_for"]) or []:
+            if "event_type" not in wait:
+                continue
+            records.append({
+                "run_id": row["id"], "repo": metadata.get("repo_name"),
+                "sha": metadata.get("sha"), "ref": metadata.get("ref"),
+                "step": wait["step"],
+                "what": "approval" if wait.get("approval") else wait["event_type"],
+                "event_type": wait["event_type"], "message": wait.get("message"),
+                "since": row["updated_at"], "timeout_at": wait.get("deadline"),
+            })
+    return records
