@@ -29,10 +29,14 @@ def run_logs(run_id: str) -> Path:
 
 
 def step_log(run_id: str, name: str, occurrence: int) -> Path:
+    return run_logs(run_id) / step_log_name(name, occurrence)
+
+
+def step_log_name(name: str, occurrence: int) -> str:
     """One log file per step; names that are not filename-safe get a hash suffix."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
     if safe != name:
         safe += "-" + sha256(name.encode()).hexdigest()[:8]
     if occurrence > 1:
         safe += f"#{occurrence}"
-    return run_logs(run_id) / f"{safe}.log"
+    return f"{safe}.log"

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ci_runner.dispatch.envelope import unwrap_params
+from ci_runner.dispatch.envelope import WORKFLOW, unwrap_params
 from ci_runner.dispatch.loader import load_runner
 from ci_runner.dispatch.pipeline import PipelineEvent, PipelineStep
 from ci_runner.engine.runtime import call_run
 from ci_runner.engine.step import Step, WorkflowEvent
 
-WORKFLOW = "ci_runner.dispatch.dispatcher:PipelineDispatcher"
+__all__ = ["WORKFLOW", "PipelineDispatcher"]
 
 
 class PipelineDispatcher:

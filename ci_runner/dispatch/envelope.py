@@ -11,6 +11,10 @@ from typing import Any
 from ci_runner.errors import UsageError
 
 METADATA_KEY = "__dispatcherMetadata"
+# The engine's workflow for every CI run, and where a repo keeps its pipeline. Kept
+# here, not in dispatcher.py, so that starting a run does not import the runtime.
+WORKFLOW = "ci_runner.dispatch.dispatcher:PipelineDispatcher"
+PIPELINE_FILE = ".ci/pipeline.py"
 
 
 def wrap_params(metadata: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

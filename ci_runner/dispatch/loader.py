@@ -14,10 +14,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ci_runner.dispatch.envelope import PIPELINE_FILE
 from ci_runner.dispatch.pipeline import Pipeline
 from ci_runner.errors import PipelineLoadError, PipelineNotFound
 
-PIPELINE_FILE = ".ci/pipeline.py"
+__all__ = ["PIPELINE_FILE", "load_runner", "pick_pipeline"]
 
 
 def load_runner(metadata: dict[str, Any]) -> Pipeline:

@@ -60,6 +60,7 @@ class PipelineStep:
         self._host = host
         self._run_id = str(metadata["run_id"])
         self._workspace = Path(metadata["workspace"])
+        self._logs = paths.run_logs(self._run_id)  # resolved once, not per step
         self.do = step.do
         self.sleep = step.sleep
         self.sleep_until = step.sleep_until
@@ -136,7 +137,7 @@ class PipelineStep:
             secret_names, environ=os.environ,
             secrets_file=Path(secret_file) if secret_file else None,
         )
-        log_path = paths.step_log(self._run_id, name, occurrence)
+        log_path = self._logs / paths.step_log_name(name, occurrence)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a", encoding="utf-8") as log:
             log.write(f"--- attempt {attempt}: {_display(argv)} ({time.strftime('%H:%M:%S')})\n")
@@ -149,7 +150,7 @@ class PipelineStep:
             def on_start(pgid: int) -> None:
                 # Recorded so a runner that takes this run over can stop the group, and
                 # never a recycled pid's (host and start time must match).
-                self._host.request(
+                self._host.notify(
                     "set_detail", name=name, occurrence=occurrence,
                     detail={"cmd": _display(argv), "pgid": pgid, "attempt": attempt,
                             "log": str(log_path), "host": socket.gethostname(),

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ci_runner import paths
-from ci_runner.dispatch.dispatcher import WORKFLOW
-from ci_runner.dispatch.envelope import unwrap_params, wrap_params
-from ci_runner.dispatch.loader import PIPELINE_FILE
+from ci_runner.dispatch.envelope import PIPELINE_FILE, WORKFLOW, unwrap_params, wrap_params
 from ci_runner.engine.driver import ChildProcess, Engine, new_instance_id
 from ci_runner.engine.service import Observer
 from ci_runner.errors import PipelineNotFound

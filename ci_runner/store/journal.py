@@ -408,19 +408,14 @@ class Journal:
         t = now()
         with immediate(self.conn):
             self._fence()
-            self.conn.execute(
+            row = self.conn.execute(
                 "UPDATE steps SET status = ?, result = ?, finished_at = ?,"
                 " duration_s = ? - started_at,"
                 " detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
-                " error = NULL"
-                " WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                " error = NULL WHERE instance_id = ? AND name = ? AND occurrence = ?"
+                " RETURNING duration_s",
                 (status, dumps(result), t, t, None if detail is None else dumps(detail),
                  self.instance_id, name, occurrence),
-            )
-            row = self.conn.execute(
-                "SELECT duration_s FROM steps"
-                " WHERE instance_id = ? AND name = ? AND occurrence = ?",
-                (self.instance_id, name, occurrence),
             ).fetchone()
         return float(row[0] or 0.0) if row else 0.0
 
