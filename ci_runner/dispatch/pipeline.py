@@ -147,15 +147,16 @@ class PipelineStep:
                 log.flush()
                 self._host.notify("output", name=name, occurrence=occurrence, text=text)
 
-            def on_start(pgid: int) -> None:
-                # Recorded so a runner that takes this run over can stop the group, and
-                # never a recycled pid's (host and start time must match).
-                self._host.notify(
-                    "set_detail", name=name, occurrence=occurrence,
-                    detail={"cmd": _display(argv), "pgid": pgid, "attempt": attempt,
-                            "log": str(log_path), "host": socket.gethostname(),
-                            "pgid_start": leases.start_time(pgid)},
-                )
+            def on_start(started: Mapping[str, Any]) -> None:
+                # Recorded so a runner that takes this run over can stop the group (or
+                # adopt the container), never a recycled pid's: host and start time match.
+                detail: dict[str, Any] = {
+                    "cmd": _display(argv), "attempt": attempt, "log": str(log_path),
+                    "host": socket.gethostname(), **started,
+                }
+                if isinstance(started.get("pgid"), int):
+                    detail["pgid_start"] = leases.start_time(started["pgid"])
+                self._host.notify("set_detail", name=name, occurrence=occurrence, detail=detail)
 
             spec = CommandSpec(argv=argv, cwd=workdir, env=env, secrets=values,
                                timeout_s=timeout_s)

@@ -1,0 +1,237 @@
+"""Approvals, hibernation and run control through the real CLI, in real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT
+from tests.gitrepos import ISOLATED_GIT_ENV
+
+GATED = """
+import os
+from ci_runner import Pipeline, Rejected
+
+LEDGER = os.environ["LEDGER"]
+
+def mark(name):
+    with open(LEDGER, "a") as f:
+        f.write(name + "\\n")
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.do("build", lambda: mark("build"))
+        ok = await step.wait_for_approval("gate", message="ship it?", timeout="1 hour")
+        await step.run("deploy", ["sh", "-c", f"echo deploy >> {LEDGER}"])
+        return ok
+"""
+
+
+def ledger(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def ci_processes(home: Path) -> list[str]:
+    """ci-runner processes (drivers or pipeline children) using this home."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes()
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"CI_RUNNER_HOME={home}".encode() in env and b"ci_runner" in cmd:
+            found.append(proc.name)
+    return found
+
+
+def test_approve_resumes_a_hibernated_run_once(cli, repo_with, home: Path, tmp_path: Path):
+    log = tmp_path / "ledger"
+    repo = repo_with(GATED)
+    env = {"LEDGER": str(log)}
+    first = cli("run", cwd=repo, env=env)
+    assert first.code == 3, first.err
+    assert "waiting for approval at step 'gate' (ship it?)" in first.out
+    pending = cli("pending", "--json").json()
+    assert len(pending) == 1
+    wait = pending[0]
+    assert (wait["step"], wait["what"], wait["message"]) == ("gate", "approval", "ship it?")
+    run_id = wait["run_id"]
+    assert ci_processes(home) == []  # hibernated: nothing of ours is alive for it
+
+    done = cli("approve", run_id, "--comment", "lgtm", "--as", "alice", "--json", env=env)
+    assert done.code == 0, done.err
+    record = done.json()
+    assert record["status"] == "complete"
+    assert record["approvals"][0] | {"at": 0} == {
+        "decision": "approve", "by": "alice", "comment": "lgtm", "at": 0, "step": "gate"}
+    assert ledger(log) == ["build", "deploy"]
+    assert cli("pending", "--json").json() == []
+    again = cli("approve", run_id)
+    assert again.code == 2 and "is complete" in again.err
+    assert "approved by alice" in cli("show", run_id).out
+
+
+def test_reject_fails_the_run(cli, repo_with, tmp_path: Path):
+    log = tmp_path / "ledger"
+    repo = repo_with(GATED)
+    env = {"LEDGER": str(log)}
+    assert cli("run", cwd=repo, env=env).code == 3
+    run_id = cli("pending", "--json").json()[0]["run_id"]
+    result = cli("reject", run_id, "--comment", "not today", "--json", env=env)
+    assert result.code == 1
+    record = result.json()
+    assert record["status"] == "errored"
+    assert record["error"]["type"] == "Rejected"
+    assert "rejected by" in record["error"]["message"] and "not today" in record["error"]["message"]
+    assert ledger(log) == ["build"]
+
+
+def test_two_approvals_at_once_apply_once(cli, repo_with, home: Path, tmp_path: Path):
+    log = tmp_path / "ledger"
+    repo = repo_with(GATED)
+    env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
+           "PYTHONPATH": str(ROOT), "LEDGER": str(log)}
+    assert cli("run", cwd=repo, env={"LEDGER": str(log)}).code == 3
+    run_id = cli("pending", "--json").json()[0]["run_id"]
+    procs = [subprocess.Popen([sys.executable, "-m", "ci_runner", "approve", run_id, "--as", who],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, stdin=subprocess.DEVNULL)
+             for who in ("alice", "bob")]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    results = [(p.returncode, err) for p, (_, err) in zip(procs, outputs, strict=True)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    assert ledger(log) == ["build", "deploy"]
+    record = cli("show", run_id, "--json").json()
+    assert len(record["approvals"]) == 1
+
+
+def test_approving_unknown_or_running_runs_is_a_clear_error(cli):
+    missing = cli("approve", "no-such-run")
+    assert missing.code == 2 and missing.err.startswith("error: no run 'no-such-run'")
+    bad = cli("send-event", "no-such-run", "bad type!")
+    assert bad.code == 2 and "error:" in bad.err and "Traceback" not in bad.err
+
+
+def test_event_sent_early_is_kept_and_delivered(cli, repo_with, tmp_path: Path):
+    pipeline = """
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.sleep("nap", "61 seconds")
+        got = await step.wait_for_event("go", "go-now", timeout=60)
+        return got["payload"]
+"""
+    repo = repo_with(pipeline)
+    first = cli("run", "--json", cwd=repo)
+    assert first.code == 3 and first.json()["status"] == "waiting"
+    run_id = first.json()["run_id"]
+    sent = cli("send-event", run_id, "go-now", "--payload", '{"n": 1}')
+    assert sent.code == 0, sent.err
+    still = cli("resume", run_id, "--json")  # woken early: the long sleep hibernates again
+    assert still.code == 3 and still.json()["status"] == "waiting"
+
+
+def test_cancel_pause_unpause_and_retry_from(cli, repo_with, tmp_path: Path):
+    log = tmp_path / "ledger"
+    repo = repo_with(GATED)
+    env = {"LEDGER": str(log)}
+    assert cli("run", cwd=repo, env=env).code == 3
+    run_id = cli("pending", "--json").json()[0]["run_id"]
+
+    assert cli("pause", run_id).code == 0
+    assert cli("show", run_id, "--json").json()["status"] == "paused"
+    assert cli("approve", run_id).code == 2  # a paused run takes no approval
+    assert cli("unpause", run_id, "--detach", env=env).code == 0
+    deadline = time.time() + 30
+    while cli("show", run_id, "--json").json()["status"] != "waiting_for_event":
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+    assert cli("approve", run_id, env=env).code == 0
+    assert ledger(log) == ["build", "deploy"]
+    # retry --from gate keeps build, waits for a new approval, deploys again.
+    retried = cli("retry", run_id, "--from", "gate", "--json", env=env)
+    assert retried.code == 3, retried.err
+    assert cli("approve", run_id, "--as", "carol", env=env).code == 0
+    assert ledger(log) == ["build", "deploy", "deploy"]
+    unknown = cli("retry", run_id, "--from", "nope")
+    assert unknown.code == 2 and "steps: build, gate, deploy" in unknown.err
+
+    assert cli("run", cwd=repo, env=env).code == 3
+    second = cli("pending", "--json").json()[0]["run_id"]
+    assert cli("cancel", second).code == 0
+    record = cli("show", second, "--json").json()
+    assert record["status"] == "terminated"
+    assert not Path(record["workspace"]).exists()
+    assert cli("cancel", second).code == 2
+
+
+def test_cancel_stops_a_live_run_and_its_processes(cli, repo_with, home: Path, tmp_path: Path):
+    marker = tmp_path / "started"
+    pipeline = f"""
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("long", ["sh", "-c", "echo $$ > {marker}; sleep 300"])
+"""
+    repo = repo_with(pipeline)
+    env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", "run", "--json"], cwd=repo,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not marker.exists() or not marker.read_text().strip():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    run_id = cli("runs", "--json").json()[0]["run_id"]
+    assert cli("cancel", run_id).code == 0
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert '"status": "terminated"' in out
+    deadline = time.time() + 10
+    while _alive(pid):
+        assert time.time() < deadline, "the step's process outlived the cancel"
+        time.sleep(0.05)
+
+
+def test_worker_wakes_due_sleeps(cli, repo_with, home: Path, tmp_path: Path):
+    pipeline = """
+import time
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.sleep_until("later", time.time() + 61)
+        return "woke"
+"""
+    repo = repo_with(pipeline)
+    first = cli("run", "--json", cwd=repo)
+    assert first.code == 3
+    run_id = first.json()["run_id"]
+    # Pretend the time has come: move the wake time into the past.
+    import sqlite3
+
+    db = sqlite3.connect(home / "ci-runner.db")
+    with db:
+        db.execute("UPDATE instances SET wake_at = 0 WHERE id = ?", (run_id,))
+        db.execute("UPDATE steps SET wake_at = 0 WHERE instance_id = ?", (run_id,))
+    db.close()
+    out = cli("worker", "--once")
+    assert out.code == 0, out.err
+    assert cli("show", run_id, "--json").json()["status"] == "complete"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
