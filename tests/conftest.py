@@ -45,7 +45,7 @@ def cli(home: Path) -> Callable[..., Result]:
         full_env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
                     "PYTHONPATH": str(ROOT), **(env or {})}
         proc = subprocess.run(
-            [sys.executable, "-m", "ci_runner", *args], cwd=cwd, env=full_env,
+            [sys.executable, "-m", "ci_runner", *args], check=False, cwd=cwd, env=full_env,
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -18,6 +18,7 @@ from ci_runner.executors import (
     CommandSpec,
     Executor,
     HostExecutor,
+    StartInfo,
     kill_process_group,
     scrubbed_env,
 )
@@ -33,7 +34,7 @@ SAFETY_TIMEOUT = 30.0
 def _run(
     spec: CommandSpec,
     *,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[StartInfo], None] | None = None,
     grace: float = 2.0,
 ) -> tuple[CommandResult, list[str]]:
     chunks: list[str] = []
@@ -131,11 +132,11 @@ def test_leftover_background_processes_die_with_the_step(tmp_path: Path) -> None
 
 
 def test_on_start_gets_the_process_group_of_a_new_session(tmp_path: Path) -> None:
-    started: list[int] = []
+    started: list[StartInfo] = []
     code = "import os; print(os.getpgrp(), os.getsid(0))"
     _, chunks = _run(CommandSpec(argv=[PY, "-c", code], cwd=tmp_path), on_start=started.append)
     pgrp, sid = map(int, "".join(chunks).split())
-    assert started == [pgrp] == [sid]
+    assert started == [{"pgid": pgrp}] == [{"pgid": sid}]
     assert pgrp != os.getpgrp()
 
 

@@ -72,7 +72,7 @@ class CatchFailure:
 
         try:
             await step.do("boom", boom)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             caught = type(exc).__name__ + ":" + str(exc)
         await step.wait_for_event("go", "go", timeout=60)
         return caught
@@ -128,4 +128,19 @@ class Crash:
 
 class NotJson:
     async def run(self, event: Any, step: Any) -> Any:
-        return await step.do("obj", lambda: object())
+        return await step.do("obj", object)
+
+
+class EchoRunner:
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        self.metadata = metadata
+
+    async def run(self, event: Any, step: Any) -> Any:
+        got = await step.do("echo", lambda: {"tenant": self.metadata["tenant"],
+                                             "params": event.payload})
+        return got
+
+
+def load_echo(metadata: dict[str, Any]) -> EchoRunner:
+    """A custom load_runner for the dispatch primitive's test."""
+    return EchoRunner(metadata)

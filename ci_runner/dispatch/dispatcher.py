@@ -1,37 +1,48 @@
-"""The one workflow the engine knows for CI: unwrap the envelope, load the tenant's
-pipeline at the run's sha, run it with the CI step API.
+"""The dispatcher workflow: unwrap the envelope, load the tenant's runner from the
+instance's own metadata, run it. Dynamic Workflows' ``dispatchWorkflow``.
 
-Dynamic Workflows' ``dispatchWorkflow``: the engine stays generic, the tenant's
-code is found from the instance's own metadata every time it wakes.
+The engine stays generic: it only knows this one workflow. Which code runs is
+decided by ``load_runner(metadata)`` every time the instance wakes; the metadata
+may name its own loader (``"loader": "module:function"``), else ci-runner's, which
+imports ``.ci/pipeline.py`` from the run's worktree at its sha.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ci_runner.dispatch.envelope import WORKFLOW, unwrap_params
-from ci_runner.dispatch.loader import load_runner
-from ci_runner.dispatch.pipeline import PipelineEvent, PipelineStep
-from ci_runner.engine.runtime import call_run
+from ci_runner.dispatch.envelope import LOADER, WORKFLOW, unwrap_params, wrap_params
+from ci_runner.engine.runtime import call_run, import_path
 from ci_runner.engine.step import Step, WorkflowEvent
 
-__all__ = ["WORKFLOW", "PipelineDispatcher"]
+if TYPE_CHECKING:
+    from ci_runner.engine.driver import Engine
+
+__all__ = ["WORKFLOW", "PipelineDispatcher", "dispatch"]
 
 
 class PipelineDispatcher:
     async def run(self, event: WorkflowEvent, step: Step) -> Any:
         metadata, params = unwrap_params(event.payload)
+        load_runner = import_path(str(metadata.get("loader") or LOADER))
         runner = load_runner(metadata)
-        inner = PipelineEvent(
-            payload=params,
-            timestamp=event.timestamp,
-            instance_id=event.instance_id,
-            repo=str(metadata["repo"]),
-            sha=str(metadata["sha"]),
-            ref=metadata.get("ref"),
-            trigger=str(metadata.get("trigger", "cli")),
-            workspace=Path(metadata["workspace"]),
-            snapshot=bool(metadata.get("snapshot", False)),
-        )
-        return await call_run(runner.run, inner, PipelineStep(step, metadata, step.host))
+        inner = WorkflowEvent(params, event.timestamp, event.instance_id)
+        return await call_run(runner.run, inner, step)
+
+
+def dispatch(
+    engine: Engine,
+    *,
+    tenant: str,
+    metadata: dict[str, Any],
+    params: dict[str, Any],
+    instance_id: str | None = None,
+) -> str:
+    """Create an instance of the dispatcher for a tenant; returns its id.
+
+    Put ``"loader": "your.module:load_runner"`` in ``metadata`` to load runners your
+    way: it receives the metadata and returns an object with ``run(event, step)``.
+    Drive it with ``engine.drive(id)``. Never put secrets in the metadata: it is stored.
+    """
+    return engine.create(WORKFLOW, wrap_params({"tenant": tenant, **metadata}, params),
+                         tenant=tenant, instance_id=instance_id)

@@ -15,6 +15,7 @@ METADATA_KEY = "__dispatcherMetadata"
 # here, not in dispatcher.py, so that starting a run does not import the runtime.
 WORKFLOW = "ci_runner.dispatch.dispatcher:PipelineDispatcher"
 PIPELINE_FILE = ".ci/pipeline.py"
+LOADER = "ci_runner.dispatch.loader:load_runner"
 
 
 def wrap_params(metadata: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

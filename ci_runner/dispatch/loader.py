@@ -12,16 +12,41 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_runner.dispatch.envelope import PIPELINE_FILE
 from ci_runner.dispatch.pipeline import Pipeline
 from ci_runner.errors import PipelineLoadError, PipelineNotFound
 
-__all__ = ["PIPELINE_FILE", "load_runner", "pick_pipeline"]
+if TYPE_CHECKING:
+    from ci_runner.engine.step import Step, WorkflowEvent
+
+__all__ = ["PIPELINE_FILE", "PipelineRunner", "load_runner", "pick_pipeline"]
 
 
-def load_runner(metadata: dict[str, Any]) -> Pipeline:
+class PipelineRunner:
+    """Adapts a repo's Pipeline to the dispatcher: builds the CI event and step API."""
+
+    def __init__(self, pipeline: Pipeline, metadata: dict[str, Any]) -> None:
+        self.pipeline = pipeline
+        self.metadata = metadata
+
+    async def run(self, event: WorkflowEvent, step: Step) -> Any:
+        from ci_runner.dispatch.pipeline import PipelineEvent, PipelineStep
+        from ci_runner.engine.runtime import call_run
+
+        meta = self.metadata
+        inner = PipelineEvent(
+            payload=event.payload, timestamp=event.timestamp, instance_id=event.instance_id,
+            repo=str(meta["repo"]), sha=str(meta["sha"]), ref=meta.get("ref"),
+            trigger=str(meta.get("trigger", "cli")), workspace=Path(meta["workspace"]),
+            snapshot=bool(meta.get("snapshot", False)),
+        )
+        return await call_run(self.pipeline.run, inner, PipelineStep(step, meta, step.host))
+
+
+def load_runner(metadata: dict[str, Any]) -> PipelineRunner:
+    """Import the run's pipeline from its own worktree (forked again if it was removed)."""
     workspace = Path(metadata["workspace"])
     if not workspace.is_dir():
         _refork(metadata, workspace)
@@ -33,7 +58,7 @@ def load_runner(metadata: dict[str, Any]) -> Pipeline:
         )
     module = _import(path, f"_ci_pipeline_{metadata['run_id'].replace('-', '_')}")
     cls = pick_pipeline(module, metadata.get("pipeline"), str(path))
-    return cls()
+    return PipelineRunner(cls(), metadata)
 
 
 def _import(path: Path, module_name: str) -> Any:
