@@ -55,6 +55,14 @@ def resolve_secrets(
     return resolved
 
 
+def check_secrets_file(path: Path) -> None:
+    """Validate a secrets file named on the command line before anything runs: it must
+    exist (a typo must not fall back to the environment silently), be private, and parse."""
+    if not path.exists():
+        raise UsageError(f"secrets file {path} does not exist", path=str(path))
+    _load(path)
+
+
 def _load(path: Path) -> dict[Any, Any]:
     try:
         mode = path.stat().st_mode

@@ -20,7 +20,9 @@ class CI(Pipeline):
                 retries={"limit": 2, "delay": "1 second", "backoff": "constant"},
             ),
         )
-        version = await step.do("version", lambda: open("VERSION").read().strip())
+        version = await step.do(
+            "version", lambda: (event.workspace / "VERSION").read_text().strip()
+        )
         await step.sleep("cool-down", "1 second")
-        await step.run("package", ["tar", "czf", f"/tmp/demo-{version}.tgz", "app.py"])
+        await step.run("package", f"mkdir -p dist && tar czf dist/demo-{version}.tgz app.py")
         return {"version": version, "params": event.payload}

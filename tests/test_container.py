@@ -84,7 +84,7 @@ def _spec(argv: list[str] | str, cwd: Path, **kwargs: Any) -> CommandSpec:
 
 
 def _ours(client: DockerClient, labels: dict[str, str]) -> list[Any]:
-    filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    filters: dict[str, Any] = {"label": [f"{k}={v}" for k, v in labels.items()]}
     return client.containers.list(all=True, filters=filters)
 
 

@@ -33,7 +33,8 @@ def test_known_names_are_the_root_images_then_the_sandbox_directories() -> None:
 def test_resolve_maps_known_names_and_leaves_references_alone() -> None:
     assert images.resolve("python") == "ci-runner/python:latest"
     assert images.resolve("busybox") == "ci-runner/busybox:latest"
-    assert images.resolve("registry.example/team/builder:1.2") == "registry.example/team/builder:1.2"
+    reference = "registry.example/team/builder:1.2"
+    assert images.resolve(reference) == reference
     assert images.resolve("ci-runner/python:latest") == "ci-runner/python:latest"
     assert images.resolve("no-such-sandbox") == "no-such-sandbox"
 

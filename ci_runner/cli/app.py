@@ -7,6 +7,7 @@ Exit codes: 0 complete, 1 pipeline failed, 2 usage or configuration error,
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ci_runner import paths
 from ci_runner.errors import CIRunnerError, UsageError
 
 app = typer.Typer(
@@ -61,7 +63,7 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
-    from ci_runner.cli.report import exit_code, run_record
+    from ci_runner.cli.report import run_record
     from ci_runner.cli.view import make_view
     from ci_runner.dispatch.runs import RunRequest, drive_run, open_engine, start_run, warm_child
     from ci_runner.engine.driver import new_instance_id
@@ -78,8 +80,11 @@ def run(
             start_run(engine, request, run_id=run_id)
         except BaseException:
             child.close()
+            # Nothing was stored for a run that could not start: leave no log folder.
+            shutil.rmtree(paths.run_logs(run_id), ignore_errors=True)
             raise
         view = make_view(json_mode=json_out)
+        view.header(run_record(engine.conn, run_id, with_steps=False))
         try:
             drive_run(engine, run_id, observer=view, child=child)
         except KeyboardInterrupt:
@@ -90,7 +95,24 @@ def run(
     view.close(record)
     if json_out:
         typer.echo(json.dumps(record))
-    raise typer.Exit(exit_code(record))
+    raise typer.Exit(finish(record))
+
+
+def finish(record: dict[str, Any]) -> int:
+    """The run's exit code; a configuration error also gets its one `error:` line."""
+    from ci_runner.cli.report import EXIT_USAGE, exit_code
+
+    code = exit_code(record)
+    if code == EXIT_USAGE and record.get("error"):
+        _error_line(str(record["error"].get("message", "")))
+    return code
+
+
+def _error_line(message: str) -> None:
+    text = f"error: {message}"
+    if sys.stderr.isatty():
+        text = f"\x1b[31m{text}\x1b[0m"
+    print(text, file=sys.stderr)
 
 
 @app.command()
@@ -226,9 +248,10 @@ def init(
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
 
 
-from ci_runner.cli import control  # noqa: E402 - commands register on the app above
+from ci_runner.cli import control, images  # noqa: E402 - they register on the app above
 
 control.register(app)
+images.register(app)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ CommentOpt = Annotated[Optional[str], typer.Option(help="Why; recorded on the ru
 
 def drive_in_foreground(run_id: str, *, json_out: bool) -> int:
     """Drive the run here with the live view, like `run`; returns the exit code."""
-    from ci_runner.cli.report import exit_code, run_record
+    from ci_runner.cli.report import run_record
     from ci_runner.cli.view import make_view
     from ci_runner.dispatch.runs import drive_run, open_engine
 
@@ -42,7 +42,9 @@ def drive_in_foreground(run_id: str, *, json_out: bool) -> int:
     view.close(record)
     if json_out:
         typer.echo(json.dumps(record))
-    return exit_code(record)
+    from ci_runner.cli.app import finish
+
+    return finish(record)
 
 
 def drive_detached(run_id: str) -> int:

@@ -45,6 +45,7 @@ class RunView:
         self.steps: dict[str, StepState] = {}
         self.last_active: str | None = None
         self.started = time.monotonic()
+        self.title = ""
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event["type"] == "step":
@@ -98,6 +99,10 @@ class RunView:
             state.tail.append(line)
             self.on_line(state, line)
 
+    def header(self, record: dict[str, Any]) -> None:
+        """Say what is about to run: the repo, commit and run id."""
+        self.title = title(record)
+
     def on_change(self, state: StepState) -> None:
         """A step changed status."""
 
@@ -118,6 +123,10 @@ class PlainView(RunView):
     def _print(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
+
+    def header(self, record: dict[str, Any]) -> None:
+        super().header(record)
+        self._print(self.title)
 
     def on_change(self, state: StepState) -> None:
         icon = ICONS.get(state.status, "?")
@@ -187,7 +196,8 @@ class LiveView(RunView):
                 Text("" if seconds is None else f"{seconds:.1f}s", style="dim"),
                 Text(note, style="dim", overflow="ellipsis", no_wrap=True),
             )
-        parts: list[Any] = [table]
+        parts: list[Any] = [Text(self.title, style="bold")] if self.title else []
+        parts.append(table)
         active = self.steps.get(self.last_active or "")
         running = [s for s in self.steps.values() if s.status == "running"]
         if running and (active is None or active.status != "running"):
@@ -210,6 +220,14 @@ class LiveView(RunView):
                 self.console.print(line, markup=False, highlight=False)
         style = {"complete": "bold green", "errored": "bold red"}.get(record["status"], "bold")
         self.console.print(summary(record), style=style, markup=False, highlight=False)
+
+
+def title(record: dict[str, Any]) -> str:
+    ref = (record.get("ref") or "").removeprefix("refs/heads/")
+    where = f"{(record.get('sha') or '')[:10]}" + (f" ({ref})" if ref else "")
+    if record.get("snapshot"):
+        where += " + uncommitted changes"
+    return f"{record['repo']} @ {where} · run {record['run_id']}"
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -28,9 +28,14 @@ def decide(engine: Engine, run_id: str, *, by: str, comment: str | None, reject:
 
 def cancel(engine: Engine, run_id: str) -> str:
     row = j.get_instance(engine.conn, run_id)
-    for detail in j.terminate(engine.conn, row["id"]):
+    running = j.terminate(engine.conn, row["id"])
+    for detail in running:
         if detail.get("host") in (None, socket.gethostname()):
             reap_orphan(detail)
+    if any(d.get("container") for d in running):
+        from ci_runner.executors import remove_containers
+
+        remove_containers({"ci-runner.run": str(row["id"])})
     metadata, _ = unwrap_params(json.loads(row["payload"]))
     finish_workspace(metadata)
     return str(row["id"])

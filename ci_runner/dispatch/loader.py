@@ -71,13 +71,23 @@ def _import(path: Path, module_name: str) -> Any:
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        where = f"{Path(frame.filename).name}:{frame.lineno}"
+    except Exception as exc:  # any import failure is the pipeline's to fix
+        what = exc.msg if isinstance(exc, SyntaxError) else str(exc)
         raise PipelineLoadError(
-            f"{PIPELINE_FILE} failed to import: {type(exc).__name__}: {exc} ({where})"
+            f"{PIPELINE_FILE} failed to import: {type(exc).__name__}: {what}"
+            f" ({_where(exc, path)})"
         ) from exc
     return module
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """The line of the pipeline file the error comes from, not importlib's or a library's."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(path):
+        return f"{path.name}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    if frames:
+        return f"{path.name}:{frames[-1].lineno}"
+    return path.name
 
 
 def pick_pipeline(module: Any, wanted: str | None, where: str) -> type[Pipeline]:

@@ -14,7 +14,7 @@ from ci_runner import paths
 from ci_runner.dispatch.envelope import PIPELINE_FILE, WORKFLOW, unwrap_params, wrap_params
 from ci_runner.engine.driver import ChildProcess, Engine, new_instance_id
 from ci_runner.engine.service import Observer
-from ci_runner.errors import PipelineNotFound
+from ci_runner.errors import PipelineNotFound, UsageError
 from ci_runner.store.db import immediate, now
 
 TERMINAL = ("complete", "errored", "terminated")
@@ -76,6 +76,14 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         tenant_key,
     )
 
+    if request.include_uncommitted and request.rev != "HEAD":
+        raise UsageError(
+            "--include-uncommitted runs the working tree; it cannot be combined with --rev"
+        )
+    if request.secrets_file is not None:
+        from ci_runner.secrets import check_secrets_file
+
+        check_secrets_file(request.secrets_file)
     repo = open_repo(request.repo_path)
     if request.include_uncommitted:
         sha = snapshot_uncommitted(repo)

@@ -157,8 +157,7 @@ class Engine:
         self._reap(journal)
         beat = _Heartbeat(journal, self.lease_ttl_s)
         service = StepService(journal, observer, heartbeat=beat)
-        if observer:
-            observer({"type": "instance", "status": "running", "id": instance_id})
+        service.observe({"type": "instance", "status": "running", "id": instance_id})
         try:
             if workflow is not None:
                 outcome = self._drive_here(row, workflow, service)
@@ -174,9 +173,8 @@ class Engine:
             journal.release("queued")
             raise
         status = self._commit(journal, outcome)
-        if observer:
-            observer({"type": "instance", "status": status, "id": instance_id,
-                      "error": outcome.get("error"), "waiting_for": outcome.get("waiting_for")})
+        service.observe({"type": "instance", "status": status, "id": instance_id,
+                         "error": outcome.get("error"), "waiting_for": outcome.get("waiting_for")})
         return status
 
     def _drive_here(self, row: Any, workflow: type, service: StepService) -> Outcome:
@@ -290,7 +288,11 @@ class Engine:
     def _crashed(
         self, proc: subprocess.Popen[bytes], service: StepService, current: dict[str, Any]
     ) -> Outcome:
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # alive but not talking to us: end it
+            proc.kill()
+            code = proc.wait()
         where = f" during step {current['name']!r}" if current else ""
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         error = to_record(PipelineCrashed(

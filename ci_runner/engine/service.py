@@ -27,8 +27,16 @@ class StepService:
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.journal = journal
-        self.observe = observer or _quiet
+        self._observer = observer or _quiet
         self._heartbeat = heartbeat
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """Tell the observer; a broken one (stdout closed, a bug in a view) is dropped
+        rather than allowed to fail the run it only watches."""
+        try:
+            self._observer(event)
+        except Exception:
+            self._observer = _quiet
 
     def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if self._heartbeat is not None:

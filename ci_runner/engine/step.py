@@ -97,7 +97,7 @@ class Step:
         """Run ``fn`` (sync or async) once; its JSON result is replayed ever after."""
         occurrence = self.occurrence(name)
 
-        async def body(_attempt: int) -> Any:
+        async def body(_attempt: int, _previous: dict[str, Any] | None) -> Any:
             result = fn()
             if inspect.isawaitable(result):
                 result = await result
@@ -206,14 +206,15 @@ class Step:
         name: str,
         occurrence: int,
         kind: str,
-        body: Callable[[int], Awaitable[Any]],
+        body: Callable[[int, dict[str, Any] | None], Awaitable[Any]],
         *,
         policy: RetryPolicy,
         timeout_s: float,
         detail: dict[str, Any] | None = None,
         on_failure: Callable[[BaseException], dict[str, Any] | None] | None = None,
     ) -> Any:
-        """Replay the step's recorded outcome, or run ``body(attempt)`` under the policy.
+        """Replay the step's recorded outcome, or run ``body(attempt, previous)`` under the
+        policy; ``previous`` is the detail an earlier, interrupted attempt recorded.
 
         ``on_failure`` may return detail to store with a failed attempt (exit code...).
         """
@@ -234,7 +235,7 @@ class Step:
             attempt = int(answer["attempt"])
             self._active += 1
             try:
-                result = await asyncio.wait_for(body(attempt), timeout_s)
+                result = await asyncio.wait_for(body(attempt, answer.get("detail")), timeout_s)
                 _check_json(name, result)
             except (Cancelled, _Hibernate, asyncio.CancelledError):
                 raise
@@ -251,7 +252,9 @@ class Step:
             finally:
                 self._active -= 1
                 self._check_parked()
-            final = isinstance(error, NonRetryableError) or attempt >= policy.max_attempts
+            # A configuration mistake (a missing secret, a bad option) will not fix itself.
+            final = (isinstance(error, (NonRetryableError, UsageError))
+                     or attempt >= policy.max_attempts)
             delay = 0.0 if final else policy.delay_before(attempt + 1)
             record = to_record(error)
             extra = on_failure(error) if on_failure else None
@@ -261,7 +264,7 @@ class Step:
             )
             if final:
                 failure = from_record(record)
-                if not isinstance(failure, StepFailed):
+                if not isinstance(failure, (StepFailed, UsageError)):
                     failure = StepFailed(record["message"], **record["fields"])
                 raise failure from error
             await asyncio.sleep(delay)

@@ -1,8 +1,20 @@
-"""Where a light step's command runs: one ``Executor`` interface, a host implementation."""
+"""Where a step's command runs: one ``Executor`` interface, a host and a container
+implementation (the container one imports the docker SDK only when it runs)."""
 
 from __future__ import annotations
 
-from ci_runner.executors.base import CommandResult, CommandSpec, Executor, OutputSink
+from ci_runner.executors.base import (
+    CommandResult,
+    CommandSpec,
+    Executor,
+    OutputSink,
+    StartInfo,
+)
+from ci_runner.executors.container import (
+    ContainerExecutor,
+    docker_client,
+    remove_containers,
+)
 from ci_runner.executors.host import HostExecutor, kill_process_group, scrubbed_env
 from ci_runner.executors.masking import MASK, Masker
 
@@ -10,10 +22,14 @@ __all__ = [
     "MASK",
     "CommandResult",
     "CommandSpec",
+    "ContainerExecutor",
     "Executor",
     "HostExecutor",
     "Masker",
     "OutputSink",
+    "StartInfo",
+    "docker_client",
     "kill_process_group",
+    "remove_containers",
     "scrubbed_env",
 ]

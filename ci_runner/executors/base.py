@@ -1,15 +1,15 @@
 """The one interface every executor implements, so steps never care where a command runs.
 
-The host executor runs commands as local subprocesses; a Docker executor will
-implement the same ``Executor`` protocol. Specs and results are frozen records so
-they can be logged, compared and journalled without surprises.
+The host executor runs commands as local subprocesses, the container executor in
+Docker containers; both implement the same ``Executor`` protocol. Specs and results
+are frozen records so they can be logged, compared and journalled without surprises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypedDict
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,6 +50,18 @@ class CommandResult:
     timed_out: bool
 
 
+class StartInfo(TypedDict, total=False):
+    """What ``on_start`` receives: how to find a step's command after a crash.
+
+    One key per executor, JSON-safe so the caller can merge it into the step's
+    journalled detail as is: ``pgid`` (host) is the process group to kill,
+    ``container`` (container) the id of the step's container.
+    """
+
+    pgid: int
+    container: str
+
+
 class Executor(Protocol):
     """Runs one command to completion, streaming its masked output to ``on_output``."""
 
@@ -58,11 +70,11 @@ class Executor(Protocol):
         spec: CommandSpec,
         on_output: OutputSink,
         *,
-        on_start: Callable[[int], None] | None = None,
+        on_start: Callable[[StartInfo], None] | None = None,
     ) -> CommandResult:
-        """Run ``spec``; ``on_start`` gets the process group id as soon as it exists.
+        """Run ``spec``; ``on_start`` gets a ``StartInfo`` as soon as the command exists.
 
-        The group id is recorded so that a crashed runner's leftovers can be killed
-        later. Raises ``ExecutorError`` when the command cannot be started at all.
+        It is recorded so that a crashed runner's leftovers can be found later (killed,
+        or adopted). Raises ``ExecutorError`` when the command cannot be started at all.
         """
         ...

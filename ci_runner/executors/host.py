@@ -25,7 +25,7 @@ from ci_runner.executors.masking import Masker
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Mapping
 
-    from ci_runner.executors.base import CommandSpec, OutputSink
+    from ci_runner.executors.base import CommandSpec, OutputSink, StartInfo
 
 _KEPT_ENV = (
     "PATH",
@@ -84,9 +84,9 @@ class HostExecutor:
         spec: CommandSpec,
         on_output: OutputSink,
         *,
-        on_start: Callable[[int], None] | None = None,
+        on_start: Callable[[StartInfo], None] | None = None,
     ) -> CommandResult:
-        """Run ``spec`` to completion; see ``Executor.run``."""
+        """Run ``spec`` to completion; ``on_start`` gets ``{"pgid": ...}``; see ``Executor.run``."""
         argv = ["sh", "-c", spec.argv] if isinstance(spec.argv, str) else list(spec.argv)
         masker = Masker(spec.secrets.values())
         if not argv:
@@ -118,7 +118,7 @@ class HostExecutor:
         timed_out = False
         try:
             if on_start is not None:
-                on_start(pgid)
+                on_start({"pgid": pgid})
             await asyncio.wait(
                 (protocol.exited, protocol.aborted),
                 timeout=spec.timeout_s,
