@@ -32,6 +32,11 @@ class RunRequest:
     trigger: str = "cli"
     keep_workspace: bool = False
     secrets_file: Path | None = None
+    only: tuple[str, ...] = ()  # run just these steps; the others are recorded as skipped
+    skip: tuple[str, ...] = ()  # skip these steps
+    no_cache: bool = False  # ignore the input-keyed step cache
+    # More metadata for the envelope (a webhook's forge, delivery, PR...): no secrets.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def reap_orphan(detail: dict[str, Any]) -> None:
@@ -111,6 +116,8 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "snapshot": request.include_uncommitted, "run_id": run_id,
         "keep_workspace": request.keep_workspace,
         "secrets_file": str(request.secrets_file) if request.secrets_file else None,
+        "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
+        **request.extra,
     }
     if request.include_uncommitted:
         hold(repo, run_id, sha)
