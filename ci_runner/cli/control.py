@@ -9,12 +9,15 @@ import os
 import subprocess
 import sys
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ci_runner import paths
 from ci_runner.errors import UsageError
+
+if TYPE_CHECKING:
+    from ci_runner.engine.driver import ChildProcess
 
 RunArg = Annotated[str, typer.Argument(
     metavar="RUN_ID", help="The run (a unique prefix is enough).")]
@@ -24,7 +27,9 @@ DetachOpt = Annotated[bool, typer.Option(
 CommentOpt = Annotated[Optional[str], typer.Option(help="Why; recorded on the run.")]  # noqa: UP045
 
 
-def drive_in_foreground(run_id: str, *, json_out: bool) -> int:
+def drive_in_foreground(
+    run_id: str, *, json_out: bool, child: ChildProcess | None = None
+) -> int:
     """Drive the run here with the live view, like `run`; returns the exit code."""
     from ci_runner.cli.report import run_record
     from ci_runner.cli.view import make_view
@@ -32,8 +37,9 @@ def drive_in_foreground(run_id: str, *, json_out: bool) -> int:
 
     with open_engine() as engine:
         view = make_view(json_mode=json_out)
+        view.header(run_record(engine.conn, run_id, with_steps=False))
         try:
-            drive_run(engine, run_id, observer=view)
+            drive_run(engine, run_id, observer=view, child=child)
         except KeyboardInterrupt:
             view.close(run_record(engine.conn, run_id))
             typer.echo(f"interrupted; `ci-runner resume {run_id}` picks it up again", err=True)
@@ -86,20 +92,29 @@ def register(app: typer.Typer) -> None:
     def _decide(run_id: str, comment: str | None, who: str | None, detach: bool,
                 json_out: bool, *, reject: bool) -> None:
         from ci_runner.dispatch.control import decide
-        from ci_runner.dispatch.runs import open_engine
+        from ci_runner.dispatch.runs import open_engine, warm_child
+        from ci_runner.store import journal as j
 
         by = who or getpass.getuser()
-        with open_engine() as engine:
-            full = decide(engine, run_id, by=by, comment=comment, reject=reject)
         verb = "rejected" if reject else "approved"
-        if detach:
+        with open_engine() as engine:
+            full = str(j.get_instance(engine.conn, run_id)["id"])
+            # The pipeline process starts while the approval is being stored.
+            child = None if detach else warm_child(engine, full)
+            try:
+                decide(engine, full, by=by, comment=comment, reject=reject)
+            except BaseException:
+                if child is not None:
+                    child.close()
+                raise
+        if child is None:
             pid = drive_detached(full)
             typer.echo(f"{verb} run {full} as {by}; resuming in the background (pid {pid}):"
                        f" ci-runner logs {full} --follow")
             return
         if not json_out:
             typer.echo(f"{verb} run {full} as {by}; resuming it")
-        raise typer.Exit(drive_in_foreground(full, json_out=json_out))
+        raise typer.Exit(drive_in_foreground(full, json_out=json_out, child=child))
 
     @app.command()
     def approve(

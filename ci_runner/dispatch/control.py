@@ -12,7 +12,7 @@ from ci_runner.dispatch.envelope import unwrap_params
 from ci_runner.dispatch.runs import finish_workspace, reap_orphan
 from ci_runner.engine import leases
 from ci_runner.engine.driver import Engine
-from ci_runner.engine.step import APPROVAL_EVENT
+from ci_runner.engine.policy import APPROVAL_EVENT
 from ci_runner.store import journal as j
 from ci_runner.store.db import now
 

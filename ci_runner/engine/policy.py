@@ -28,6 +28,8 @@ DEFAULT_TIMEOUT_S = 30 * 60.0
 # Sleeps up to this long are slept in the pipeline process; longer ones hibernate.
 INLINE_SLEEP_MAX_S = 60.0
 DEFAULT_EVENT_TIMEOUT_S = 24 * 3600.0
+# The event type wait_for_approval waits for (approve and reject both send it).
+APPROVAL_EVENT = "approval"
 
 
 def seconds(value: float | int | str | timedelta, *, what: str = "duration") -> float:

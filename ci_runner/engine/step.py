@@ -34,7 +34,7 @@ from ci_runner.errors import (
     to_record,
 )
 
-APPROVAL_EVENT = "approval"
+APPROVAL_EVENT = policy.APPROVAL_EVENT
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
