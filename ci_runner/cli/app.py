@@ -60,6 +60,15 @@ def run(
     secrets_file: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="YAML file of NAME: value secrets (mode 600); else secrets come from the env."
     )] = None,
+    only: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="Run only these steps (comma-separated); the others are recorded as skipped."
+    )] = None,
+    skip: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="Skip these steps (comma-separated)."
+    )] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Run steps with inputs= even when a cached result matches."
+    )] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
@@ -72,8 +81,10 @@ def run(
         repo_path=repo, rev=rev, include_uncommitted=include_uncommitted,
         params=_params(param or []), pipeline=pipeline, keep_workspace=keep_workspace,
         secrets_file=secrets_file.resolve() if secrets_file else None,
+        only=split_names(only), skip=split_names(skip), no_cache=no_cache,
     )
     with open_engine() as engine:
+        check_selection(engine, request)
         run_id = new_instance_id()
         child = warm_child(engine, run_id)
         try:
@@ -96,6 +107,30 @@ def run(
     if json_out:
         typer.echo(json.dumps(record))
     raise typer.Exit(finish(record))
+
+
+def split_names(values: list[str] | None) -> tuple[str, ...]:
+    """``--only a,b --only c`` -> ``("a", "b", "c")``."""
+    return tuple(n.strip() for v in values or () for n in v.split(",") if n.strip())
+
+
+def check_selection(engine: Any, request: Any) -> None:
+    """Unknown names in --only/--skip are an error listing the steps the last run of
+    this pipeline had (with no earlier run there is nothing to check against)."""
+    wanted = set(request.only) | set(request.skip)
+    if not wanted:
+        return
+    from ci_runner.cli.report import known_steps
+    from ci_runner.workspace import open_repo, tenant_key
+
+    known = known_steps(engine.conn, tenant_key(open_repo(request.repo_path)),
+                        request.pipeline)
+    unknown = sorted(wanted - set(known) - {k.split("#")[0] for k in known})
+    if known and unknown:
+        raise UsageError(
+            f"no step named {', '.join(map(repr, unknown))} in the last run of this pipeline;"
+            f" its steps: {', '.join(known)}"
+        )
 
 
 def finish(record: dict[str, Any]) -> int:
@@ -129,7 +164,8 @@ def demo(
     if not json_out:
         typer.echo(f"demo repo: {where}")
     run(repo=where, rev="HEAD", include_uncommitted=False, param=None, pipeline=None,
-        keep_workspace=False, secrets_file=None, json_out=json_out)
+        keep_workspace=False, secrets_file=None, only=None, skip=None, no_cache=False,
+        json_out=json_out)
 
 
 @app.command("send-event")
@@ -248,10 +284,11 @@ def init(
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
 
 
-from ci_runner.cli import control, images  # noqa: E402 - they register on the app above
+from ci_runner.cli import control, images, kept  # noqa: E402 - they register on the app
 
 control.register(app)
 images.register(app)
+kept.register(app)
 
 
 def main() -> None:

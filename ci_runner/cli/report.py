@@ -48,6 +48,8 @@ def step_record(row: sqlite3.Row) -> dict[str, Any]:
         "duration_s": None if row["duration_s"] is None else round(row["duration_s"], 6),
         "exit_code": exit_code_value,
         "error": error.get("message") if isinstance(error, dict) else None,
+        "cached": bool(detail.get("cached")),
+        "skipped_because": detail.get("skipped"),
     }
 
 
@@ -88,6 +90,19 @@ def _record(conn: sqlite3.Connection, row: sqlite3.Row, *, with_steps: bool) -> 
             for e in j.events_of(conn, row["id"]) if e["type"] == "approval"
         ]
     return record
+
+
+def known_steps(conn: sqlite3.Connection, tenant: str, pipeline: str | None) -> list[str]:
+    """The step labels of the newest run of this tenant's pipeline that has steps."""
+    for row in j.list_instances(conn, tenant=tenant, limit=20):
+        payload = json.loads(row["payload"])
+        meta = payload.get("__dispatcherMetadata", {}) if isinstance(payload, dict) else {}
+        if meta.get("pipeline") != pipeline:
+            continue
+        steps = j.steps_of(conn, row["id"])
+        if steps:
+            return [step_label(s["name"], s["occurrence"]) for s in steps]
+    return []
 
 
 def list_records(

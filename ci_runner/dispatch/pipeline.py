@@ -7,6 +7,7 @@ streamed to the live view and to the step's log file, secrets masked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -66,12 +67,138 @@ class PipelineStep:
         self._run_id = str(metadata["run_id"])
         self._workspace = Path(metadata["workspace"])
         self._logs = paths.run_logs(self._run_id)  # resolved once, not per step
-        self.do = step.do
-        self.sleep = step.sleep
-        self.sleep_until = step.sleep_until
-        self.wait_for_event = step.wait_for_event
-        self.wait_for_approval = step.wait_for_approval
+        self._only = set(metadata.get("only") or ())
+        self._skip = set(metadata.get("skip") or ())
+        self._no_cache = bool(metadata.get("no_cache"))
+        # Once a wait (an approval gate) is left out by --only/--skip, everything after
+        # it is skipped too: a deploy behind an unapproved gate must never run.
+        self._gate_closed: str | None = None
         self.parallel = step.parallel
+
+    # -- the engine's steps, with step selection -----------------------------------
+
+    async def do(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        retries: RetryPolicy | dict[str, Any] | int | None = None,
+        timeout: float | str | None = None,
+        inputs: Sequence[str] | None = None,
+    ) -> Any:
+        """Run ``fn`` once; its JSON result is replayed ever after. With ``inputs``,
+        an earlier result for the same input files (in this repo) is reused."""
+        skipped = self._left_out_step(name, "do", None)
+        if skipped is not None:
+            return skipped.result
+        return await self._cached(name, inputs, {"kind": "do", "do": name},
+                                  lambda: self._step.do(name, fn, retries=retries,
+                                                        timeout=timeout))
+
+    async def sleep(self, name: str, duration: float | str) -> None:
+        if self._left_out_step(name, "sleep", None) is None:
+            await self._step.sleep(name, duration)
+
+    async def sleep_until(self, name: str, when: Any) -> None:
+        if self._left_out_step(name, "sleep", None) is None:
+            await self._step.sleep_until(name, when)
+
+    async def wait_for_event(self, name: str, event_type: str, **options: Any) -> Any:
+        skipped = self._left_out_step(name, "event", None, gate=True)
+        if skipped is not None:
+            return skipped.result
+        return await self._step.wait_for_event(name, event_type, **options)
+
+    async def wait_for_approval(self, name: str, **options: Any) -> Any:
+        skipped = self._left_out_step(name, "event", {"approved_by": None, "skipped": True},
+                                      gate=True)
+        if skipped is not None:
+            return skipped.result
+        return await self._step.wait_for_approval(name, **options)
+
+    async def save_artifact(self, name: str, path: str) -> dict[str, Any]:
+        """Keep one file of the worktree as an artifact of this run, under ``name``."""
+        from ci_runner.dispatch import artifacts
+
+        def save() -> dict[str, Any]:
+            item = artifacts.store(self._workspace, Path(path), name)
+            self._host.request("artifacts", step=f"save_artifact:{name}", items=[item])
+            return item
+
+        result: dict[str, Any] = await self._step.do(f"save_artifact:{name}", save)
+        return result
+
+    def _left_out_step(
+        self, name: str, kind: str, skipped_result: Any, *, gate: bool = False,
+    ) -> Skipped | None:
+        """A ``Skipped`` when --only/--skip leave the step out (it is recorded as
+        skipped), else None. Free when no selection is active."""
+        if not (self._only or self._skip or self._gate_closed):
+            return None
+        occurrence = self._step.next_occurrence(name)
+        label = name if occurrence == 1 else f"{name}#{occurrence}"
+        recorded = self._host.request("peek", name=name, occurrence=occurrence)["state"]
+        if recorded is not None:
+            if gate and recorded == "skipped":
+                self._gate_closed = self._gate_closed or label
+            return None  # replay: the engine returns what was recorded
+        reason = self._left_out(name, label)
+        if reason is None:
+            return None
+        self._step.occurrence(name)  # claim it: the next call of this name is the next one
+        answer = self._host.request(
+            "record", name=name, occurrence=occurrence, kind=kind, status="skipped",
+            result=skipped_result, detail={"skipped": reason},
+        )
+        if gate:
+            self._gate_closed = self._gate_closed or label
+        return Skipped(answer["result"])
+
+    def _left_out(self, name: str, label: str) -> str | None:
+        if self._gate_closed is not None:
+            return f"after {self._gate_closed!r}, which was left out"
+        if self._only and not self._only & {name, label}:
+            return "not in --only"
+        if self._skip & {name, label}:
+            return "in --skip"
+        return None
+
+    async def _cached(
+        self, name: str, inputs: Sequence[str] | None, material: dict[str, Any],
+        run: Callable[[], Any], artifacts: Sequence[str] = (),
+    ) -> Any:
+        """Run through the input-keyed cache when the step declares ``inputs``."""
+        if not inputs or self._no_cache:
+            return await run()
+        occurrence = self._step.next_occurrence(name)
+        if self._host.request("peek", name=name, occurrence=occurrence)["state"] is not None:
+            return await run()  # replay
+        key = self._cache_key(list(inputs), material)
+        hit = self._host.request("cache_get", key=key)["hit"]
+        label = name if occurrence == 1 else f"{name}#{occurrence}"
+        if hit is not None:
+            self._step.occurrence(name)
+            if hit["artifacts"]:
+                self._host.request("artifacts", step=label, items=hit["artifacts"])
+            answer = self._host.request(
+                "record", name=name, occurrence=occurrence, kind=material.get("kind", "do"),
+                status="complete", result=hit["result"],
+                detail={"cached": True, "cache_key": key, "from_run": hit["run_id"]},
+            )
+            return answer["result"]
+        result = await run()
+        kept = result.get("artifacts", []) if isinstance(result, dict) else []
+        self._host.request("cache_put", key=key, result=result, step=label,
+                           artifacts=kept if artifacts else [])
+        return result
+
+    def _cache_key(self, inputs: list[str], material: dict[str, Any]) -> str:
+        from ci_runner.workspace.inputs import input_blobs
+
+        blobs = input_blobs(self._workspace, str(self._metadata["sha"]), inputs)
+        text = json.dumps({"v": 1, "inputs": inputs, "blobs": blobs, **material},
+                          sort_keys=True, default=str)
+        return sha256(text.encode()).hexdigest()
 
 
     async def run(
@@ -91,6 +218,8 @@ class PipelineStep:
         cache: Mapping[str, str] | None = None,
         memory: str = "2g",
         cpus: float = 2.0,
+        inputs: Sequence[str] | None = None,
+        artifacts: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Run ``cmd`` in the worktree; returns ``{exit_code, duration_s, output_tail}``.
 
@@ -98,7 +227,10 @@ class PipelineStep:
         step (retried per ``retries``) unless ``check=False``. ``image=`` makes it a
         heavy step: a hardened container with the worktree at /workspace, no network
         unless ``network=True``, ``services={name: image}`` beside it on localhost,
-        ``cache={name: path}`` volumes kept per repo between runs.
+        ``cache={name: path}`` volumes kept per repo between runs. With ``inputs``
+        (globs of files at the run's sha), an earlier successful run of the same
+        command on the same inputs in this repo is reused instead of running.
+        ``artifacts`` (globs in the worktree) are kept with the run.
         """
         from ci_runner.engine import policy as defaults
 
@@ -112,18 +244,32 @@ class PipelineStep:
                        else defaults.DEFAULT_TIMEOUT_S),
             image=image, network=network, services=dict(services or {}),
             cache=_cache_mounts(name, cache), memory=memory, cpus=cpus,
+            artifacts=list(artifacts),
         )
-        occurrence = self._step.occurrence(name)
+        policy = RetryPolicy.parse(retries)
+        skipped = self._left_out_step(name, "run", dict(SKIPPED_RUN))
+        if skipped is not None:
+            result: dict[str, Any] = skipped.result
+            return result
 
-        async def body(attempt: int, previous: dict[str, Any] | None) -> dict[str, Any]:
-            return await self._execute(name, occurrence, attempt, command, previous)
+        async def attempts() -> Any:
+            occurrence = self._step.occurrence(name)
 
-        # The executor times out first and stops the processes; this is the backstop.
-        limit = command.timeout_s + 30.0
-        result: dict[str, Any] = await self._step.attempts(
-            name, occurrence, "run", body, policy=RetryPolicy.parse(retries),
-            timeout_s=limit, on_failure=_failure_detail,
-        )
+            async def body(attempt: int, previous: dict[str, Any] | None) -> dict[str, Any]:
+                return await self._execute(name, occurrence, attempt, command, previous)
+
+            # The executor times out first and stops the processes; this is the backstop.
+            return await self._step.attempts(
+                name, occurrence, "run", body, policy=policy,
+                timeout_s=command.timeout_s + 30.0, on_failure=_failure_detail,
+            )
+
+        material = {"kind": "run", "cmd": command.argv, "image": command.image,
+                    "env": sorted(command.env.items()), "secrets": sorted(command.secrets),
+                    "cwd": str(command.workdir.relative_to(self._workspace)),
+                    "services": sorted(command.services.items()),
+                    "network": command.network, "artifacts": command.artifacts}
+        result = await self._cached(name, inputs, material, attempts, command.artifacts)
         return result
 
     def _workdir(self, cwd: str | None) -> Path:
@@ -208,8 +354,13 @@ class PipelineStep:
                                    secrets=values, timeout_s=command.timeout_s)
                 outcome = await executor.run(spec, on_output, on_start=on_start)
             log.write(f"--- exit code {outcome.exit_code} after {outcome.duration_s:.3f}s\n")
-        result = {"exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
-                  "output_tail": outcome.output_tail}
+        result: dict[str, Any] = {
+            "exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
+            "output_tail": outcome.output_tail,
+        }
+        if command.artifacts:
+            # Kept whether the command passed or not: a failed test's report matters most.
+            result["artifacts"] = self._keep_artifacts(label, command.artifacts)
         if outcome.timed_out:
             raise StepTimeout(
                 f"step {name!r} timed out after {command.timeout_s:g}s and its processes"
@@ -222,6 +373,26 @@ class PipelineStep:
                 exit_code=outcome.exit_code, output_tail=outcome.output_tail,
             )
         return result
+
+
+    def _keep_artifacts(self, label: str, patterns: list[str]) -> list[dict[str, Any]]:
+        from ci_runner.dispatch import artifacts
+
+        items = [artifacts.store(self._workspace, path)
+                 for path in artifacts.collect(self._workspace, patterns)]
+        if items:
+            self._host.request("artifacts", step=label, items=items)
+        return items
+
+
+SKIPPED_RUN = {"exit_code": None, "duration_s": 0.0, "output_tail": "", "skipped": True}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A step that --only/--skip left out, and what it returns."""
+
+    result: Any
 
 
 @dataclass(frozen=True)
@@ -240,6 +411,7 @@ class Command:
     cache: dict[str, str] = field(default_factory=dict)
     memory: str = "2g"
     cpus: float = 2.0
+    artifacts: list[str] = field(default_factory=list)
 
 
 _CACHE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -73,11 +73,47 @@ class StepService:
                       "detail": detail})
         return {}
 
-    def op_skip(self, *, name: str, occurrence: int, kind: str, result: Any) -> dict[str, Any]:
-        self.journal.record_skip(name, occurrence, kind, result)
+    def op_peek(self, *, name: str, occurrence: int) -> dict[str, Any]:
+        return self.journal.peek(name, occurrence) or {"state": None}
+
+    def op_record(
+        self, *, name: str, occurrence: int, kind: str, status: str, result: Any,
+        detail: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        answer = self.journal.record(name, occurrence, kind, status=status, result=result,
+                                     detail=detail)
+        shown = "cached" if (detail or {}).get("cached") and status == "complete" else status
         self.observe({"type": "step", "name": name, "occurrence": occurrence, "kind": kind,
-                      "status": "skipped", "duration_s": 0.0, "result": result})
+                      "status": shown if answer["recorded"] else answer["state"],
+                      "replayed": not answer["recorded"], "duration_s": 0.0,
+                      "result": answer["result"], "detail": detail})
+        return answer
+
+    def op_cache_get(self, *, key: str) -> dict[str, Any]:
+        from ci_runner.store import memo
+
+        return {"hit": memo.cache_get(self.journal.conn, self._tenant(), key)}
+
+    def op_cache_put(
+        self, *, key: str, result: Any, artifacts: list[dict[str, Any]], step: str
+    ) -> dict[str, Any]:
+        from ci_runner.store import memo
+
+        memo.cache_put(self.journal.conn, self._tenant(), key, result=result,
+                       artifacts=artifacts, run_id=self.journal.instance_id, step=step)
         return {}
+
+    def op_artifacts(self, *, step: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        from ci_runner.store import memo
+
+        memo.add_artifacts(self.journal.conn, self.journal.instance_id, step, items)
+        return {}
+
+    def _tenant(self) -> str:
+        row = self.journal.conn.execute(
+            "SELECT tenant FROM instances WHERE id = ?", (self.journal.instance_id,)
+        ).fetchone()
+        return str(row[0])
 
     def op_fail(
         self, *, name: str, occurrence: int, error: dict[str, Any], final: bool,

@@ -190,6 +190,11 @@ class Step:
 
     # -- building blocks for extensions (the CI layer's step.run uses these) ----
 
+    def next_occurrence(self, name: str) -> int:
+        """The occurrence the next call of ``name`` will claim (nothing is claimed)."""
+        with self._lock:
+            return self._occurrences.get(name, 0) + 1
+
     def occurrence(self, name: str) -> int:
         """Claim the next occurrence of ``name`` (in call order, so replays line up)."""
         if not isinstance(name, str) or not name or len(name) > 200:

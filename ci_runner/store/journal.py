@@ -419,17 +419,37 @@ class Journal:
             ).fetchone()
         return float(row[0] or 0.0) if row else 0.0
 
-    def record_skip(self, name: str, occurrence: int, kind: str, result: Any) -> None:
+    def peek(self, name: str, occurrence: int) -> dict[str, Any] | None:
+        """The step's recorded outcome, if it has one (no attempt is started)."""
+        row = self._step(name, occurrence)
+        if row is None or row["status"] not in ("complete", "failed", "skipped"):
+            return None
+        return {"state": row["status"], "kind": row["kind"]}
+
+    def record(
+        self, name: str, occurrence: int, kind: str, *, status: str, result: Any,
+        detail: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record an outcome without an attempt (a skipped step, a cache hit). A step
+        that already has an outcome keeps it: replays see what the first run saw."""
         t = now()
         with immediate(self.conn):
             self._fence()
+            row = self._step(name, occurrence)
+            if row is not None:
+                self._check_kind(row, name, occurrence, kind)
+                if row["status"] in ("complete", "failed", "skipped"):
+                    return {"state": row["status"], "result": loads(row["result"]),
+                            "error": loads(row["error"]), "recorded": False}
             self._seq += 1
             self.conn.execute(
                 "INSERT OR REPLACE INTO steps (instance_id, name, occurrence, kind, status,"
-                " attempts, started_at, finished_at, duration_s, result, seq)"
-                " VALUES (?, ?, ?, ?, 'skipped', 0, ?, ?, 0, ?, ?)",
-                (self.instance_id, name, occurrence, kind, t, t, dumps(result), self._seq),
+                " attempts, started_at, finished_at, duration_s, result, detail, seq)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?)",
+                (self.instance_id, name, occurrence, kind, status, t, t, dumps(result),
+                 None if detail is None else dumps(detail), self._seq),
             )
+        return {"state": status, "result": result, "error": None, "recorded": True}
 
     def fail_attempt(
         self,

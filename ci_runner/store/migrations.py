@@ -94,7 +94,25 @@ def _control(db: sqlite_utils.Database) -> None:
     db.table("instances").add_column("control", str)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_engine_tables, _ci_tables, _control]
+def _cache_and_artifacts(db: sqlite_utils.Database) -> None:
+    # Input-keyed step results, per tenant: a key never matches across tenants.
+    db.table("step_cache").create(
+        {"tenant": str, "key": str, "result": str, "artifacts": str, "run_id": str,
+         "step": str, "created_at": float, "hits": int},
+        pk=("tenant", "key"), not_null={"result", "created_at"}, defaults={"hits": 0},
+    )
+    # Files a run kept; the bytes live content-addressed under CI_RUNNER_HOME/artifacts.
+    db.table("artifacts").create(
+        {"instance_id": str, "step": str, "path": str, "sha256": str, "size": int,
+         "created_at": float},
+        pk=("instance_id", "path"), foreign_keys=[("instance_id", "instances", "id")],
+        not_null={"sha256", "size", "created_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _engine_tables, _ci_tables, _control, _cache_and_artifacts,
+]
 
 
 def migrate(conn: sqlite3.Connection) -> None:
