@@ -3,13 +3,11 @@ real CLI on real repositories."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tests.gitrepos import commit
 
 PIPELINE = """
-import os
 from ci_runner import Pipeline
 
 LEDGER = os.environ["LEDGER"]
@@ -135,4 +133,4 @@ class CI(Pipeline):
     dotdot = repo_with(pipeline.replace('artifacts=["leak.txt"]', 'artifacts=["../x"]'),
                        name="dotdot")
     assert "without '..'" in cli("run", "--json", cwd=dotdot).json()["error"]["message"]
-    assert os.path.exists(outside)
+    assert outside.exists()
