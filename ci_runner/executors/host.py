@@ -98,17 +98,22 @@ class HostExecutor:
         env.update(spec.secrets)
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        protocol = _StepProtocol(loop, masker, on_output)
+        transport: _PidfdProcess | asyncio.SubprocessTransport
         try:
-            transport, protocol = await loop.subprocess_exec(
-                lambda: _StepProtocol(loop, masker, on_output),
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=spec.cwd,
-                env=env,
-                start_new_session=True,
-            )
+            if _HAVE_PIDFD:
+                transport = _PidfdProcess(loop, protocol, argv, spec.cwd, env)
+            else:
+                transport, _ = await loop.subprocess_exec(
+                    lambda: protocol,
+                    *argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    cwd=spec.cwd,
+                    env=env,
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise _start_error(exc, argv[0], spec.cwd, masker) from exc
 
@@ -158,6 +163,89 @@ class HostExecutor:
             output_tail=protocol.output_tail(),
             timed_out=timed_out,
         )
+
+
+def _pidfd_works() -> bool:
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+_HAVE_PIDFD = _pidfd_works()
+
+
+class _PidfdProcess:
+    """A step's process watched through a pidfd and its output pipe, both on the loop.
+
+    asyncio's subprocess transport costs ~0.3 ms more per command (a child watcher,
+    a transport and pipe protocols); this is the same events with none of that:
+    ``Popen`` (vfork), a reader on the pipe and a reader on the pidfd.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, protocol: _StepProtocol, argv: list[str],
+        cwd: Path, env: dict[str, str],
+    ) -> None:
+        self._loop = loop
+        self._protocol = protocol
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=cwd, env=env, start_new_session=True,
+        )
+        assert self._proc.stdout is not None
+        self._out = self._proc.stdout.fileno()
+        os.set_blocking(self._out, False)
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        self._reading = self._watching = True
+        loop.add_reader(self._out, self._readable)
+        loop.add_reader(self._pidfd, self._exited)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._out, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._protocol.pipe_data_received(1, data)
+            return
+        self._stop_reading()
+        self._protocol.pipe_connection_lost(1, None)
+
+    def _exited(self) -> None:
+        self._stop_watching()
+        self._proc.wait()  # already a zombie: reaps at once
+        self._protocol.process_exited()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._out)
+
+    def _stop_watching(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._loop.remove_reader(self._pidfd)
+
+    def get_pid(self) -> int:
+        return self._proc.pid
+
+    def get_returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def close(self) -> None:
+        self._stop_reading()
+        self._stop_watching()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+        os.close(self._pidfd)
+        if self._proc.returncode is None:
+            self._proc.poll()
 
 
 class _StepProtocol(asyncio.SubprocessProtocol):
