@@ -18,6 +18,14 @@ from tests.gitrepos import ISOLATED_GIT_ENV, make_repo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests start the CLI hundreds of times; with PYTHONDONTWRITEBYTECODE=1 each
+    # start would recompile the package. Write its bytecode once, as pip install does.
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "ci_runner"), quiet=1)
+
+
 @dataclass
 class Result:
     code: int

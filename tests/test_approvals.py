@@ -235,3 +235,20 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_deleted_worktree_is_forked_again_at_the_runs_sha(cli, repo_with, tmp_path: Path):
+    log = tmp_path / "ledger"
+    repo = repo_with(GATED)
+    env = {"LEDGER": str(log)}
+    assert cli("run", cwd=repo, env=env).code == 3
+    record = cli("show", cli("pending", "--json").json()[0]["run_id"], "--json").json()
+    import shutil
+
+    shutil.rmtree(record["workspace"])
+    # The repo moves on meanwhile: the run must still replay the code of its own sha.
+    (repo / ".ci" / "pipeline.py").write_text("raise SystemExit('new code must not load')\n")
+    done = cli("approve", record["run_id"], "--json", env=env)
+    assert done.code == 0, done.err + done.out
+    assert ledger(log) == ["build", "deploy"]
+    assert not Path(record["workspace"]).exists()  # removed again once the run ended
