@@ -6,6 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
+from ci_runner.engine.leases import owner_alive
 from ci_runner.store import journal as j
 
 USAGE_ERRORS = {"UsageError", "NotAGitRepository", "PipelineNotFound", "PipelineLoadError",
@@ -81,6 +82,9 @@ def _record(conn: sqlite3.Connection, row: sqlite3.Row, *, with_steps: bool) -> 
         "error": j.loads(row["error"]),
         "waiting_for": j.loads(row["waiting_for"]),
         "workspace": meta.get("workspace"),
+        # Running, but its runner died (killed, power loss): `resume` takes it over.
+        "orphaned": row["status"] in ("running", "queued") and row["owner"] is not None
+        and not owner_alive(row["owner"]),
     }
     if with_steps:
         record["steps"] = [step_record(s) for s in j.steps_of(conn, row["id"])]

@@ -246,6 +246,8 @@ def summary(record: dict[str, Any]) -> str:
         comment = f": {approval['comment']}" if approval.get("comment") else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(approval["at"]))
         lines.append(f"{approval['decision']}d by {approval['by']} at {when}{comment}")
+    if record.get("orphaned"):
+        lines.append(f"its runner is gone (killed?): ci-runner resume {rid} takes it over")
     if record["status"] in WAITING:
         for wait in record.get("waiting_for") or []:
             if wait.get("approval"):
