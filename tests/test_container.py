@@ -164,7 +164,10 @@ def test_hardened_by_default(client: DockerClient, labels: dict[str, str], tmp_p
     assert host["CapDrop"] == ["ALL"]
     assert host["Privileged"] is False
     assert host["ReadonlyRootfs"] is True
-    assert host["NetworkMode"] == "none"
+    # "none", or on an engine without a bridge the default, which is loopback only too
+    # (test_no_network_by_default checks what the step can actually reach).
+    bridged = bool(client.networks.list(names=["bridge"]))
+    assert host["NetworkMode"] == ("none" if bridged else "default")
     assert any("no-new-privileges" in opt for opt in host["SecurityOpt"])
     assert (host["PidsLimit"], host["Memory"], host["NanoCpus"]) == (64, 256 << 20, 500_000_000)
     sources = [m["Source"] for m in seen["Mounts"]]
@@ -176,11 +179,12 @@ def test_hardened_by_default(client: DockerClient, labels: dict[str, str], tmp_p
 
 def test_no_network_by_default(client: DockerClient, labels: dict[str, str],
                                tmp_path: Path) -> None:
+    # Only loopback and no route anywhere (no traffic is sent to check it).
     script = ("cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' '; "
-              "nc -w 2 1.1.1.1 80 </dev/null 2>/dev/null && echo connected || echo refused")
+              "echo routes=$(tail -n +2 /proc/net/route | wc -l)")
     executor = ContainerExecutor(BUSYBOX, labels=labels, client=client)
     result, out = _run(executor, _spec(script, tmp_path))
-    assert (result.exit_code, out.split()) == (0, ["lo", "refused"])
+    assert (result.exit_code, out.split()) == (0, ["lo", "routes=0"])
 
 
 def test_network_opt_in_gives_more_than_loopback(

@@ -73,6 +73,7 @@ class PipelineStep:
         # Once a wait (an approval gate) is left out by --only/--skip, everything after
         # it is skipped too: a deploy behind an unapproved gate must never run.
         self._gate_closed: str | None = None
+        self._docker: Any = None
         self.parallel = step.parallel
 
     # -- the engine's steps, with step selection -----------------------------------
@@ -288,11 +289,17 @@ class PipelineStep:
         from ci_runner.executors import ContainerExecutor
 
         tenant = str(self._metadata.get("tenant", ""))
+        if self._docker is None:
+            from ci_runner.executors import docker_client
+
+            # One client for the whole run: connecting and pinging costs ~30 ms.
+            self._docker = docker_client(step=label, image=command.image)
         return ContainerExecutor(
             command.image, network=command.network, services=command.services,
             caches={cache_volume(tenant, n): path for n, path in command.cache.items()},
             labels=self._labels(label) | {"ci-runner.attempt": str(attempt)},
             memory=command.memory, cpus=command.cpus, workspace=self._workspace,
+            client=self._docker,
         )
 
     def _labels(self, label: str) -> dict[str, str]:
