@@ -8,6 +8,7 @@ from pathlib import Path
 from tests.gitrepos import commit
 
 PIPELINE = """
+import os
 from ci_runner import Pipeline
 
 LEDGER = os.environ["LEDGER"]

@@ -74,6 +74,7 @@ class PipelineStep:
         # it is skipped too: a deploy behind an unapproved gate must never run.
         self._gate_closed: str | None = None
         self._docker: Any = None
+        self._tree: Any = None  # the commit's files, listed on the first inputs= step
         self.parallel = step.parallel
 
     # -- the engine's steps, with step selection -----------------------------------
@@ -194,9 +195,11 @@ class PipelineStep:
         return result
 
     def _cache_key(self, inputs: list[str], material: dict[str, Any]) -> str:
-        from ci_runner.workspace.inputs import input_blobs
+        if self._tree is None:
+            from ci_runner.workspace.inputs import TreeIndex
 
-        blobs = input_blobs(self._workspace, str(self._metadata["sha"]), inputs)
+            self._tree = TreeIndex(self._workspace, str(self._metadata["sha"]))
+        blobs = self._tree.match(inputs)
         text = json.dumps({"v": 1, "inputs": inputs, "blobs": blobs, **material},
                           sort_keys=True, default=str)
         return sha256(text.encode()).hexdigest()
