@@ -284,11 +284,14 @@ def init(
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
 
 
-from ci_runner.cli import control, images, kept  # noqa: E402 - they register on the app
+from ci_runner.cli import control, images, kept, secrets, serve, watch  # noqa: E402 - they register
 
 control.register(app)
+serve.register(app)
 images.register(app)
 kept.register(app)
+secrets.register(app)
+watch.register(app)
 
 
 def main() -> None:

@@ -164,14 +164,20 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def unpause(run_id: RunArg, detach: DetachOpt = False, json_out: JsonOpt = False) -> None:
         """Continue a paused run, in the foreground unless --detach."""
+        from ci_runner.dispatch.control import needs_driver
         from ci_runner.dispatch.runs import open_engine
         from ci_runner.store import journal as j
 
         with open_engine() as engine:
             full = j.get_instance(engine.conn, run_id)["id"]
             status = j.unpause(engine.conn, full)
-        if status in ("running",):
+            due = full in needs_driver(engine)
+        if status == "running":
             typer.echo(f"run {full}: pause withdrawn")
+            return
+        if not due:
+            # Hibernated again (an approval, a long sleep): nothing to drive until then.
+            typer.echo(f"run {full} unpaused; it is {status} again (`ci-runner pending`)")
             return
         if detach:
             typer.echo(f"run {full} unpaused; resuming in the background (pid "

@@ -118,4 +118,4 @@ def pick_pipeline(module: Any, wanted: str | None, where: str) -> type[Pipeline]
 def _refork(metadata: dict[str, Any], workspace: Path) -> None:
     from ci_runner.workspace import fork, open_repo
 
-    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace)
+    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True)

@@ -90,6 +90,11 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
 
         check_secrets_file(request.secrets_file)
     repo = open_repo(request.repo_path)
+    secrets_file = request.secrets_file
+    if secrets_file is None:  # else the repo's own store (`ci-runner secrets set`), if any
+        from ci_runner.secrets import stored_secrets_file
+
+        secrets_file = stored_secrets_file(tenant_key(repo))
     if request.include_uncommitted:
         sha = snapshot_uncommitted(repo)
         try:
@@ -115,7 +120,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "workspace": str(workspace), "trigger": request.trigger,
         "snapshot": request.include_uncommitted, "run_id": run_id,
         "keep_workspace": request.keep_workspace,
-        "secrets_file": str(request.secrets_file) if request.secrets_file else None,
+        "secrets_file": str(secrets_file) if secrets_file else None,
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
         **request.extra,
     }

@@ -26,7 +26,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
         str(path), isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
     )
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _wal(conn)
     # FULL: a committed step survives power loss, not only a killed process.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -34,6 +34,20 @@ def connect(path: Path | str) -> sqlite3.Connection:
 
     migrate(conn)
     return conn
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    # Switching a new database to WAL needs a lock that SQLite does not wait for (the
+    # busy timeout is not consulted), so two processes creating it at once retry here.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager

@@ -172,20 +172,32 @@ def send_event(
         return int(cur.lastrowid or 0)
 
 
-def terminate(conn: sqlite3.Connection, instance_id: str) -> list[dict[str, Any]]:
+def terminate(
+    conn: sqlite3.Connection,
+    instance_id: str,
+    *,
+    error: dict[str, Any] | None = None,
+    only_if: tuple[str, ...] | None = None,
+) -> list[dict[str, Any]]:
     """Cancel the instance; a live driver loses its lease. Returns the details of steps
-    that were running, so their processes can be stopped."""
+    that were running, so their processes can be stopped.
+
+    ``error`` says why (default: cancelled by the user); ``only_if`` cancels only from
+    those statuses, checked in the same transaction (else ``InvalidState``).
+    """
     t = now()
+    why = error or {"type": "Cancelled", "message": "cancelled by the user", "fields": {}}
     with immediate(conn):
         row = get_instance(conn, instance_id)
         if row["status"] in TERMINAL:
             raise InvalidState(f"run {row['id']} is already {row['status']}")
+        if only_if is not None and row["status"] not in only_if:
+            raise InvalidState(f"run {row['id']} is {row['status']}; it was left alone")
         conn.execute(
             "UPDATE instances SET status = 'terminated', lease_epoch = lease_epoch + 1,"
             " owner = NULL, lease_expires_at = NULL, wake_at = NULL, control = NULL,"
             " finished_at = ?, updated_at = ?, error = ? WHERE id = ?",
-            (t, t, dumps({"type": "Cancelled", "message": "cancelled by the user",
-                          "fields": {}}), row["id"]),
+            (t, t, dumps(why), row["id"]),
         )
         steps = conn.execute(
             "SELECT detail FROM steps WHERE instance_id = ? AND status = 'running'",

@@ -110,8 +110,48 @@ def _cache_and_artifacts(db: sqlite_utils.Database) -> None:
     )
 
 
+def _deliveries(db: sqlite_utils.Database) -> None:
+    # Webhook deliveries `ci-runner serve` accepted: committed before the forge gets its
+    # 2xx, unique per (forge, delivery id) so a redelivery never starts a second run.
+    db.table("deliveries").create(
+        {
+            "id": int,
+            "forge": str,
+            "delivery_id": str,     # X-GitHub-Delivery, X-Gitea-Delivery, Idempotency-Key...
+            "repo": str,            # the configured repo's full name
+            "event": str,           # push | pull_request
+            "action": str,
+            "sha": str,
+            "ref": str,
+            "branch": str,
+            "tag": str,
+            "pr": int,
+            "is_fork": int,
+            "sender": str,
+            "lane": str,            # branch:NAME, tag:NAME or pr:N: newer runs supersede older
+            "source_ref": str,      # what to fetch when the forge will not serve the bare sha
+            "state": str,           # accepted | started | superseded | failed
+            "run_id": str,          # chosen before the run is created: a crash between the
+                                    # two cannot start a second run
+            "error": str,           # JSON {type, message, fields}
+            "attempts": int,
+            "status_reported": str,  # the commit status last reported to the forge
+            "received_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"forge", "delivery_id", "repo", "event", "sha", "lane", "state",
+                  "received_at", "updated_at"},
+        defaults={"state": "accepted", "attempts": 0, "is_fork": 0},
+    )
+    db.table("deliveries").create_index(["forge", "delivery_id"], unique=True)
+    db.table("deliveries").create_index(["state", "id"])
+    db.table("deliveries").create_index(["forge", "repo", "lane", "id"])
+    db.table("deliveries").create_index(["run_id"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _engine_tables, _ci_tables, _control, _cache_and_artifacts,
+    _engine_tables, _ci_tables, _control, _cache_and_artifacts, _deliveries,
 ]
 
 

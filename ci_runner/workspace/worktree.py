@@ -44,7 +44,7 @@ class RepoInfo:
     """A git working tree, as found by ``open_repo``."""
 
     root: Path
-    """Real path of the working tree's top level."""
+    """Real path of the working tree's top level (of the git dir, for a bare repository)."""
     common_dir: Path
     """Real path of the ``.git`` dir that every worktree of the repository shares."""
     name: str
@@ -88,6 +88,9 @@ def open_repo(path: Path) -> RepoInfo:
                 path=str(where),
             )
         if "must be run in a work tree" in result.stderr:
+            bare = _bare_repo(cwd)
+            if bare is not None:
+                return bare
             raise NotAGitRepository(
                 f"{where} is inside a git directory, not a working tree; "
                 "cd into the checkout or pass --repo",
@@ -103,7 +106,23 @@ def open_repo(path: Path) -> RepoInfo:
 
 def tenant_key(repo: RepoInfo) -> str:
     """The stable key of a repository: the same for every worktree of it."""
+    if repo.common_dir == repo.root:  # bare: the git dir is the repository
+        return "local:" + str(repo.root)
     return "local:" + str(repo.common_dir.parent)
+
+
+def _bare_repo(cwd: Path) -> RepoInfo | None:
+    """The bare repository at ``cwd`` (the webhook server's mirrors), or None.
+
+    Runs fork worktrees from it like from any repository; the ``.git`` dir of a
+    repository with a working tree is not bare and stays refused.
+    """
+    found = _git(cwd, "rev-parse", "--is-bare-repository", "--absolute-git-dir")
+    lines = found.text.splitlines()
+    if found.status != 0 or len(lines) != 2 or lines[0] != "true":
+        return None
+    root = Path(lines[1]).resolve()
+    return RepoInfo(root=root, common_dir=root, name=root.name)
 
 
 def resolve_rev(repo: RepoInfo, rev: str = "HEAD") -> ResolvedRev:
@@ -167,10 +186,12 @@ def release(repo: RepoInfo, run_id: str) -> None:
     _git_ok(repo.root, f"release run {run_id}", "update-ref", "-d", _run_ref(run_id))
 
 
-def fork(repo: RepoInfo, sha: str, dest: Path) -> None:
+def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False) -> None:
     """Check out ``sha`` as a new detached worktree at ``dest``.
 
     One git call and nothing else: this sits on the start-up path of every run.
+    ``again``: ``dest`` was this run's worktree and its folder was deleted; git still
+    has it registered, and ``--force`` lets it be checked out there once more.
     """
     _check_rev(sha)
     target = Path(dest).absolute()
@@ -179,7 +200,8 @@ def fork(repo: RepoInfo, sha: str, dest: Path) -> None:
         repo.root,
         # The user's post-checkout hook is not part of the commit under test and may be slow.
         "-c", f"core.hooksPath={os.devnull}",
-        "worktree", "add", "--detach", "--quiet", str(target), sha,
+        "worktree", "add", "--detach", "--quiet", *(["--force"] if again else []),
+        str(target), sha,
     )
     if result.status != 0:
         raise _failure(f"could not create a worktree of {sha} at {target}", result,

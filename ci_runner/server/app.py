@@ -1,0 +1,351 @@
+"""The HTTP face of `ci-runner serve`: one webhook endpoint per forge, ``/health``, and a
+small API for people and scripts (runs, step logs, pending approvals, approve/reject).
+
+Only the hooks (signed per forge) and ``/health`` answer without a token; the API and
+its OpenAPI schema want ``Authorization: Bearer TOKEN``, compared in constant time.
+Request bodies of hooks are read in chunks and refused (413) as soon as they pass the
+limit, so an oversized body is never held whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ci_runner import paths
+from ci_runner.errors import InvalidState, RunNotFound
+from ci_runner.server.config import FORGES, Config
+from ci_runner.server.forges import HookRejected
+from ci_runner.server.intake import Intake
+from ci_runner.store import journal as j
+
+LOG_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who called the API: a named user (a per-user token) or the shared token (None)."""
+
+    user: str | None
+
+
+class DecisionBody(BaseModel):
+    by: str | None = Field(default=None, description="Who decides; required with the shared"
+                           " token, taken from the token when it is a user's.")
+    comment: str | None = Field(default=None, description="Why; recorded on the run.")
+
+
+class _Db:
+    """One SQLite connection per worker thread (connections are not shared across
+    threads while in use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            from ci_runner.store import connect
+
+            conn = connect(self.path)
+            self._local.conn = conn
+        return conn
+
+
+def create_app(config: Config, intake: Intake, *,
+               on_decision: Callable[[], None] = lambda: None) -> FastAPI:
+    app = FastAPI(
+        title="ci-runner", version="1",
+        description="Webhooks in, durable CI runs out: one tenant per repository.",
+        openapi_url=None, docs_url=None, redoc_url=None,
+    )
+    db = _Db(paths.database())
+    app.state.config = config
+
+    @app.exception_handler(HookRejected)
+    async def rejected(_request: Request, exc: HookRejected) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    for forge in FORGES:
+        app.add_api_route(
+            f"/hooks/{forge}", _hook_endpoint(forge, intake, config.server.max_body_bytes),
+            methods=["POST"], tags=["hooks"], summary=f"Receive a {forge} webhook delivery",
+            responses={202: {"description": "stored; a run will start"},
+                       200: {"description": "authenticated, starts nothing (ping, ignored)"},
+                       400: {"description": "malformed"}, 401: {"description": "bad signature"},
+                       413: {"description": "body too large"}},
+        )
+
+    @app.get("/health", tags=["server"])
+    def health() -> JSONResponse:
+        """200 while deliveries are taken; 503 once the server is shutting down."""
+        ok = intake.accepting
+        return JSONResponse({"status": "ok" if ok else "stopping", "repos": len(config.repos)},
+                            status_code=200 if ok else 503)
+
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_who: Caller) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/api/runs", tags=["runs"])
+    def list_runs(
+        _who: Caller,
+        repo: Annotated[str | None, Query(description="owner/name: that repo's runs")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[dict[str, Any]]:
+        """Recent runs, newest first (the JSON of `ci-runner runs --json`)."""
+        from ci_runner.cli.report import list_records
+
+        conn = db.conn()
+        if repo is None:
+            return [_with_webhook(conn, r) for r in list_records(conn, tenant=None, limit=limit)]
+        tenants = [_tenant(r.forge, r.name) for r in config.repos
+                   if r.name.lower() == repo.lower()]
+        if not tenants:
+            raise HTTPException(404, f"{repo} is not in the config")
+        records = [rec for t in tenants for rec in list_records(conn, tenant=t, limit=limit)]
+        records.sort(key=lambda r: r["created_at"], reverse=True)
+        return [_with_webhook(conn, r) for r in records[:limit]]
+
+    @app.get("/api/runs/{run_id}", tags=["runs"])
+    def show_run(run_id: str, _who: Caller) -> dict[str, Any]:
+        """One run with its steps and approvals (the JSON of `ci-runner show --json`)."""
+        from ci_runner.cli.report import run_record
+
+        conn = db.conn()
+        return _with_webhook(conn, _found(lambda: run_record(conn, run_id)))
+
+    @app.get("/api/runs/{run_id}/logs/{step:path}", tags=["runs"],
+             response_class=StreamingResponse,
+             responses={200: {"content": {"text/plain": {}}}})
+    def step_log(
+        run_id: str, step: str, _who: Caller,
+        follow: Annotated[bool, Query(description="keep streaming until the run stops")]
+        = False,
+    ) -> StreamingResponse:
+        """A step's output (secrets already masked), streamed; ``name#2`` for a repeat."""
+        conn = db.conn()
+        row = _found(lambda: j.get_instance(conn, run_id))
+        full = str(row["id"])
+        path = _step_log_path(conn, full, step)
+        return StreamingResponse(_follow(db, full, path, follow),
+                                 media_type="text/plain; charset=utf-8")
+
+    @app.get("/api/runs/{run_id}/artifacts", tags=["runs"])
+    def list_artifacts(run_id: str, _who: Caller) -> list[dict[str, Any]]:
+        """The files a run kept (`ci-runner artifacts RUN_ID --json`)."""
+        from ci_runner.store import memo
+
+        conn = db.conn()
+        full = str(_found(lambda: j.get_instance(conn, run_id))["id"])
+        return [dict(r) for r in memo.artifacts_of(conn, full)]
+
+    @app.get("/api/runs/{run_id}/artifacts/{path:path}", tags=["runs"],
+             response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def get_artifact(run_id: str, path: str, _who: Caller) -> FileResponse:
+        """One artifact's bytes, by the path it was kept under."""
+        from ci_runner.dispatch.artifacts import object_path
+        from ci_runner.store import memo
+
+        conn = db.conn()
+        full = str(_found(lambda: j.get_instance(conn, run_id))["id"])
+        for item in memo.artifacts_of(conn, full):
+            if item["path"] == path:
+                return FileResponse(object_path(item["sha256"]),
+                                    filename=path.rsplit("/", 1)[-1],
+                                    media_type="application/octet-stream")
+        raise HTTPException(404, f"run {full} kept no artifact {path!r}")
+
+    @app.get("/api/pending", tags=["approvals"])
+    def pending(_who: Caller) -> list[dict[str, Any]]:
+        """Runs waiting for an approval or an event (`ci-runner pending --json`)."""
+        from ci_runner.dispatch.control import pending_records
+        from ci_runner.dispatch.runs import open_engine
+
+        with open_engine() as engine:
+            return pending_records(engine)
+
+    def decide(run_id: str, who: Principal, body: DecisionBody | None, *,
+               reject: bool) -> JSONResponse:
+        from ci_runner.dispatch.control import decide as record_decision
+
+        body = body or DecisionBody()
+        conn = db.conn()
+        row = _found(lambda: j.get_instance(conn, run_id))
+        meta = _metadata(row)
+        name = who.user or body.by
+        if not name:
+            raise HTTPException(400, 'say who decides: {"by": "NAME"} (or use your own token)')
+        if who.user is not None and body.by not in (None, who.user):
+            raise HTTPException(403, f"this token is {who.user}'s; it cannot decide as {body.by}")
+        allowed = set(config.server.approvers)
+        repo = config.repo(str(meta.get("forge")), str(meta.get("repo_name")))
+        if repo is not None:
+            allowed |= set(repo.approvers)
+        if name not in allowed:
+            where = repo.name if repo is not None else "this run"
+            raise HTTPException(403, f"{name} is not an approver of {where}")
+        from ci_runner.dispatch.runs import open_engine
+
+        try:
+            with open_engine() as engine:
+                full = record_decision(engine, str(row["id"]), by=name, comment=body.comment,
+                                       reject=reject)
+        except InvalidState as exc:
+            raise HTTPException(409, exc.message) from exc
+        on_decision()
+        verb = "rejected" if reject else "approved"
+        return JSONResponse({"run_id": full, "decision": verb, "by": name}, status_code=202)
+
+    @app.post("/api/runs/{run_id}/approve", tags=["approvals"], status_code=202)
+    def approve(run_id: str, who: Caller, body: DecisionBody | None = None) -> JSONResponse:
+        """Approve a run waiting at an approval (as one of its repo's approvers)."""
+        return decide(run_id, who, body, reject=False)
+
+    @app.post("/api/runs/{run_id}/reject", tags=["approvals"], status_code=202)
+    def reject(run_id: str, who: Caller, body: DecisionBody | None = None) -> JSONResponse:
+        """Reject a run waiting at an approval; it fails unless its pipeline catches it."""
+        return decide(run_id, who, body, reject=True)
+
+    @app.get("/api/deliveries", tags=["server"])
+    def deliveries(
+        _who: Caller, repo: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[dict[str, Any]]:
+        """Recent webhook deliveries and what became of them."""
+        from ci_runner.store import deliveries as store
+
+        rows = store.recent(db.conn(), repo=repo, limit=limit)
+        return [{k: (j.loads(r[k]) if k == "error" else r[k]) for k in r.keys()}  # noqa: SIM118
+                for r in rows]
+
+    return app
+
+
+def _principal(request: Request) -> Principal:
+    """Who is calling: the bearer token, compared in constant time with every token."""
+    config: Config = request.app.state.config
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "send Authorization: Bearer TOKEN",
+                            headers={"WWW-Authenticate": "Bearer"})
+    given = token.strip().encode()
+    found: Principal | None = None
+    # Every token is compared, so the time taken does not tell which one matched.
+    if config.server.api_token and hmac.compare_digest(given, config.server.api_token.encode()):
+        found = Principal(None)
+    for user_token, user in config.server.user_tokens.items():
+        if hmac.compare_digest(given, user_token.encode()):
+            found = Principal(user)
+    if found is None:
+        raise HTTPException(401, "the token is not valid", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+# At module level: FastAPI resolves the (postponed) annotations in the module's globals.
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def _hook_endpoint(forge: str, intake: Intake,
+                   limit: int) -> Callable[[Request], Awaitable[JSONResponse]]:
+    async def receive(request: Request) -> JSONResponse:
+        body = await _read_body(request, limit)
+        status, answer = await intake.receive(forge, request.headers, body)
+        return JSONResponse(answer, status_code=status)
+
+    receive.__name__ = f"hook_{forge}"
+    return receive
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HookRejected(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise HookRejected(413, f"the body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HookRejected(413, f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _found(fetch: Callable[[], Any]) -> Any:
+    try:
+        return fetch()
+    except RunNotFound as exc:
+        raise HTTPException(404, exc.message) from exc
+
+
+def _metadata(row: sqlite3.Row) -> dict[str, Any]:
+    payload = json.loads(row["payload"])
+    meta = payload.get("__dispatcherMetadata") if isinstance(payload, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _with_webhook(conn: sqlite3.Connection, record: dict[str, Any]) -> dict[str, Any]:
+    """The run record plus, for a webhook run, where it came from."""
+    if record.get("trigger") != "webhook":
+        return record
+    meta = _metadata(j.get_instance(conn, record["run_id"]))
+    record["webhook"] = {k: meta.get(k) for k in ("forge", "delivery", "repo_name", "event",
+                                                  "branch", "pr", "sender", "untrusted")}
+    return record
+
+
+def _tenant(forge: str, name: str) -> str:
+    from ci_runner.workspace.mirror import mirror_path
+
+    return "local:" + str(mirror_path(forge, name).resolve())
+
+
+def _step_log_path(conn: sqlite3.Connection, run_id: str, step: str) -> Path:
+    from ci_runner.cli.report import step_label
+
+    rows = j.steps_of(conn, run_id)
+    for r in rows:
+        if step_label(r["name"], r["occurrence"]) == step:
+            return paths.step_log(run_id, r["name"], r["occurrence"])
+    known = ", ".join(step_label(r["name"], r["occurrence"]) for r in rows) or "none yet"
+    raise HTTPException(404, f"run {run_id} has no step {step!r} (steps: {known})")
+
+
+async def _follow(db: _Db, run_id: str, path: Path, follow: bool) -> AsyncIterator[bytes]:
+    offset = 0
+    while True:
+        # Read the status before the file: output written before the run stopped is
+        # then always in the last read.
+        status = await asyncio.to_thread(lambda: j.get_instance(db.conn(), run_id)["status"])
+        while data := await asyncio.to_thread(_read_from, path, offset):
+            offset += len(data)
+            yield data
+        if not follow or status in j.TERMINAL or status in j.HIBERNATING:
+            return
+        await asyncio.sleep(LOG_POLL_S)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20)
+    except FileNotFoundError:
+        return b""

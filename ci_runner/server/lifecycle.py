@@ -1,0 +1,84 @@
+"""Starting and stopping `ci-runner serve`.
+
+Start: migrate the database, write each repo's secrets file, then start the intake
+(group commits), the dispatcher and the status reporter before the first request is
+taken. The dispatcher's first pass is the recovery: deliveries accepted but not yet
+turned into runs (a server killed right after its 2xx) start now, and runs whose
+driver died are driven again from their last committed step.
+
+SIGTERM (or Ctrl-C): uvicorn stops listening and finishes the requests in flight;
+deliveries already queued are committed; running steps get ``server.grace_s`` to
+finish; drivers still going are interrupted and release their runs, which the next
+start resumes. Nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from ci_runner import paths
+from ci_runner.server.config import Config
+
+log = logging.getLogger("ci_runner.server")
+
+
+def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    from ci_runner.server.app import create_app
+    from ci_runner.server.dispatcher import (
+        Dispatcher,
+        driver_environment,
+        network_sandbox,
+        write_secrets_files,
+    )
+    from ci_runner.server.intake import Intake
+    from ci_runner.server.status import StatusReporter
+    from ci_runner.store import connect
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    db_path = paths.database()
+    connect(db_path).close()  # create and migrate before anything else touches it
+    sandbox = network_sandbox()
+    if sandbox is None:
+        log.warning("cannot make network namespaces here (unshare): light steps of fork"
+                    " pull requests will have the host's network")
+    reporter = StatusReporter(config, db_path)
+    dispatcher = Dispatcher(
+        config, driver_env=driver_environment(config, os.environ),
+        secrets_files=write_secrets_files(config), sandbox=sandbox, on_change=reporter.wake,
+    )
+    intake = Intake(config, db_path, on_accept=dispatcher.wake)
+    app = create_app(config, intake, on_decision=dispatcher.wake)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+        timeout_graceful_shutdown=5, server_header=False,
+    ))
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        # uvicorn handles the signal first (stops listening) and hands it on to us.
+        log.info("%s: stopping", signal.Signals(signum).name)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    intake.start()
+    dispatcher.start()
+    reporter.start()
+    log.info("ci-runner serve: %d repos, listening on http://%s:%d (hooks at /hooks/<forge>)",
+             len(config.repos), host, port)
+    try:
+        server.run()
+    finally:
+        intake.stop()
+        log.info("draining: running steps get %gs", config.server.grace_s)
+        dispatcher.stop(config.server.grace_s)
+        reporter.stop()
+        log.info("stopped")

@@ -1,0 +1,171 @@
+"""The webhook server's SQL: accepted deliveries, the runs they started, and the commit
+statuses reported for them.
+
+A delivery row is committed (fsync'd) before the forge gets its 2xx; the unique
+index on ``(forge, delivery_id)`` makes any number of redeliveries, serial or
+concurrent, one row. The run id is written to the row before the run is created,
+so a server killed between the two finds the run (or creates it) on its next start
+instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ci_runner.store.db import BUSY_TIMEOUT_S, connect, immediate, now
+from ci_runner.store.journal import TERMINAL, dumps
+
+_COLUMNS = ("forge", "delivery_id", "repo", "event", "action", "sha", "ref", "branch", "tag",
+            "pr", "is_fork", "sender", "lane", "source_ref")
+
+
+def intake_connection(path: Path) -> sqlite3.Connection:
+    """A connection for ``accept``: it waits for the write lock by polling every 0.5 ms
+    itself, instead of SQLite's busy handler, whose sleeps grow to 100 ms: a forge's
+    delivery should not wait 100 ms for a lock that is free again after one."""
+    conn = connect(path)
+    conn.execute("PRAGMA busy_timeout = 0")
+    return conn
+
+
+def accept(conn: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> list[bool]:
+    """Store deliveries in one durable transaction; True for each that is new."""
+    t = now()
+    # Only column names and placeholders are formatted in; the values are bound.
+    sql = (f"INSERT OR IGNORE INTO deliveries ({', '.join(_COLUMNS)}, state, received_at,"  # noqa: S608
+           f" updated_at) VALUES ({', '.join('?' * len(_COLUMNS))}, 'accepted', ?, ?)")
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            inserted = []
+            with immediate(conn):
+                for record in records:
+                    cur = conn.execute(sql, (*(record.get(c) for c in _COLUMNS), t, t))
+                    inserted.append(cur.rowcount == 1)
+            return inserted
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.0005)
+
+
+def waiting(conn: sqlite3.Connection, limit: int = 100) -> list[sqlite3.Row]:
+    """Accepted deliveries that have not become runs yet, oldest first."""
+    rows: list[sqlite3.Row] = conn.execute(
+        "SELECT * FROM deliveries WHERE state = 'accepted' ORDER BY id LIMIT ?", (limit,)
+    ).fetchall()
+    return rows
+
+
+def claim_run_id(conn: sqlite3.Connection, delivery: int, run_id: str) -> str:
+    """The delivery's run id: ``run_id`` unless an earlier attempt already chose one."""
+    with immediate(conn):
+        conn.execute(
+            "UPDATE deliveries SET run_id = COALESCE(run_id, ?), attempts = attempts + 1,"
+            " updated_at = ? WHERE id = ?", (run_id, now(), delivery),
+        )
+        row = conn.execute("SELECT run_id FROM deliveries WHERE id = ?", (delivery,)).fetchone()
+    return str(row[0])
+
+
+def set_state(conn: sqlite3.Connection, delivery: int, state: str,
+              error: dict[str, Any] | None = None) -> None:
+    with immediate(conn):
+        conn.execute(
+            "UPDATE deliveries SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            (state, None if error is None else dumps(error), now(), delivery),
+        )
+
+
+def instance_exists(conn: sqlite3.Connection, run_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM instances WHERE id = ?", (run_id,)).fetchone() is not None
+
+
+def supersede_waiting(conn: sqlite3.Connection, forge: str, repo: str, kind: str) -> int:
+    """Mark superseded every waiting delivery of ``repo`` that a later waiting delivery of
+    the same lane (``kind`` ``branch`` or ``pr``) replaces, in one transaction; returns
+    how many. A burst of pushes to one branch then costs one commit, not one per push."""
+    with immediate(conn):
+        cur = conn.execute(
+            "UPDATE deliveries SET state = 'superseded', updated_at = ? WHERE state = 'accepted'"
+            " AND forge = ? AND repo = ? AND substr(lane, 1, length(?)) = ? AND id < ("
+            "  SELECT MAX(d.id) FROM deliveries d WHERE d.state = 'accepted'"
+            "  AND d.forge = deliveries.forge AND d.repo = deliveries.repo"
+            "  AND d.lane = deliveries.lane)",
+            (now(), forge, repo, kind + ":", kind + ":"),
+        )
+        return int(cur.rowcount)
+
+
+def newer_in_lane(conn: sqlite3.Connection, row: sqlite3.Row) -> bool:
+    """Whether a later delivery of the same repo and lane is waiting too."""
+    found = conn.execute(
+        "SELECT 1 FROM deliveries WHERE forge = ? AND repo = ? AND lane = ? AND id > ?"
+        " AND state = 'accepted' LIMIT 1", (row["forge"], row["repo"], row["lane"], row["id"]),
+    ).fetchone()
+    return found is not None
+
+
+def older_live_runs(conn: sqlite3.Connection, row: sqlite3.Row) -> list[str]:
+    """Runs started by earlier deliveries of the same repo and lane that have not ended."""
+    marks = ", ".join("?" * len(TERMINAL))  # placeholders only; the values are bound
+    sql = ("SELECT d.run_id FROM deliveries d JOIN instances i ON i.id = d.run_id"  # noqa: S608
+           " WHERE d.forge = ? AND d.repo = ? AND d.lane = ? AND d.id < ?"
+           f" AND d.state = 'started' AND i.status NOT IN ({marks}) ORDER BY d.id")
+    rows = conn.execute(
+        sql, (row["forge"], row["repo"], row["lane"], row["id"], *TERMINAL)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def unreported(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Started deliveries whose final commit status has not been reported yet, with the
+    state of their run."""
+    rows: list[sqlite3.Row] = conn.execute(
+        "SELECT d.id, d.forge, d.repo, d.sha, d.ref, d.pr, d.run_id, d.status_reported,"
+        " i.status, i.waiting_for FROM deliveries d JOIN instances i ON i.id = d.run_id"
+        " WHERE d.state = 'started' AND (d.status_reported IS NULL"
+        " OR d.status_reported NOT LIKE 'final:%') ORDER BY d.id"
+    ).fetchall()
+    return rows
+
+
+def set_reported(conn: sqlite3.Connection, delivery: int, reported: str) -> None:
+    with immediate(conn, durable=False):  # repeating a report after a crash is harmless
+        conn.execute(
+            "UPDATE deliveries SET status_reported = ?, updated_at = ? WHERE id = ?",
+            (reported, now(), delivery),
+        )
+
+
+def running(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Instances some driver holds now (the caller checks whether it is alive)."""
+    rows: list[sqlite3.Row] = conn.execute(
+        "SELECT id, tenant, owner, lease_expires_at FROM instances WHERE status = 'running'"
+    ).fetchall()
+    return rows
+
+
+def of_run(conn: sqlite3.Connection, run_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM deliveries WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    return row
+
+
+def recent(conn: sqlite3.Connection, *, repo: str | None = None,
+           limit: int = 50) -> list[sqlite3.Row]:
+    if repo is None:
+        sql, args = "SELECT * FROM deliveries ORDER BY id DESC LIMIT ?", (limit,)
+        rows: list[sqlite3.Row] = conn.execute(sql, args).fetchall()
+        return rows
+    rows = conn.execute(
+        "SELECT * FROM deliveries WHERE repo = ? ORDER BY id DESC LIMIT ?", (repo, limit)
+    ).fetchall()
+    return rows
