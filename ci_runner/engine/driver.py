@@ -254,11 +254,21 @@ class Engine:
         beat: _Heartbeat,
     ) -> Outcome:
         current: dict[str, Any] = {}
+        # A step's detail (its process group) waiting to be written: merged into the
+        # step's own commit when that is already in the pipe (a short command), else
+        # written as soon as the pipe is drained, so a crash can still find the group.
+        deferred: dict[tuple[str, int], dict[str, Any]] = {}
         while True:
             try:
-                ready = conn.poll(CONTROL_POLL_S)
+                ready = conn.poll(0 if deferred else CONTROL_POLL_S)
             except (EOFError, OSError):
                 ready = True
+            if not ready and deferred:
+                for (name, occurrence), detail in deferred.items():
+                    service.handle("set_detail", {"name": name, "occurrence": occurrence,
+                                                  "detail": detail})
+                deferred.clear()
+                continue
             if not ready:
                 beat()
                 if not service.journal.still_ours():  # cancelled, or taken over
@@ -268,6 +278,11 @@ class Engine:
             try:
                 message = json.loads(conn.recv_bytes())
             except (EOFError, OSError):
+                for (name, occurrence), detail in deferred.items():
+                    service.handle("set_detail", {"name": name, "occurrence": occurrence,
+                                                  "detail": detail})
+                # The pipeline process is gone; what it started must not run on alone.
+                self._reap(service.journal)
                 return self._crashed(proc, service, current)
             op, args = message["op"], message["args"]
             if op == "outcome":
@@ -275,6 +290,12 @@ class Engine:
                 return dict(args)
             if op == "begin":
                 current = args
+            key = (args.get("name"), args.get("occurrence"))
+            if op == "set_detail":
+                deferred[key] = {**deferred.get(key, {}), **args["detail"]}
+                continue
+            if op in ("complete", "fail") and key in deferred:
+                args = {**args, "detail": {**deferred.pop(key), **(args.get("detail") or {})}}
             try:
                 answer = service.handle(op, args)
             except LeaseLost:
