@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ci_runner import paths
+from ci_runner.cli.foreground import drive_in_foreground
 from ci_runner.errors import CIRunnerError, UsageError
 
 app = typer.Typer(
@@ -72,9 +73,7 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
-    from ci_runner.cli.report import run_record
-    from ci_runner.cli.view import make_view
-    from ci_runner.dispatch.runs import RunRequest, drive_run, open_engine, start_run, warm_child
+    from ci_runner.dispatch.runs import RunRequest, open_engine, start_run, warm_child
     from ci_runner.engine.driver import new_instance_id
 
     request = RunRequest(
@@ -94,19 +93,7 @@ def run(
             # Nothing was stored for a run that could not start: leave no log folder.
             shutil.rmtree(paths.run_logs(run_id), ignore_errors=True)
             raise
-        view = make_view(json_mode=json_out)
-        view.header(run_record(engine.conn, run_id, with_steps=False))
-        try:
-            drive_run(engine, run_id, observer=view, child=child)
-        except KeyboardInterrupt:
-            view.close(run_record(engine.conn, run_id))
-            typer.echo(f"interrupted; `ci-runner resume {run_id}` picks it up again", err=True)
-            raise typer.Exit(130) from None
-        record = run_record(engine.conn, run_id)
-    view.close(record)
-    if json_out:
-        typer.echo(json.dumps(record))
-    raise typer.Exit(finish(record))
+    raise typer.Exit(drive_in_foreground(run_id, json_out=json_out, child=child))
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
@@ -131,23 +118,6 @@ def check_selection(engine: Any, request: Any) -> None:
             f"no step named {', '.join(map(repr, unknown))} in the last run of this pipeline;"
             f" its steps: {', '.join(known)}"
         )
-
-
-def finish(record: dict[str, Any]) -> int:
-    """The run's exit code; a configuration error also gets its one `error:` line."""
-    from ci_runner.cli.report import EXIT_USAGE, exit_code
-
-    code = exit_code(record)
-    if code == EXIT_USAGE and record.get("error"):
-        _error_line(str(record["error"].get("message", "")))
-    return code
-
-
-def _error_line(message: str) -> None:
-    text = f"error: {message}"
-    if sys.stderr.isatty():
-        text = f"\x1b[31m{text}\x1b[0m"
-    print(text, file=sys.stderr)
 
 
 @app.command()

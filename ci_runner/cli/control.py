@@ -9,15 +9,13 @@ import os
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from ci_runner import paths
+from ci_runner.cli.foreground import drive_in_foreground
 from ci_runner.errors import UsageError
-
-if TYPE_CHECKING:
-    from ci_runner.engine.driver import ChildProcess
 
 RunArg = Annotated[str, typer.Argument(
     metavar="RUN_ID", help="The run (a unique prefix is enough).")]
@@ -25,32 +23,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 DetachOpt = Annotated[bool, typer.Option(
     "--detach", help="Resume in the background instead of in this terminal.")]
 CommentOpt = Annotated[Optional[str], typer.Option(help="Why; recorded on the run.")]  # noqa: UP045
-
-
-def drive_in_foreground(
-    run_id: str, *, json_out: bool, child: ChildProcess | None = None
-) -> int:
-    """Drive the run here with the live view, like `run`; returns the exit code."""
-    from ci_runner.cli.report import run_record
-    from ci_runner.cli.view import make_view
-    from ci_runner.dispatch.runs import drive_run, open_engine
-
-    with open_engine() as engine:
-        view = make_view(json_mode=json_out)
-        view.header(run_record(engine.conn, run_id, with_steps=False))
-        try:
-            drive_run(engine, run_id, observer=view, child=child)
-        except KeyboardInterrupt:
-            view.close(run_record(engine.conn, run_id))
-            typer.echo(f"interrupted; `ci-runner resume {run_id}` picks it up again", err=True)
-            return 130
-        record = run_record(engine.conn, run_id)
-    view.close(record)
-    if json_out:
-        typer.echo(json.dumps(record))
-    from ci_runner.cli.app import finish
-
-    return finish(record)
 
 
 def drive_detached(run_id: str) -> int:

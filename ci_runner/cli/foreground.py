@@ -1,0 +1,53 @@
+"""Driving a run in this terminal, and what its outcome means for the exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from ci_runner.engine.driver import ChildProcess
+
+
+def drive_in_foreground(
+    run_id: str, *, json_out: bool, child: ChildProcess | None = None
+) -> int:
+    """Drive the run here with the live view, like `run`; returns the exit code."""
+    from ci_runner.cli.report import run_record
+    from ci_runner.cli.view import make_view
+    from ci_runner.dispatch.runs import drive_run, open_engine
+
+    with open_engine() as engine:
+        view = make_view(json_mode=json_out)
+        view.header(run_record(engine.conn, run_id, with_steps=False))
+        try:
+            drive_run(engine, run_id, observer=view, child=child)
+        except KeyboardInterrupt:
+            view.close(run_record(engine.conn, run_id))
+            typer.echo(f"interrupted; `ci-runner resume {run_id}` picks it up again", err=True)
+            return 130
+        record = run_record(engine.conn, run_id)
+    view.close(record)
+    if json_out:
+        typer.echo(json.dumps(record))
+    return finish(record)
+
+
+def finish(record: dict[str, Any]) -> int:
+    """The run's exit code; a configuration error also gets its one `error:` line."""
+    from ci_runner.cli.report import EXIT_USAGE, exit_code
+
+    code = exit_code(record)
+    if code == EXIT_USAGE and record.get("error"):
+        error_line(str(record["error"].get("message", "")))
+    return code
+
+
+def error_line(message: str) -> None:
+    text = f"error: {message}"
+    if sys.stderr.isatty():
+        text = f"\x1b[31m{text}\x1b[0m"
+    print(text, file=sys.stderr)
