@@ -18,7 +18,6 @@ stream gets a thread of its own so long steps cannot starve the shared pool.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import os
 import socket
@@ -35,6 +34,7 @@ from ci_runner.errors import ExecutorError
 from ci_runner.executors.base import CommandResult
 from ci_runner.executors.host import scrubbed_env
 from ci_runner.executors.masking import Masker
+from ci_runner.executors.output import MaskedOutput
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -58,8 +58,6 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # Host paths mean nothing inside the image: PATH comes from the image, HOME is /tmp.
 _HOST_ONLY_ENV = ("PATH", "HOME", "SHELL", "TMPDIR")
 _TIMEOUT_EXIT_CODE = 124
-_TAIL_LINES = 20
-_TAIL_CHARS = 4000
 _SERVICE_READY_S = 60.0
 _KILLED_CODES = (128 + 9, 128 + 15)
 # Docker keeps stdout and stderr apart and their relative order is lost; one pipe for
@@ -226,7 +224,7 @@ class ContainerExecutor:
         labels = {**self.labels, LABEL_SECRETS: ",".join(sorted(spec.secrets))}
         client = await self._connect(self.labels)
         pod = _Pod(client, self, labels)
-        output = _Output(masker, on_output)
+        output = MaskedOutput(masker, on_output)
         loop = asyncio.get_running_loop()
 
         def progress(line: str) -> None:
@@ -289,7 +287,7 @@ class ContainerExecutor:
             )
             names = [n for n in container.labels.get(LABEL_SECRETS, "").split(",") if n]
             masker = Masker(env[n] for n in names if n in env)
-            output = _Output(masker, on_output or (lambda _text: None))
+            output = MaskedOutput(masker, on_output or (lambda _text: None))
             deadline_label = container.labels.get(LABEL_DEADLINE, "")
             deadline = float(deadline_label) if deadline_label else None
             remaining = None if deadline is None else max(0.0, deadline - time.time())
@@ -505,44 +503,8 @@ class _Pod:
         return name
 
 
-class _Output:
-    """Decodes, masks and forwards a container's output as it arrives; keeps the tail."""
-
-    def __init__(self, masker: Masker, sink: OutputSink) -> None:
-        self._masker = masker
-        self._sink = sink
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tail = ""
-        self.sink_error: BaseException | None = None
-
-    def feed(self, data: bytes) -> None:
-        self._emit(self._masker.feed(self._decoder.decode(data)))
-
-    def write(self, text: str) -> None:
-        self._emit(self._masker.feed(text))
-
-    def close(self) -> None:
-        rest = self._masker.feed(self._decoder.decode(b"", final=True))
-        self._emit(rest + self._masker.flush())
-
-    def tail(self) -> str:
-        lines = self._tail.splitlines()[-_TAIL_LINES:]
-        return "\n".join(lines)[-_TAIL_CHARS:]
-
-    def _emit(self, text: str) -> None:
-        if not text or self.sink_error is not None:
-            return
-        keep = _TAIL_CHARS + 1
-        self._tail = text[-keep:] if len(text) >= keep else (self._tail + text)[-keep:]
-        try:
-            self._sink(text)
-        except BaseException as exc:
-            # Raised from a loop callback it would only be logged; the caller re-raises it.
-            self.sink_error = exc
-
-
 async def _follow(
-    container: Container, output: _Output, timeout_s: float | None, grace_s: float,
+    container: Container, output: MaskedOutput, timeout_s: float | None, grace_s: float,
 ) -> tuple[int, bool]:
     """Stream the container's output until it exits or times out; its exit code and
     whether it timed out. The stream is the container's log (all of it, from the start)."""

@@ -10,7 +10,6 @@ plain exit, whatever is left in the group is terminated, so nothing outlives it.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from ci_runner.errors import ExecutorError
 from ci_runner.executors.base import CommandResult
 from ci_runner.executors.masking import Masker
+from ci_runner.executors.output import MaskedOutput
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Mapping
@@ -41,8 +41,6 @@ _KEPT_ENV = (
     "SHELL",
 )
 _TIMEOUT_EXIT_CODE = 124
-_TAIL_LINES = 20
-_TAIL_CHARS = 4000
 _PROC = Path("/proc")
 
 
@@ -249,28 +247,28 @@ class _PidfdProcess:
 
 
 class _StepProtocol(asyncio.SubprocessProtocol):
-    """Decodes, masks and forwards the step's merged output, as it arrives.
-
-    Callbacks come straight from the event loop, so the sink is called with no
-    reader task or stream buffer in between.
-    """
+    """Forwards the step's merged output as it arrives, straight from loop callbacks
+    (no reader task or stream buffer in between), and tells run() when it exited."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, masker: Masker, sink: OutputSink) -> None:
-        self._masker = masker
-        self._sink = sink
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tail = ""
         self.exited: asyncio.Future[None] = loop.create_future()
         self.drained: asyncio.Future[None] = loop.create_future()
         self.aborted: asyncio.Future[None] = loop.create_future()
-        self.sink_error: BaseException | None = None
+        self.output = MaskedOutput(masker, sink, on_sink_error=self._abort)
+
+    @property
+    def sink_error(self) -> BaseException | None:
+        return self.output.sink_error
+
+    def _abort(self) -> None:
+        if not self.aborted.done():
+            self.aborted.set_result(None)
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self._emit(self._masker.feed(self._decoder.decode(data)))
+        self.output.feed(data)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        rest = self._masker.feed(self._decoder.decode(b"", final=True))
-        self._emit(rest + self._masker.flush())
+        self.output.close()
         if not self.drained.done():
             self.drained.set_result(None)
 
@@ -279,21 +277,7 @@ class _StepProtocol(asyncio.SubprocessProtocol):
             self.exited.set_result(None)
 
     def output_tail(self) -> str:
-        lines = self._tail.splitlines()[-_TAIL_LINES:]
-        return "\n".join(lines)[-_TAIL_CHARS:]
-
-    def _emit(self, text: str) -> None:
-        if not text or self.sink_error is not None:
-            return
-        # One spare character: the tail's last line break is dropped by output_tail.
-        keep = _TAIL_CHARS + 1
-        self._tail = text[-keep:] if len(text) >= keep else (self._tail + text)[-keep:]
-        try:
-            self._sink(text)
-        except BaseException as exc:
-            # Raised from a loop callback it would only be logged; run() re-raises it.
-            self.sink_error = exc
-            self.aborted.set_result(None)
+        return self.output.tail()
 
 
 def _start_error(exc: OSError, program: str, cwd: Path, masker: Masker) -> ExecutorError:
