@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.gitrepos import ISOLATED_GIT_ENV
+from tests.procs import alive, ci_processes
 
 GATED = """
 import os
@@ -32,22 +33,6 @@ class CI(Pipeline):
 
 def ledger(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
-
-
-def ci_processes(home: Path) -> list[str]:
-    """ci-runner processes (drivers or pipeline children) using this home."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            env = (proc / "environ").read_bytes()
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"CI_RUNNER_HOME={home}".encode() in env and b"ci_runner" in cmd:
-            found.append(proc.name)
-    return found
 
 
 def test_approve_resumes_a_hibernated_run_once(cli, repo_with, home: Path, tmp_path: Path):
@@ -198,7 +183,7 @@ class CI(Pipeline):
     assert proc.returncode == 1, err
     assert '"status": "terminated"' in out
     deadline = time.time() + 10
-    while _alive(pid):
+    while alive(pid):
         assert time.time() < deadline, "the step's process outlived the cancel"
         time.sleep(0.05)
 
@@ -227,14 +212,6 @@ class CI(Pipeline):
     out = cli("worker", "--once")
     assert out.code == 0, out.err
     assert cli("show", run_id, "--json").json()["status"] == "complete"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_deleted_worktree_is_forked_again_at_the_runs_sha(cli, repo_with, tmp_path: Path):

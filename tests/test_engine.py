@@ -18,6 +18,7 @@ from ci_runner.errors import InvalidState, LeaseLost
 from ci_runner.store import journal as j
 from tests import workflows as wf
 from tests.conftest import ROOT
+from tests.procs import alive
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -203,14 +204,6 @@ def _children(pid: int) -> list[int]:
 def _wait_gone(pids: list[int]) -> None:
     deadline = time.time() + 10
     for pid in pids:
-        while _alive(pid):
+        while alive(pid):
             assert time.time() < deadline, f"child {pid} outlived its driver"
             time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -22,6 +22,7 @@ from ci_runner.executors import (
     kill_process_group,
     scrubbed_env,
 )
+from tests.procs import alive
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,16 +42,6 @@ def _run(
     executor = HostExecutor(kill_grace_s=grace)
     result = asyncio.run(executor.run(spec, chunks.append, on_start=on_start))
     return result, chunks
-
-
-def _alive(pid: int) -> bool:
-    """Whether pid is a live process; a zombie is dead, and nothing here may reap it."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def test_is_an_executor() -> None:
@@ -111,7 +102,7 @@ def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     script = f"sh -c 'sleep 100 & echo $! > {pid_file}; wait' & wait"
     result, _ = _run(CommandSpec(argv=script, cwd=tmp_path, timeout_s=0.5))
     assert (result.exit_code, result.timed_out) == (124, True)
-    assert not _alive(int(pid_file.read_text()))
+    assert not alive(int(pid_file.read_text()))
 
 
 def test_timeout_kills_what_ignores_sigterm(tmp_path: Path) -> None:
@@ -120,7 +111,7 @@ def test_timeout_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     script = f"sh -c \"trap '' TERM; exec sleep 100\" & echo $! > {pid_file}; wait"
     result, _ = _run(CommandSpec(argv=script, cwd=tmp_path, timeout_s=0.3), grace=0.2)
     assert (result.exit_code, result.timed_out) == (124, True)
-    assert not _alive(int(pid_file.read_text()))
+    assert not alive(int(pid_file.read_text()))
 
 
 def test_leftover_background_processes_die_with_the_step(tmp_path: Path) -> None:
@@ -128,7 +119,7 @@ def test_leftover_background_processes_die_with_the_step(tmp_path: Path) -> None
     script = "sleep 100 & echo $!; exit 0"
     result, chunks = _run(CommandSpec(argv=script, cwd=tmp_path, timeout_s=SAFETY_TIMEOUT))
     assert (result.exit_code, result.timed_out) == (0, False)
-    assert not _alive(int("".join(chunks)))
+    assert not alive(int("".join(chunks)))
 
 
 def test_on_start_gets_the_process_group_of_a_new_session(tmp_path: Path) -> None:
@@ -256,7 +247,7 @@ def test_cancelling_the_run_kills_the_group(tmp_path: Path) -> None:
             await task
         return int("".join(chunks))
 
-    assert not _alive(asyncio.run(scenario()))
+    assert not alive(asyncio.run(scenario()))
 
 
 def test_a_failing_sink_stops_the_step_and_raises(tmp_path: Path) -> None:
@@ -270,7 +261,7 @@ def test_a_failing_sink_stops_the_step_and_raises(tmp_path: Path) -> None:
     spec = CommandSpec(argv=f"echo $$ > {pid_file}; echo hi; sleep 100", cwd=tmp_path)
     with pytest.raises(SinkBroke):
         asyncio.run(HostExecutor().run(spec, sink))
-    assert not _alive(int(pid_file.read_text()))
+    assert not alive(int(pid_file.read_text()))
 
 
 def test_kill_process_group_kills_a_detached_group() -> None:
@@ -282,7 +273,7 @@ def test_kill_process_group_kills_a_detached_group() -> None:
     kill_process_group(proc.pid, grace_s=1.0)
     assert proc.wait() == -15
     proc.stdout.close()
-    assert not _alive(grandchild)
+    assert not alive(grandchild)
 
 
 def test_kill_process_group_of_a_gone_group_is_quiet() -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import ROOT, Result
 from tests.gitrepos import ISOLATED_GIT_ENV, git
+from tests.procs import alive, ci_processes
 
 pytestmark = pytest.mark.slow
 
@@ -146,30 +147,6 @@ def watching(home: Path, tmp_path: Path) -> Iterator[Callable[..., Watching]]:
 def quiet_for(seconds: float) -> None:
     """Give a watch time to (wrongly) react; only absence checks need this."""
     time.sleep(seconds)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def ci_processes(home: Path) -> list[str]:
-    """ci-runner processes (watch, drivers, pipeline children) using this home."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            env = (proc / "environ").read_bytes()
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"CI_RUNNER_HOME={home}".encode() in env and b"ci_runner" in cmd:
-            found.append(proc.name)
-    return found
 
 
 def pids(path: Path) -> list[int]:

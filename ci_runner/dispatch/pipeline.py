@@ -268,11 +268,13 @@ class PipelineStep:
                 timeout_s=command.timeout_s + 30.0, on_failure=_failure_detail,
             )
 
+        # What keys the cache besides the inputs; only built for steps that have inputs.
         material = {"kind": "run", "cmd": command.argv, "image": command.image,
                     "env": sorted(command.env.items()), "secrets": sorted(command.secrets),
                     "cwd": str(command.workdir.relative_to(self._workspace)),
                     "services": sorted(command.services.items()),
-                    "network": command.network, "artifacts": command.artifacts}
+                    "network": command.network, "artifacts": command.artifacts,
+                    } if inputs else {}
         result = await self._cached(name, inputs, material, attempts, command.artifacts)
         return result
 
