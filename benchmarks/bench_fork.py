@@ -1,6 +1,6 @@
 """Worktree fork time: `ci_runner.workspace.fork` against the git commands it could be.
 
-Ours: `fork(repo, sha, dest)` (one `git worktree add --detach` through GitPython,
+Ours: `fork(repo, sha, dest)` (one `git worktree add --detach` as a subprocess,
 with the user's hooks switched off). Peers, on the same 500-file repo, interleaved
 with ours in rotating order: a bare `git worktree add --detach <dest> <sha>` from
 subprocess.run, and a plain local `git clone` (hard-links objects, then checks out).
@@ -82,7 +82,7 @@ def main() -> None:
         Row("fork vs git clone (local)", ms(o), ms(c), f"{vs_c:.2f}x", "-", "info"),
     ], [
         "ratio = median of the per-round ratios (ours / peer in the same round)",
-        "ours = ci_runner.workspace.fork (GitPython -> git worktree add --detach,"
+        "ours = ci_runner.workspace.fork (subprocess -> git worktree add --detach,"
         " core.hooksPath=/dev/null)",
         "peers run from subprocess.run; the checkout is removed after each, untimed",
     ])

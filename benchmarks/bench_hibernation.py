@@ -79,7 +79,7 @@ def _create_chunk(repo: str, count: int) -> list[str]:
     with open_engine() as engine:
         for _ in range(count):
             run_id = new_instance_id()
-            child = warm_child(engine, run_id)
+            child = warm_child(run_id)
             try:
                 start_run(engine, RunRequest(repo_path=Path(repo)), run_id=run_id)
             except BaseException:

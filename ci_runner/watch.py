@@ -38,7 +38,8 @@ from ci_runner.errors import CIRunnerError, InvalidState, LeaseLost, UsageError
 if TYPE_CHECKING:
     from types import FrameType
 
-    from ci_runner.engine.driver import ChildProcess, Engine
+    from ci_runner.engine.driver import Engine
+    from ci_runner.engine.process import ChildProcess
     from ci_runner.engine.service import Observer
     from ci_runner.workspace import RepoInfo
 
@@ -209,7 +210,7 @@ class Watch:
             secrets_file=options.secrets_file, only=options.only, skip=options.skip,
         )
         run_id = new_instance_id()
-        child = self._take_spare(run_id) or warm_child(engine, run_id)
+        child = self._take_spare(run_id) or warm_child(run_id)
         try:
             start_run(engine, request, run_id=run_id)
         except BaseException as exc:

@@ -893,6 +893,49 @@ def test_os_exit_in_step_errors_the_run_and_engine_survives(
     assert [r["run_id"] for r in newest_first] == [healthy.json()["run_id"], record["run_id"]]
 
 
+def test_pipeline_process_holds_no_database_handle(
+    cli: Cli, repo_with: RepoWith, home: Path
+) -> None:
+    """`run` and `approve` fork their pipeline process (`approve` after opening the
+    database); the fork keeps only stdio and its pipe, like a spawned one: no
+    descriptor of the database or of anything else the CLI had open."""
+    body = """
+    import os
+    from ci_runner import Pipeline
+
+    def open_files():
+        fds = {}
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass  # the listing's own descriptor, closed already
+        return {"pid": os.getpid(), "ppid": os.getppid(), "fds": fds}
+
+    class CI(Pipeline):
+        async def run(self, event, step):
+            await step.do("before", open_files)
+            await step.wait_for_approval("gate")
+            await step.do("after", open_files)
+    """
+    repo = repo_with(pipeline(body))
+
+    waiting = cli("run", "--json", cwd=repo)
+    assert waiting.code == 3, (waiting.out, waiting.err)
+    approved = cli("approve", waiting.json()["run_id"], "--json")
+    assert approved.code == 0, (approved.out, approved.err)
+
+    db = sqlite3.connect(home / "ci-runner.db")
+    for name in ("before", "after"):
+        seen = json.loads(db.execute(
+            "SELECT result FROM steps WHERE name = ?", (name,)).fetchone()[0])
+        targets = seen["fds"].values()
+        assert not [t for t in targets if "ci-runner.db" in t], (name, seen)
+        assert all(t.startswith(("socket:", "pipe:", "anon_inode:", "/dev/null"))
+                   or t.endswith("pipeline.log") for t in targets), (name, seen)
+        assert seen["pid"] != seen["ppid"]
+
+
 # -- secrets -----------------------------------------------------------------------------
 
 SECRETS = """

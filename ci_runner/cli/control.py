@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         with open_engine() as engine:
             full = str(j.get_instance(engine.conn, run_id)["id"])
             # The pipeline process starts while the approval is being stored.
-            child = None if detach else warm_child(engine, full)
+            child = None if detach else warm_child(full)
             try:
                 decide(engine, full, by=by, comment=comment, reject=reject)
             except BaseException:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from ci_runner.engine.driver import ChildProcess
+    from ci_runner.engine.process import ChildProcess
 
 
 def drive_in_foreground(

@@ -12,7 +12,8 @@ from typing import Any
 
 from ci_runner import paths
 from ci_runner.dispatch.envelope import PIPELINE_FILE, WORKFLOW, unwrap_params, wrap_params
-from ci_runner.engine.driver import ChildProcess, Engine, new_instance_id
+from ci_runner.engine.driver import Engine, new_instance_id
+from ci_runner.engine.process import ChildProcess, start_child
 from ci_runner.engine.service import Observer
 from ci_runner.errors import PipelineNotFound, UsageError
 from ci_runner.store.db import immediate, now
@@ -56,15 +57,19 @@ def reap_orphan(detail: dict[str, Any]) -> None:
 
 
 def open_engine() -> Engine:
-    return Engine(paths.database(), reap_orphan=reap_orphan)
+    return Engine(paths.database(), reap_orphan=reap_orphan, fork_children=True)
 
 
-def warm_child(engine: Engine, run_id: str) -> ChildProcess:
-    """Start the run's pipeline process early, so its start-up overlaps the git work."""
+def warm_child(run_id: str) -> ChildProcess:
+    """Start the run's pipeline process early, so its start-up overlaps the git work.
+
+    Forked when this process has one thread (the CLI): best before the database is
+    opened, though the child closes every descriptor but its pipe and stdio anyway.
+    """
     log_dir = paths.run_logs(run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "pipeline.log").open("ab") as stdio:
-        return engine.spawn_child(stdio=stdio, env=os.environ)
+        return start_child(stdio=stdio, env=os.environ, fork=True)
 
 
 def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None) -> str:

@@ -69,11 +69,13 @@ def _pidfd_child_watcher() -> None:
     asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
-def main(fd: int) -> None:
+def main(fd: int, *, parent: int | None = None) -> None:
+    """Serve one run over the pipe ``fd``; ``parent`` is the driver's pid when known
+    (a forked child), else the driver is whoever started this interpreter."""
     _harden()
     conn = Connection(fd)
-    if os.getppid() == 1:  # the driver died before we set the death signal
-        os._exit(1)
+    if os.getppid() != (parent or os.getppid()) or os.getppid() == 1:
+        os._exit(1)  # the driver died before we set the death signal
     # Import the runtime before the driver has work for us: it may start us early.
     from ci_runner.engine.runtime import execute, import_path
     from ci_runner.engine.step import Step, WorkflowEvent

@@ -10,9 +10,7 @@ steps return their stored result without running again.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ci_runner.engine import leases, policy
+from ci_runner.engine.process import ChildProcess, ProcessHandle, start_child
 from ci_runner.engine.service import Observer, StepService
 from ci_runner.errors import (
     CIRunnerError,
@@ -36,20 +35,6 @@ CONTROL_POLL_S = 1.0
 
 OrphanReaper = Callable[[dict[str, Any]], None]
 Outcome = dict[str, Any]
-
-
-class ChildProcess:
-    """A started pipeline process, waiting for the instance it should run."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
-        self.proc = proc
-        self.conn = conn
-
-    def close(self) -> None:
-        self.conn.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 def new_instance_id() -> str:
@@ -80,8 +65,12 @@ class Engine:
         inline_sleep_max_s: float = policy.INLINE_SLEEP_MAX_S,
         lease_ttl_s: float = leases.LEASE_TTL_S,
         reap_orphan: OrphanReaper | None = None,
+        fork_children: bool = False,
     ) -> None:
+        """``fork_children``: start pipeline processes by forking this one when it has a
+        single thread (see ``ci_runner.engine.process``), else by spawning."""
         self.db_path = Path(db_path)
+        self.fork_children = fork_children
         self.conn = connect(self.db_path)
         self.inline_sleep_max_s = inline_sleep_max_s
         self.lease_ttl_s = lease_ttl_s
@@ -162,7 +151,8 @@ class Engine:
             if workflow is not None:
                 outcome = self._drive_here(row, workflow, service)
             else:
-                child = child or self.spawn_child(stdio=stdio, env=env, cwd=cwd)
+                child = child or self.spawn_child(stdio=stdio, env=env, cwd=cwd,
+                                                  fork=self.fork_children)
                 outcome = self._drive_child(row, service, beat, child)
         except LeaseLost:
             # Cancelled or taken over: whoever holds the instance now says what it is.
@@ -193,22 +183,12 @@ class Engine:
         stdio: IO[Any] | None = None,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        fork: bool = False,
     ) -> ChildProcess:
-        """Start a pipeline process now; it imports the runtime while the caller works."""
-        ours, theirs = socket.socketpair()
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=stdio,
-                stderr=subprocess.STDOUT if stdio is not None else None,
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
-            )
-        finally:
-            theirs.close()
-        return ChildProcess(proc, Connection(ours.detach()))
+        """Start a pipeline process now; it imports the runtime while the caller works.
+        ``fork``: fork this process rather than start an interpreter, if it has a
+        single thread (see ``ci_runner.engine.process``)."""
+        return start_child(stdio=stdio, env=env, cwd=cwd, fork=fork)
 
     def _reap(self, journal: j.Journal) -> None:
         # Steps left running by a dead driver may still have processes: stop them first.
@@ -250,7 +230,7 @@ class Engine:
             child.close()
 
     def _serve(
-        self, conn: Connection, proc: subprocess.Popen[bytes], service: StepService,
+        self, conn: Connection, proc: ProcessHandle, service: StepService,
         beat: _Heartbeat,
     ) -> Outcome:
         current: dict[str, Any] = {}
@@ -307,7 +287,7 @@ class Engine:
                 conn.send_bytes(json.dumps(answer).encode())
 
     def _crashed(
-        self, proc: subprocess.Popen[bytes], service: StepService, current: dict[str, Any]
+        self, proc: ProcessHandle, service: StepService, current: dict[str, Any]
     ) -> Outcome:
         try:
             code = proc.wait(timeout=5)

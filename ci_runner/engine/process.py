@@ -1,0 +1,170 @@
+"""Starting the per-run pipeline process: spawned (a fresh interpreter) or forked.
+
+A fresh interpreter costs ~100 ms before it can run a step (start-up, site, the
+runtime's imports). A single-threaded caller (`ci-runner run`, `approve`) can
+instead fork itself: the child has every module its parent imported already, and
+imports the rest while the parent forks the worktree. A caller with threads (the
+webhook server, watch mode) always spawns: forking a threaded process copies locks
+other threads may hold.
+
+Either way the child keeps only its stdio and the pipe to the driver: a forked
+child closes every other descriptor it inherited (the database file among them),
+so it holds no database handle, just as a spawned one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+
+class ProcessHandle(Protocol):
+    """What the driver needs of the child: ``subprocess.Popen`` or ``Forked``."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class ChildProcess:
+    """A started pipeline process, waiting for the instance it should run."""
+
+    def __init__(self, proc: ProcessHandle, conn: Connection) -> None:
+        self.proc = proc
+        self.conn = conn
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Forked:
+    """A forked child, with the part of ``Popen``'s interface the driver uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._returncode: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._returncode
+
+    def poll(self) -> int | None:
+        if self._returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its status is lost
+                self._returncode = -signal.SIGKILL
+                return self._returncode
+            if pid:
+                self._returncode = os.waitstatus_to_exitcode(status)
+        return self._returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pipeline process {self.pid}", timeout or 0.0)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return code
+
+    def kill(self) -> None:
+        if self._returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+def start_child(
+    *,
+    stdio: IO[Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    fork: bool = False,
+) -> ChildProcess:
+    """Start a pipeline process now; it imports the runtime while the caller works.
+
+    ``fork`` is a wish: it is honoured only when this process has a single thread.
+    """
+    if fork and hasattr(os, "fork") and threading.active_count() == 1:
+        return _fork(stdio=stdio, env=env, cwd=cwd)
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=stdio,
+            stderr=subprocess.STDOUT if stdio is not None else None,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+    finally:
+        theirs.close()
+    return ChildProcess(proc, Connection(ours.detach()))
+
+
+def _fork(
+    *, stdio: IO[Any] | None, env: Mapping[str, str] | None, cwd: Path | None
+) -> ChildProcess:
+    ours, theirs = socket.socketpair()
+    parent = os.getpid()
+    # Buffered output would otherwise be written twice, once by each process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's stack
+        code = 1
+        try:
+            fd = _become_child(theirs.detach(), stdio=stdio, env=env, cwd=cwd)
+            from ci_runner.engine.child import main
+
+            main(fd, parent=parent)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    return ChildProcess(Forked(pid), Connection(ours.detach()))
+
+
+def _become_child(
+    fd: int, *, stdio: IO[Any] | None, env: Mapping[str, str] | None, cwd: Path | None
+) -> int:
+    """Give the forked child the stdio and descriptors a spawned child would have:
+    stdin from /dev/null, stdout and stderr to ``stdio``, the pipe ``fd``, nothing else."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    if stdio is not None:
+        os.dup2(stdio.fileno(), 1)
+        os.dup2(stdio.fileno(), 2)
+    os.closerange(3, fd)
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))  # close_range(2): one call
+    if env is not None and env is not os.environ:
+        os.environ.clear()
+        os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    # The parent's Python-level handlers (typer's, the live view's) are not ours.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return fd
