@@ -3,7 +3,8 @@
 Ours: the real CLI (`ci-runner run --json`) in a temp git repo whose pipeline runs
 N sequential `step.run(f"s{i}", ["true"])`. Peer: a bare `subprocess.run(["true"])`
 loop of the same N in this process. The difference is what ci-runner adds per step:
-the request to the driver, the journal commits, the step log, the process group.
+the begin sent ahead, the durable commit of the result, the step log (created on
+output only), the process group.
 
 Two honest ways to get ours per step, both printed:
   in-run loop   the pipeline times its own loop of N steps (perf_counter around it,

@@ -374,6 +374,30 @@ def test_failing_command_stops_the_run(cli: Cli, repo_with: RepoWith) -> None:
     assert_usage_error(cli("logs", record["run_id"], "no-such-step"), "no-such-step", "boom")
 
 
+def test_a_silent_step_writes_no_log_file(cli: Cli, repo_with: RepoWith, home: Path) -> None:
+    body = """
+    from ci_runner import Pipeline
+
+    class CI(Pipeline):
+        async def run(self, event, step):
+            await step.run("quiet", ["true"])
+            await step.run("talks", ["echo", "hello"])
+    """
+    repo = repo_with(pipeline(body))
+
+    done = cli("run", "--json", cwd=repo)
+
+    assert done.code == 0, (done.out, done.err)
+    run_id = done.json()["run_id"]
+    assert sorted(p.name for p in (home / "logs" / run_id).iterdir()) == [
+        "pipeline.log", "talks.log"]
+    talks = cli("logs", run_id, "talks").out.splitlines()
+    assert talks[0].startswith("--- attempt 1: echo hello (")
+    assert talks[1:] == ["hello", "--- exit code 0 after " + talks[2].split()[-1]]
+    assert cli("logs", run_id, "quiet").out == "(no output recorded for this step)\n"
+    assert cli("logs", run_id).out.splitlines()[:2] == ["==> quiet <==", "(no output)"]
+
+
 def test_python_exception_in_pipeline_fails_the_run(cli: Cli, repo_with: RepoWith) -> None:
     body = """
     from ci_runner import Pipeline

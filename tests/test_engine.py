@@ -126,6 +126,48 @@ def test_parallel_steps_and_repeated_names(engine: Engine, led: Path) -> None:
     assert names == [("item", 1), ("item", 2), ("item", 3), ("item", 4), ("x", 1), ("y", 1)]
 
 
+def test_steps_begun_ahead_are_journaled_in_the_order_they_began(
+    engine: Engine, led: Path
+) -> None:
+    """The pipeline process does not wait for a new step's begin to be written; the
+    driver writes it later or with the result. Steps finishing in reverse order must
+    still be journaled (sequence numbers) in the order they began, each attempted once."""
+    iid = engine.create(wf.Staggered, {"ledger": str(led)})
+    assert drive(engine, iid) == "complete"
+    assert wf.ledger(led) == ["z2", "z1", "z0"]
+    rows = j.steps_of(engine.conn, iid)  # ordered by seq
+    assert [r["name"] for r in rows] == ["z0", "z1", "z2", "last"]
+    assert all(r["status"] == "complete" and r["attempts"] == 1 for r in rows)
+    assert all(r["started_at"] <= r["finished_at"] for r in rows)
+    # z0 ran 0.3 s: its recorded duration is its own, from when it began.
+    assert steps(engine, iid)["z0"]["duration_s"] >= 0.29
+
+
+def test_pause_of_a_live_run_stops_before_its_next_step(engine: Engine, led: Path) -> None:
+    """A pause asked for while a step runs takes effect at the next step boundary, even
+    though new steps normally begin without asking the driver."""
+    iid = engine.create(wf.Gated, {"ledger": str(led)})
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from ci_runner.engine.driver import Engine; "
+         "print(Engine(sys.argv[1]).drive(sys.argv[2]))", str(engine.db_path), iid],
+        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 30
+    while wf.ledger(led) != ["held"]:
+        assert time.time() < deadline and driver.poll() is None
+        time.sleep(0.02)
+    j.request_pause(engine.conn, iid)
+    Path(str(led) + ".release").touch()
+    out, _ = driver.communicate(timeout=30)
+    assert out.strip() == "paused"
+    assert wf.ledger(led) == ["held"]
+    assert [r["name"] for r in j.steps_of(engine.conn, iid)] == ["hold"]
+
+    j.unpause(engine.conn, iid)
+    assert drive(engine, iid) == "complete"
+    assert wf.ledger(led) == ["held", "next", "last"]
+
+
 def test_plain_def_run_with_parallel(engine: Engine) -> None:
     iid = engine.create(wf.SyncRun, {})
     assert drive(engine, iid) == "complete"

@@ -106,6 +106,42 @@ class Parallel:
         return [*values, *again]
 
 
+class Staggered:
+    """Three steps begun together that finish in reverse order, then one more."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        async def after(n: int, pause: float) -> int:
+            await asyncio.sleep(pause)
+            mark(event.payload, f"z{n}")
+            return n
+
+        done = await asyncio.gather(
+            step.do("z0", lambda: after(0, 0.3)),
+            step.do("z1", lambda: after(1, 0.15)),
+            step.do("z2", lambda: after(2, 0.0)),
+        )
+        return [*done, await step.do("last", lambda: 3)]
+
+
+class Gated:
+    """A step that waits for a release file (so a test can pause the run meanwhile),
+    then two more steps."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        p = event.payload
+
+        def hold() -> str:
+            mark(p, "held")
+            while not Path(p["ledger"] + ".release").exists():
+                time.sleep(0.02)
+            return "released"
+
+        first = await step.do("hold", hold)
+        await step.do("next", lambda: mark(p, "next"))
+        await step.do("last", lambda: mark(p, "last"))
+        return first
+
+
 class SyncRun:
     def run(self, event: Any, step: Any) -> Any:
         a = step.do("a", lambda: 1)

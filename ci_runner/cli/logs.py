@@ -54,8 +54,8 @@ def _dump(label: str, path: Path, *, header: bool) -> None:
         sys.stdout.write(f"==> {label} <==\n")
     if path.exists():
         sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
-    elif not header:
-        sys.stdout.write("(no output recorded for this step)\n")
+    else:  # a silent step writes no log file (`show` has its exit code)
+        sys.stdout.write("(no output)\n" if header else "(no output recorded for this step)\n")
     sys.stdout.flush()
 
 

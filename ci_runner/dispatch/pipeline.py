@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ci_runner import paths
+from ci_runner.dispatch.steplog import StepLog
 from ci_runner.engine import leases
 from ci_runner.engine.policy import RetryPolicy, seconds
 from ci_runner.engine.step import Step
@@ -330,13 +331,11 @@ class PipelineStep:
         # The command line itself may carry a secret (an f-string of os.environ...).
         display = Masker(values.values()).mask(_display(command.argv))
         log_path = self._logs / paths.step_log_name(name, occurrence)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         executor = self._executor(label, attempt, command)
-        with log_path.open("a", encoding="utf-8") as log:
+        with StepLog(log_path) as log:
 
             def on_output(text: str) -> None:
                 log.write(text)
-                log.flush()
                 self._host.notify("output", name=name, occurrence=occurrence, text=text)
 
             def on_start(started: Mapping[str, Any]) -> None:
@@ -354,18 +353,18 @@ class PipelineStep:
             if previous and previous.get("container") and command.image is not None:
                 # The runner died while this step's container ran: take its result
                 # (waiting for it if it still runs) instead of running it twice.
-                log.write(f"--- adopting the container of attempt {previous.get('attempt')}\n")
+                log.note(f"--- adopting the container of attempt {previous.get('attempt')}\n")
                 from ci_runner.executors import ContainerExecutor
 
                 adopter = self._executor(label, int(previous.get("attempt") or 0), command)
                 if isinstance(adopter, ContainerExecutor):
                     outcome = await adopter.adopt(self._labels(label), on_output)
             if outcome is None:
-                log.write(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
+                log.note(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
                 spec = CommandSpec(argv=command.argv, cwd=command.workdir, env=command.env,
                                    secrets=values, timeout_s=command.timeout_s)
                 outcome = await executor.run(spec, on_output, on_start=on_start)
-            log.write(f"--- exit code {outcome.exit_code} after {outcome.duration_s:.3f}s\n")
+            log.note(f"--- exit code {outcome.exit_code} after {outcome.duration_s:.3f}s\n")
         result: dict[str, Any] = {
             "exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
             "output_tail": outcome.output_tail,

@@ -92,7 +92,8 @@ def main(fd: int, *, parent: int | None = None) -> None:
         outcome = asyncio.run(execute(
             workflow,
             WorkflowEvent(init["payload"], init["created_at"], init["instance_id"]),
-            Step(host, inline_sleep_max_s=init["inline_sleep_max_s"]),
+            Step(host, inline_sleep_max_s=init["inline_sleep_max_s"],
+                 recorded=init.get("recorded")),
         ))
     except BaseException as exc:
         outcome = {"kind": "errored", "error": to_record(exc)}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ci_runner.engine import leases, policy
+from ci_runner.engine.deferred import Deferred
 from ci_runner.engine.process import ChildProcess, ProcessHandle, start_child
 from ci_runner.engine.service import Observer, StepService
 from ci_runner.errors import (
@@ -32,6 +33,9 @@ from ci_runner.store import journal as j
 
 # How often an idle driver checks whether its run was cancelled.
 CONTROL_POLL_S = 1.0
+# How long a begin or a process group may wait to be written with the step's result
+# (a short step's result comes sooner): one commit instead of two or three.
+HOLD_S = 0.002
 
 OrphanReaper = Callable[[dict[str, Any]], None]
 Outcome = dict[str, Any]
@@ -222,6 +226,8 @@ class Engine:
                 "workflow": row["workflow"], "payload": json.loads(row["payload"]),
                 "created_at": row["created_at"], "instance_id": row["id"],
                 "inline_sleep_max_s": self.inline_sleep_max_s,
+                # What a replay will find; any other step may begin without asking.
+                "recorded": service.journal.recorded(),
             }).encode())
             return self._serve(child.conn, child.proc, service, beat)
         except (BrokenPipeError, ConnectionResetError):
@@ -234,57 +240,63 @@ class Engine:
         beat: _Heartbeat,
     ) -> Outcome:
         current: dict[str, Any] = {}
-        # A step's detail (its process group) waiting to be written: merged into the
-        # step's own commit when that is already in the pipe (a short command), else
-        # written as soon as the pipe is drained, so a crash can still find the group.
-        deferred: dict[tuple[str, int], dict[str, Any]] = {}
-        while True:
-            try:
-                ready = conn.poll(0 if deferred else CONTROL_POLL_S)
-            except (EOFError, OSError):
-                ready = True
-            if not ready and deferred:
-                for (name, occurrence), detail in deferred.items():
-                    service.handle("set_detail", {"name": name, "occurrence": occurrence,
-                                                  "detail": detail})
-                deferred.clear()
-                continue
-            if not ready:
-                beat()
-                if not service.journal.still_ours():  # cancelled, or taken over
-                    proc.kill()
-                    raise LeaseLost(f"run {service.journal.instance_id} is no longer ours")
-                continue
-            try:
-                message = json.loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                for (name, occurrence), detail in deferred.items():
-                    service.handle("set_detail", {"name": name, "occurrence": occurrence,
-                                                  "detail": detail})
-                # The pipeline process is gone; what it started must not run on alone.
-                self._reap(service.journal)
-                return self._crashed(proc, service, current)
-            op, args = message["op"], message["args"]
-            if op == "outcome":
-                conn.send_bytes(b"{}")
-                return dict(args)
-            if op == "begin":
-                current = args
-            key = (args.get("name"), args.get("occurrence"))
-            if op == "set_detail":
-                deferred[key] = {**deferred.get(key, {}), **args["detail"]}
-                continue
-            if op in ("complete", "fail") and key in deferred:
-                args = {**args, "detail": {**deferred.pop(key), **(args.get("detail") or {})}}
-            try:
-                answer = service.handle(op, args)
-            except LeaseLost:
-                proc.kill()
-                raise
-            except CIRunnerError as exc:
-                answer = {"__error__": to_record(exc)}
-            if message.get("reply"):
-                conn.send_bytes(json.dumps(answer).encode())
+        # Begins sent ahead and steps' details (process groups), written with the step's
+        # own commit when that is already in the pipe (a short command), else as soon as
+        # the pipe runs dry, so a crash can still find the group.
+        held = Deferred(service)
+        try:
+            while True:
+                try:
+                    ready = conn.poll(HOLD_S if held else CONTROL_POLL_S)
+                except (EOFError, OSError):
+                    ready = True
+                if not ready and held:
+                    held.flush()
+                    continue
+                if not ready:
+                    beat()
+                    if not service.journal.still_ours():  # cancelled, or taken over
+                        raise LeaseLost(f"run {service.journal.instance_id} is no longer ours")
+                    continue
+                try:
+                    message = json.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    held.flush()
+                    # The pipeline process is gone; what it started must not run on alone.
+                    self._reap(service.journal)
+                    return self._crashed(proc, service, current)
+                op, args = message["op"], message["args"]
+                if op == "begin":
+                    current = args
+                    if not message.get("reply"):  # begun ahead: the pipeline did not wait
+                        held.begin(args)
+                        continue
+                if op == "set_detail":
+                    held.detail((args["name"], args["occurrence"]), args["detail"])
+                    continue
+                if op not in ("output", "notice"):
+                    args = held.settle(op, args)
+                if op == "outcome":
+                    conn.send_bytes(b"{}")
+                    return dict(args)
+                try:
+                    answer = service.handle(op, args)
+                except CIRunnerError as exc:
+                    if isinstance(exc, LeaseLost):
+                        raise
+                    answer = {"__error__": to_record(exc)}
+                if message.get("reply"):
+                    if service.journal.control == "pause":
+                        answer = {**answer, "pause": True}  # begin the next step by asking
+                    conn.send_bytes(json.dumps(answer).encode())
+        except LeaseLost:
+            proc.kill()
+            # Steps whose process groups were not written yet are stopped here: whoever
+            # cancelled the run cannot know them.
+            if self._reap_orphan is not None:
+                for detail in held.details():
+                    self._reap_orphan(detail)
+            raise
 
     def _crashed(
         self, proc: ProcessHandle, service: StepService, current: dict[str, Any]

@@ -53,7 +53,9 @@ class StepService:
     ) -> dict[str, Any]:
         answer = self.journal.begin(name, occurrence, kind, detail)
         base = {"type": "step", "name": name, "occurrence": occurrence, "kind": kind}
-        if answer["state"] == "run":
+        if answer["state"] == "pause":
+            pass  # the run parks itself; the instance's status says paused
+        elif answer["state"] == "run":
             self.observe({**base, "status": "running", "attempt": answer["attempt"],
                           "max_attempts": max_attempts, "detail": answer["detail"],
                           "timeout_s": timeout_s, "started_at": time.time()})
@@ -64,10 +66,29 @@ class StepService:
                           "detail": answer["detail"]})
         return answer
 
+    def begun_ahead(self, args: dict[str, Any]) -> None:
+        """A first attempt the pipeline process started without waiting for its begin
+        to be written (``Step.attempts``): shown now, written by ``write_ahead`` or
+        together with its result (``complete`` with ``begun``)."""
+        self.observe({"type": "step", "name": args["name"], "occurrence": args["occurrence"],
+                      "kind": args["kind"], "status": "running", "attempt": 1,
+                      "max_attempts": args.get("max_attempts", 1), "detail": args.get("detail"),
+                      "timeout_s": args.get("timeout_s"), "started_at": args["at"]})
+
+    def write_ahead(self, args: dict[str, Any], detail: dict[str, Any] | None) -> None:
+        """Write the begin of a step begun ahead, which is running already."""
+        self.journal.begin(args["name"], args["occurrence"], args["kind"], detail,
+                           at=args["at"], started=True)
+
     def op_complete(
-        self, *, name: str, occurrence: int, result: Any, detail: dict[str, Any] | None = None
+        self, *, name: str, occurrence: int, result: Any, detail: dict[str, Any] | None = None,
+        begun: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        duration = self.journal.complete(name, occurrence, result, detail=detail)
+        if begun is not None:
+            duration = self.journal.begin_and_complete(
+                name, occurrence, begun["kind"], result, started_at=begun["at"], detail=detail)
+        else:
+            duration = self.journal.complete(name, occurrence, result, detail=detail)
         self.observe({"type": "step", "name": name, "occurrence": occurrence,
                       "status": "complete", "duration_s": duration, "result": result,
                       "detail": detail})

@@ -14,7 +14,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -73,10 +73,17 @@ class Step:
     called twice in a loop is two steps, replayed in the same order."""
 
     def __init__(
-        self, host: Host, *, inline_sleep_max_s: float = policy.INLINE_SLEEP_MAX_S
+        self, host: Host, *, inline_sleep_max_s: float = policy.INLINE_SLEEP_MAX_S,
+        recorded: Iterable[Sequence[Any]] | None = None,
     ) -> None:
+        """``recorded``: the (name, occurrence) of every step the journal held when this
+        run (re)started. Given, a step not among them starts without waiting for its
+        begin to be written: the driver writes it alongside, or together with the
+        step's result (one commit per short step instead of two)."""
         self._host = host
         self._inline_sleep_max_s = inline_sleep_max_s
+        self._recorded = None if recorded is None else {(str(n), int(o)) for n, o in recorded}
+        self._pause_requested = False
         self._occurrences: dict[str, int] = {}
         self._lock = threading.Lock()
         self._active = 0
@@ -224,10 +231,13 @@ class Step:
         ``on_failure`` may return detail to store with a failed attempt (exit code...).
         """
         while True:
-            answer = self._host.request(
-                "begin", name=name, occurrence=occurrence, kind=kind, detail=detail,
-                timeout_s=timeout_s, max_attempts=policy.max_attempts,
-            )
+            begin = {"name": name, "occurrence": occurrence, "kind": kind, "detail": detail,
+                     "timeout_s": timeout_s, "max_attempts": policy.max_attempts}
+            if self._may_begin_ahead(name, occurrence):
+                self._host.notify("begin", **begin, at=time.time())
+                answer: dict[str, Any] = {"state": "run", "attempt": 1, "detail": detail}
+            else:
+                answer = self._ask("begin", **begin)
             state = answer["state"]
             if state in ("complete", "skipped"):
                 return answer["result"]
@@ -252,7 +262,7 @@ class Step:
                         timeout_s=timeout_s,
                     )
             else:
-                self._host.request("complete", name=name, occurrence=occurrence, result=result)
+                self._ask("complete", name=name, occurrence=occurrence, result=result)
                 return result
             finally:
                 self._active -= 1
@@ -263,7 +273,7 @@ class Step:
             delay = 0.0 if final else policy.delay_before(attempt + 1)
             record = to_record(error)
             extra = on_failure(error) if on_failure else None
-            self._host.request(
+            self._ask(
                 "fail", name=name, occurrence=occurrence, error=record, final=final,
                 retry_in=delay, detail=extra,
             )
@@ -273,6 +283,22 @@ class Step:
                     failure = StepFailed(record["message"], **record["fields"])
                 raise failure from error
             await asyncio.sleep(delay)
+
+    def _may_begin_ahead(self, name: str, occurrence: int) -> bool:
+        """Whether this attempt is the step's first ever, with no pause requested."""
+        if self._recorded is None or self._pause_requested:
+            return False
+        key = (name, occurrence)
+        if key in self._recorded:
+            return False
+        self._recorded.add(key)  # a retry of it asks, to learn its attempt number
+        return True
+
+    def _ask(self, op: str, **args: Any) -> dict[str, Any]:
+        answer = self._host.request(op, **args)
+        if answer.get("pause"):  # the driver saw a pause request: ask before each begin
+            self._pause_requested = True
+        return answer
 
     # -- hibernation -------------------------------------------------------------
 

@@ -331,6 +331,15 @@ class Journal:
             "SELECT COALESCE(MAX(seq), 0) FROM steps WHERE instance_id = ?", (instance_id,)
         ).fetchone()
         self._seq = int(row[0])
+        #: The control request ('pause') seen by the latest write, or None.
+        self.control: str | None = None
+
+    def recorded(self) -> list[tuple[str, int]]:
+        """(name, occurrence) of every step that has a row: what a replay will find."""
+        rows = self.conn.execute(
+            "SELECT name, occurrence FROM steps WHERE instance_id = ?", (self.instance_id,)
+        ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
 
     def _fence(self) -> str | None:
         """Check the lease is still ours; returns a pending control request ('pause')."""
@@ -342,6 +351,7 @@ class Journal:
                 f"run {self.instance_id} was cancelled or taken over by another process;"
                 " this one stops"
             )
+        self.control = row[1]
         return row[1]  # type: ignore[no-any-return]
 
     def still_ours(self) -> bool:
@@ -367,10 +377,16 @@ class Journal:
             )
 
     def begin(
-        self, name: str, occurrence: int, kind: str, detail: dict[str, Any] | None = None
+        self, name: str, occurrence: int, kind: str, detail: dict[str, Any] | None = None,
+        *, at: float | None = None, started: bool = False,
     ) -> dict[str, Any]:
-        """Start an attempt, or return the step's recorded outcome for replay."""
-        t = now()
+        """Start an attempt, or return the step's recorded outcome for replay.
+
+        ``started``: the attempt is already under way (its begin was sent ahead, see
+        ``begin_and_complete``), so a pause request cannot stop it; ``at`` is when
+        it started.
+        """
+        t = now() if at is None else at
         # Not fsynced: a lost attempt marker only means an attempt is not counted
         # after a power cut; the next durable commit makes it permanent anyway.
         with immediate(self.conn, durable=False):
@@ -387,7 +403,7 @@ class Journal:
                         "duration_s": row["duration_s"],
                         "detail": loads(row["detail"]),
                     }
-                if control == "pause":
+                if control == "pause" and not started:
                     return {"state": "pause"}
                 attempt = int(row["attempts"]) + 1
                 self.conn.execute(
@@ -396,7 +412,7 @@ class Journal:
                     (attempt, t, self.instance_id, name, occurrence),
                 )
                 return {"state": "run", "attempt": attempt, "detail": loads(row["detail"])}
-            if control == "pause":
+            if control == "pause" and not started:
                 return {"state": "pause"}
             self._seq += 1
             self.conn.execute(
@@ -430,6 +446,32 @@ class Journal:
                  self.instance_id, name, occurrence),
             ).fetchone()
         return float(row[0] or 0.0) if row else 0.0
+
+    def begin_and_complete(
+        self, name: str, occurrence: int, kind: str, result: Any, *, started_at: float,
+        detail: dict[str, Any] | None = None,
+    ) -> float:
+        """A first attempt that began and succeeded before its begin was written: both
+        in one durable transaction. Returns the duration."""
+        t = now()
+        with immediate(self.conn):
+            self._fence()
+            row = self._step(name, occurrence)
+            if row is None:
+                self._seq += 1
+                self.conn.execute(
+                    "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
+                    " started_at, finished_at, duration_s, result, detail, seq)"
+                    " VALUES (?, ?, ?, ?, 'complete', 1, ?, ?, ?, ?, ?, ?)",
+                    (self.instance_id, name, occurrence, kind, started_at, t, t - started_at,
+                     dumps(result), None if detail is None else dumps(detail), self._seq),
+                )
+                return t - started_at
+            self._check_kind(row, name, occurrence, kind)
+        # Not a first attempt after all (cannot happen while we hold the lease): the
+        # usual two writes.
+        self.begin(name, occurrence, kind, at=started_at, started=True)
+        return self.complete(name, occurrence, result, detail=detail)
 
     def peek(self, name: str, occurrence: int) -> dict[str, Any] | None:
         """The step's recorded outcome, if it has one (no attempt is started)."""
