@@ -191,11 +191,27 @@ def test_the_example_config_is_valid(tmp_path: Path):
                                            "webhook_secret": "s"}]}, "server.workerz"),
     ({"repos": [{"name": "a/b", "forge": "gitea", "clone_url": "/x", "webhook_secret": "s",
                  "status": {"token_env": "T"}}]}, "repos[0].status.api_url"),
+    ({"server": {"retention": "forever"}, "repos": [{"name": "a/b", "forge": "github",
+                                                     "clone_url": "/x", "webhook_secret": "s"}]},
+     "server.retention"),
+    ({"server": {"retention": "10 minutes"}, "repos": [{"name": "a/b", "forge": "github",
+                                                        "clone_url": "/x",
+                                                        "webhook_secret": "s"}]},
+     "server.retention"),
 ])
 def test_config_errors_name_the_bad_key(tmp_path: Path, data: dict, key: str):
     with pytest.raises(UsageError) as error:
         parse_config(data, path=tmp_path / "c.yml", environ={"T": "x"})
     assert f": {key}: " in error.value.message
+
+
+def test_retention_is_off_unless_set(tmp_path: Path):
+    repos = [{"name": "a/b", "forge": "github", "clone_url": "/x", "webhook_secret": "s"}]
+    assert parse_config({"repos": repos}, path=tmp_path / "c.yml",
+                        environ={}).server.retention_s is None
+    kept = parse_config({"server": {"retention": "2 weeks"}, "repos": repos},
+                        path=tmp_path / "c.yml", environ={})
+    assert kept.server.retention_s == 14 * 86400
 
 
 def test_signature_of_a_big_body_is_over_the_raw_bytes(tmp_path: Path):

@@ -254,12 +254,13 @@ def init(
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
 
 
-from ci_runner.cli import control, images, kept, secrets, serve, watch  # noqa: E402 - they register
+from ci_runner.cli import control, images, kept, prune, secrets, serve, watch  # noqa: E402
 
 control.register(app)
 serve.register(app)
 images.register(app)
 kept.register(app)
+prune.register(app)
 secrets.register(app)
 watch.register(app)
 

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from ci_runner.errors import UsageError
 
-_UNITS = {"millisecond": 0.001, "second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_UNITS = {"millisecond": 0.001, "second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0,
+          "week": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+?)s?\s*$")
 
 Backoff = Literal["constant", "linear", "exponential"]
@@ -45,7 +46,8 @@ def seconds(value: float | int | str | timedelta, *, what: str = "duration") -> 
         unit = match.group(2) if match else ""
         if not match or unit not in _UNITS:
             raise UsageError(
-                f"{what} {value!r} is not a duration: use seconds or 'N second|minute|hour|day[s]'"
+                f"{what} {value!r} is not a duration: use seconds or"
+                " 'N second|minute|hour|day|week[s]'"
             )
         result = float(match.group(1)) * _UNITS[unit]
     else:

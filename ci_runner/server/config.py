@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
+from ci_runner.engine.policy import seconds
 from ci_runner.errors import UsageError
 
 FORGES = ("github", "gitea", "forgejo", "gitlab")
@@ -41,6 +42,7 @@ server:
   grace_s: 30                # on SIGTERM, running steps get this long before being left
   # public_url: https://ci.example.com # links in commit statuses point at its /api/runs/ID
   # pass_env: [HTTP_PROXY]   # variables pipelines see besides PATH, HOME and the locale
+  # retention: 90 days       # hourly `ci-runner prune` of what ended longer ago (default: keep)
 repos:
   - name: octo-org/octo-repo          # the forge's full name (GitLab: path_with_namespace)
     forge: github                     # github | gitea | forgejo | gitlab
@@ -111,6 +113,7 @@ class ServerConfig:
     public_url: str | None = None
     pass_env: tuple[str, ...] = ()
     poll_s: float = 1.0
+    retention_s: float | None = None  # prune what ended longer ago (None: keep all)
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def parse_config(data: Any, *, path: Path, environ: Mapping[str, str]) -> Config
 
 def _server(check: _Checker, raw: Any) -> ServerConfig:
     known = {"host", "port", "workers", "api_token_env", "users", "approvers", "grace_s",
-             "max_body_mb", "public_url", "pass_env", "poll_s"}
+             "max_body_mb", "public_url", "pass_env", "poll_s", "retention"}
     s = check.mapping(raw, "server", known)
     api_token = None
     if "api_token_env" in s:
@@ -187,6 +190,14 @@ def _server(check: _Checker, raw: Any) -> ServerConfig:
             check.fail(where, "a user name is letters, digits and . _ @ -")
         tokens[check.env_value(env_name, where)] = user
     max_mb = check.number(s.get("max_body_mb", 25), "server.max_body_mb", low=0.001)
+    retention_s = None
+    if s.get("retention") is not None:
+        try:
+            retention_s = seconds(s["retention"], what="a retention")
+        except UsageError as exc:
+            check.fail("server.retention", exc.message)
+        if retention_s < 3600:
+            check.fail("server.retention", "must be at least 1 hour, like '30 days'")
     return ServerConfig(
         host=check.text(s.get("host", "127.0.0.1"), "server.host"),
         port=int(check.number(s.get("port", 8080), "server.port", low=0, high=65535,
@@ -200,6 +211,7 @@ def _server(check: _Checker, raw: Any) -> ServerConfig:
                     if s.get("public_url") else None),
         pass_env=check.env_names(s.get("pass_env", []), "server.pass_env"),
         poll_s=check.number(s.get("poll_s", 1.0), "server.poll_s", low=0.01),
+        retention_s=retention_s,
     )
 
 

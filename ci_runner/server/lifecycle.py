@@ -37,6 +37,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         write_secrets_files,
     )
     from ci_runner.server.intake import Intake
+    from ci_runner.server.janitor import Janitor
     from ci_runner.server.status import StatusReporter
     from ci_runner.store import connect
 
@@ -56,6 +57,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         secrets_files=write_secrets_files(config), sandbox=sandbox, on_change=reporter.wake,
     )
     intake = Intake(config, db_path, on_accept=dispatcher.wake)
+    janitor = Janitor(config.server.retention_s, db_path)
     app = create_app(config, intake, on_decision=dispatcher.wake)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
@@ -72,6 +74,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     intake.start()
     dispatcher.start()
     reporter.start()
+    janitor.start()
     log.info("ci-runner serve: %d repos, listening on http://%s:%d (hooks at /hooks/<forge>)",
              len(config.repos), host, port)
     try:
@@ -81,4 +84,5 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         log.info("draining: running steps get %gs", config.server.grace_s)
         dispatcher.stop(config.server.grace_s)
         reporter.stop()
+        janitor.stop()
         log.info("stopped")

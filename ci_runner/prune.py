@@ -1,0 +1,179 @@
+"""`ci-runner prune`: forget what is older than a cutoff, so a box that runs CI for
+months does not fill its disk.
+
+Goes: finished runs (their records, step logs, kept worktrees and snapshot refs),
+webhook deliveries that started no run, step-cache entries, artifact objects no
+remaining run or cache entry points to, and unreachable objects in the webhook
+server's mirrors. Stays: every run that is not over (waiting for an approval,
+sleeping, paused, running), however old, and anything newer than the cutoff.
+
+Safe beside live runs: rows are deleted only if still finished inside the write
+transaction, and an artifact object is deleted only when nothing references it
+and its file is older than the cutoff (a run storing one right now wrote it just
+now). A run whose files cannot be removed keeps them and is reported, never fails
+the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ci_runner import paths
+from ci_runner.dispatch.envelope import unwrap_params
+from ci_runner.store import retention
+
+# Leftover temporary files of an interrupted artifact copy are this old at least.
+_TMP_GRACE_S = 3600.0
+
+
+@dataclass
+class Pruned:
+    """What a prune removed (or, dry, would remove)."""
+
+    runs: int = 0
+    deliveries: int = 0
+    cache_entries: int = 0
+    objects: int = 0
+    bytes_freed: int = 0
+    mirrors_gc: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prune(conn: Any, *, older_than_s: float, dry_run: bool = False,
+          now: float | None = None) -> Pruned:
+    """Forget what ended more than ``older_than_s`` seconds ago (see the module doc)."""
+    cutoff = (time.time() if now is None else now) - older_than_s
+    done = Pruned()
+    runs = retention.old_runs(conn, cutoff)
+    done.deliveries = retention.old_deliveries(conn, cutoff)
+    done.cache_entries = retention.old_cache_entries(conn, cutoff)
+    if dry_run:
+        done.runs = len(runs)
+        done.bytes_freed = sum(_size(paths.run_logs(r["id"])) for r in runs)
+        unused, size = _unused_objects(conn, cutoff, without_runs={r["id"] for r in runs})
+        done.objects, done.bytes_freed = len(unused), done.bytes_freed + size
+        return done
+
+    gone = set(retention.forget_runs(conn, [r["id"] for r in runs], cutoff))
+    for row in runs:
+        if row["id"] in gone:  # not one retried meanwhile: that is live again
+            done.bytes_freed += _remove_run_files(row, done.problems)
+    done.runs = len(gone)
+    done.deliveries = retention.forget_deliveries(conn, cutoff)
+    done.cache_entries = retention.forget_cache_entries(conn, cutoff)
+    unused, _ = _unused_objects(conn, cutoff)
+    for path in unused:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError as exc:
+            done.problems.append(f"could not delete artifact object {path}: {exc.strerror}")
+            continue
+        done.objects += 1
+        done.bytes_freed += size
+    done.mirrors_gc = _gc_mirrors(cutoff, done.problems)
+    return done
+
+
+def _remove_run_files(row: Any, problems: list[str]) -> int:
+    """The run's step logs, its worktree if one was kept, its snapshot ref."""
+    freed = _size(paths.run_logs(row["id"]))
+    shutil.rmtree(paths.run_logs(row["id"]), ignore_errors=True)
+    try:
+        metadata, _ = unwrap_params(json.loads(row["payload"]))
+    except (ValueError, TypeError, KeyError):
+        return freed
+    workspace = Path(str(metadata.get("workspace") or ""))
+    if not metadata.get("workspace") or not (workspace.exists() or metadata.get("snapshot")):
+        return freed
+    from ci_runner.errors import CIRunnerError
+    from ci_runner.workspace import open_repo, release, remove
+
+    try:
+        repo = open_repo(Path(str(metadata["repo"])))
+        if workspace.exists():
+            freed += _size(workspace)
+            remove(repo, workspace)
+        if metadata.get("snapshot"):
+            release(repo, str(row["id"]))
+    except CIRunnerError as exc:  # the repo moved or is gone: its files are not ours
+        problems.append(f"run {row['id']}: {exc.message}")
+    return freed
+
+
+def _unused_objects(
+    conn: Any, cutoff: float, *, without_runs: set[str] | None = None
+) -> tuple[list[Path], int]:
+    """Artifact objects nothing points to, with files older than the cutoff, and stale
+    temporary files of interrupted copies. ``without_runs``: as if those runs (and old
+    cache entries) were deleted already, for a dry run."""
+    store = paths.home() / "artifacts" / "objects"
+    if not store.is_dir():
+        return [], 0
+    if without_runs is None:
+        used = retention.referenced_objects(conn)
+    else:
+        used = retention.referenced_objects(conn, without_runs=without_runs, cache_from=cutoff)
+    unused: list[Path] = []
+    size = 0
+    for entry in store.rglob("*"):
+        try:
+            info = entry.stat()
+        except OSError:
+            continue
+        if not entry.is_file():
+            continue
+        if entry.parent == store:  # a copy's temporary file: objects live a folder down
+            stale = info.st_mtime < min(cutoff, time.time() - _TMP_GRACE_S)
+        else:
+            stale = entry.name not in used and info.st_mtime < cutoff
+        if stale:
+            unused.append(entry)
+            size += info.st_size
+    return unused, size
+
+
+def _gc_mirrors(cutoff: float, problems: list[str]) -> int:
+    """``git gc`` each webhook mirror, pruning unreachable objects older than the cutoff
+    (pushes that were force-pushed away, closed pull requests' heads)."""
+    root = paths.home() / "mirrors"
+    if not root.is_dir():
+        return 0
+    count = 0
+    before = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cutoff))
+    for mirror in sorted(p.parent for p in root.rglob("*.git/HEAD")):
+        done = subprocess.run(
+            ["git", "gc", "--quiet", f"--prune={before}"], cwd=mirror,
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+        if done.returncode == 0:
+            count += 1
+        else:
+            problems.append(f"git gc failed in {mirror}: {done.stderr.strip()[:200]}")
+    return count
+
+
+def _size(path: Path) -> int:
+    if not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for entry in path.rglob("*"):
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                total += entry.stat().st_size
+        except OSError:
+            continue
+    return total
