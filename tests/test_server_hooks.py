@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,34 @@ def test_each_forge_push_and_pr_start_one_run_at_the_right_sha(served: dict[str,
     tea = [c for c in forge.calls if c["path"] == f"/api/v1/repos/jcitizen/my-repo/statuses/"
                                                    f"{shas[2]}"]
     assert tea and tea[-1]["headers"]["authorization"] == "token status-token"
+
+
+def test_a_retried_webhook_run_is_reported_to_the_forge_again(served: dict[str, Any]):
+    """`ci-runner retry` of a webhook run that already reported success: the commit goes
+    back to pending while it runs, then gets its new final status."""
+    server, home, shas, forge = served["server"], served["home"], served["shas"], served["forge"]
+    answer = server.post("github", kit.github_pr(shas[2], number=31), event="pull_request",
+                         delivery="retried-31")
+    assert answer.status_code == 202, answer.text
+    path = f"/repos/Codertocat/Hello-World/statuses/{shas[2]}"
+
+    def states() -> list[str]:
+        return [c["body"]["state"] for c in forge.calls
+                if c["path"] == path and c["body"]["context"] == "ci-runner/pr"]
+
+    kit.wait_for(lambda: states() and states()[-1] == "success", timeout=60,
+                 what="the first success status")
+    before = len(states())
+    (run_id,) = kit.rows(home, "SELECT run_id FROM deliveries WHERE delivery_id = ?",
+                         "retried-31")[0]
+    retried = subprocess.run(
+        [sys.executable, "-m", "ci_runner", "retry", run_id, "--from", "hello", "--json"],
+        env=server.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        check=False)
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["status"] == "complete"
+    kit.wait_for(lambda: len(states()) > before and states()[-1] == "success", timeout=30,
+                 what="a new success status after the retry")
 
 
 def test_ping_deleted_branches_and_other_events_start_nothing(served: dict[str, Any]):

@@ -2,7 +2,8 @@
 waiting for approval), then success, failure or error.
 
 A background thread compares each run's state with the last state reported for it
-and posts the difference (GitHub and Gitea/Forgejo ``/repos/{name}/statuses/{sha}``,
+(also after a final one: `ci-runner retry` makes a finished run live again) and posts
+the difference (GitHub and Gitea/Forgejo ``/repos/{name}/statuses/{sha}``,
 GitLab ``/projects/{id}/statuses/{sha}``) to the repo's configured API base URL. A
 report that fails is tried again later with a growing delay, and given up after a
 few minutes; it never touches the run.
@@ -141,7 +142,9 @@ class StatusReporter:
                 store.set_reported(conn, row["id"], "final:none")  # nothing to report to
                 continue
             report = report_for(row["status"], row["waiting_for"])
-            if report.key == row["status_reported"]:
+            # A run redone since its final report is reported again, even with the same
+            # outcome: the forge shows it ran (and when), not only how it ended.
+            if report.key == row["status_reported"] and not row["redone"]:
                 continue
             attempts, due = self._retry.get(row["id"], (0, 0.0))
             if due > time.monotonic():

@@ -125,13 +125,17 @@ def older_live_runs(conn: sqlite3.Connection, row: sqlite3.Row) -> list[str]:
 
 
 def unreported(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Started deliveries whose final commit status has not been reported yet, with the
+    """Started deliveries whose final commit status has not been reported yet, or whose
+    run changed since its last report (a finished run redone by `retry`), with the
     state of their run."""
     rows: list[sqlite3.Row] = conn.execute(
         "SELECT d.id, d.forge, d.repo, d.sha, d.ref, d.pr, d.run_id, d.status_reported,"
-        " i.status, i.waiting_for FROM deliveries d JOIN instances i ON i.id = d.run_id"
+        " i.status, i.waiting_for,"
+        " (d.status_reported LIKE 'final:%' AND i.updated_at > d.updated_at) AS redone"
+        " FROM deliveries d JOIN instances i ON i.id = d.run_id"
         " WHERE d.state = 'started' AND (d.status_reported IS NULL"
-        " OR d.status_reported NOT LIKE 'final:%') ORDER BY d.id"
+        " OR d.status_reported NOT LIKE 'final:%' OR i.updated_at > d.updated_at)"
+        " ORDER BY d.id"
     ).fetchall()
     return rows
 
