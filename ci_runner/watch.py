@@ -286,7 +286,9 @@ class Watch:
         if active.cancelled:
             # A command the pipeline started just before the cancel may not have been
             # recorded yet, so the engine could not stop it: find it by where it runs.
-            _stop_processes_in(active.workspace)
+            from ci_runner.executors import stop_processes_in
+
+            stop_processes_in(active.workspace)
             row = engine.get(active.run_id)
             if row["status"] in ("complete", "errored", "terminated"):
                 metadata, _ = unwrap_params(json.loads(row["payload"]))
@@ -433,28 +435,6 @@ def _remove_stale_spares() -> None:
         pid = folder.name.removeprefix(_SPARE_PREFIX).split("-")[0]
         if pid.isdigit() and start_time(int(pid)) == "0":
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _stop_processes_in(workspace: Path) -> None:
-    """Stop the process group of every process of ours whose working directory is in
-    ``workspace`` (removed already or not)."""
-    from ci_runner.executors import kill_process_group
-
-    groups = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = str((entry / "cwd").readlink())
-            pgid = os.getpgid(int(entry.name))
-        except OSError:
-            continue  # gone, or not ours to look at
-        where = Path(cwd.removesuffix(" (deleted)"))
-        if where.is_relative_to(workspace) and pgid > 1:
-            groups.add(pgid)
-    for pgid in groups:
-        if pgid != os.getpgid(0):
-            kill_process_group(pgid)
 
 
 def _used_containers(engine: Engine, run_id: str) -> bool:

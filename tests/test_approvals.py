@@ -188,6 +188,50 @@ class CI(Pipeline):
         time.sleep(0.05)
 
 
+def test_cancel_stops_a_process_no_step_recorded(cli, repo_with, home: Path, tmp_path: Path):
+    """A process the pipeline started in the worktree that no step recorded (as when a
+    cancel lands between a command's start and the record of its process group) is
+    stopped too: the cancelled run's driver sweeps its worktree."""
+    marker = tmp_path / "stray"
+    pipeline = f"""
+import subprocess, time
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        def stray():
+            subprocess.Popen(["sh", "-c", "echo $$ > {marker}.tmp; mv {marker}.tmp {marker};"
+                              " exec sleep 300"], start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            time.sleep(300)
+        await step.do("stray", stray)
+"""
+    repo = repo_with(pipeline)
+    env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
+           "PYTHONPATH": str(ROOT)}
+    # Its own session, as under systemd or setsid: its pipeline process shares the
+    # driver's group, which the sweep must not signal.
+    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", "run", "--json"], cwd=repo,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 30
+    while not marker.exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    try:
+        run_id = cli("runs", "--json").json()[0]["run_id"]
+        assert cli("cancel", run_id).code == 0
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1 and '"status": "terminated"' in out, (proc.returncode, err)
+        deadline = time.time() + 10
+        while alive(pid):
+            assert time.time() < deadline, "a process in the run's worktree outlived the cancel"
+            time.sleep(0.05)
+    finally:
+        if alive(pid):
+            os.kill(pid, 9)
+
+
 def test_worker_wakes_due_sleeps(cli, repo_with, home: Path, tmp_path: Path):
     pipeline = """
 import time

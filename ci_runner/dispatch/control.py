@@ -37,6 +37,13 @@ def cancel(engine: Engine, run_id: str) -> str:
 
         remove_containers({"ci-runner.run": str(row["id"])})
     metadata, _ = unwrap_params(json.loads(row["payload"]))
+    # Before the folder goes: what runs there and was not recorded (its driver, if it
+    # is alive, sweeps once more after it has stopped the pipeline process).
+    from ci_runner.executors import stop_processes_in
+
+    driver = str(row["owner"] or "").rsplit(":", 2)
+    spare = [int(driver[1])] if len(driver) == 3 and driver[1].isdigit() else []
+    stop_processes_in(Path(metadata["workspace"]), spare=spare)
     finish_workspace(metadata)
     return str(row["id"])
 

@@ -156,6 +156,14 @@ def drive_run(
             row["id"], observer=observer, stdio=stdio, env=os.environ,
             cwd=workspace if workspace.is_dir() else None, child=child,
         )
+    if status in ("terminated", "errored"):
+        # Cancelled or crashed: a command started just before may not have had its
+        # process group recorded, so the engine could not stop it. Find it by where
+        # it runs, even if `cancel` removed the folder meanwhile (the pipeline process
+        # is gone, so nothing new starts there).
+        from ci_runner.executors import stop_processes_in
+
+        stop_processes_in(workspace)
     if status in TERMINAL:
         finish_workspace(metadata)
     return status

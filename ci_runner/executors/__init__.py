@@ -15,7 +15,12 @@ from ci_runner.executors.container import (
     docker_client,
     remove_containers,
 )
-from ci_runner.executors.host import HostExecutor, kill_process_group, scrubbed_env
+from ci_runner.executors.host import (
+    HostExecutor,
+    kill_process_group,
+    scrubbed_env,
+    stop_processes_in,
+)
 from ci_runner.executors.masking import MASK, Masker
 
 __all__ = [
@@ -32,4 +37,5 @@ __all__ = [
     "kill_process_group",
     "remove_containers",
     "scrubbed_env",
+    "stop_processes_in",
 ]

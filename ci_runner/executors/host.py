@@ -10,6 +10,7 @@ plain exit, whatever is left in the group is terminated, so nothing outlives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from ci_runner.executors.masking import Masker
 from ci_runner.executors.output import MaskedOutput
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Mapping
+    from collections.abc import Callable, Collection, Generator, Mapping
 
     from ci_runner.executors.base import CommandSpec, OutputSink, StartInfo
 
@@ -65,6 +66,48 @@ def kill_process_group(pgid: int, *, grace_s: float = 2.0) -> None:
     """
     for pause in _terminate(pgid, grace_s):
         time.sleep(pause)
+
+
+def stop_processes_in(workspace: Path, *, spare: Collection[int] = ()) -> int:
+    """Stop every process of ours whose working directory is in ``workspace`` (deleted
+    already or not), but those in ``spare``; returns how many were found.
+
+    The net under a cancelled or crashed run: a command started just before the cancel
+    may not have had its process group recorded yet. A process leading a session of
+    its own (every step's command does) is stopped with its whole group; one sharing
+    another group (the pipeline process, or what it started without a session) is
+    stopped alone, so the group of whoever ran `ci-runner run` is never signalled.
+    Processes with a controlling terminal (someone's shell cd'ed into a kept worktree)
+    are left alone: a step's processes never have one.
+    """
+    found: dict[int, tuple[int, int]] = {}  # pid -> (pgid, session)
+    ours = {os.getpid(), *spare}
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        try:
+            cwd = str((entry / "cwd").readlink())
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to look at
+        if not Path(cwd.removesuffix(" (deleted)")).is_relative_to(workspace):
+            continue
+        # "pid (comm) state ppid pgrp session tty_nr ...": comm may hold ") ".
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[4]) == 0:  # no controlling terminal
+            found[int(entry.name)] = (int(fields[2]), int(fields[3]))
+    # A whole group only when its leader leads a session and is itself in the worktree:
+    # a step's command. The pipeline process shares the driver's group, which may lead
+    # a session too (started by systemd or setsid), so it goes alone.
+    groups = {pgid for pgid, session in found.values()
+              if pgid == session and pgid in found and pgid > 1 and pgid != os.getpgrp()}
+    singles = {pid for pid, (pgid, _) in found.items() if pgid not in groups}
+    for pid in singles:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for pgid in groups:
+        kill_process_group(pgid)
+    return len(groups) + len(singles)
 
 
 class HostExecutor:
