@@ -164,7 +164,8 @@ def _become_child(
         os.environ.update(env)
     if cwd is not None:
         os.chdir(cwd)
-    # The parent's Python-level handlers (typer's, the live view's) are not ours.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The parent's Python-level handlers are not ours. Ctrl-C reaches the whole
+    # foreground group and the driver decides what it means (as ``child._harden``).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return fd
