@@ -267,6 +267,26 @@ def test_two_forks_of_one_sha_at_once(repo: RepoInfo, repo_dir: Path, tmp_path: 
     assert all(f"worktree {d.resolve()}" in listed for d in dests)
 
 
+def test_many_forks_of_one_repo_at_once(repo: RepoInfo, repo_dir: Path, tmp_path: Path) -> None:
+    """`git worktree add` reads every other worktree's admin entry, and fails on one that
+    another add is still writing ("failed to read .../commondir"): a webhook server or
+    parallel runs fork one repo concurrently, and none of them may fail for it."""
+    sha = git(repo_dir, "rev-parse", "HEAD")
+    dests = [tmp_path / f"w{i}" for i in range(48)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda d: fork(repo, sha, d), dests))
+    assert all((d / "a.txt").read_text() == "a1\n" for d in dests)
+
+    def again(i: int) -> None:  # removing some while adding others: runs end and start
+        remove(repo, dests[i])
+        fork(repo, sha, tmp_path / f"v{i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(again, range(48)))
+    assert not any(d.exists() for d in dests)
+    assert all((tmp_path / f"v{i}" / "a.txt").is_file() for i in range(48))
+
+
 def test_fork_a_snapshot(repo: RepoInfo, repo_dir: Path, tmp_path: Path) -> None:
     write(repo_dir, {"a.txt": "work in progress\n", "new.txt": "n\n"})
     fork(repo, snapshot_uncommitted(repo), tmp_path / "w")

@@ -9,11 +9,14 @@ while its run lives. Every git call goes through ``_git`` as an argument list.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ci_runner.errors import NotAGitRepository, UsageError, WorkspaceError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
 _RUN_REF_PREFIX = "refs/ci-runner/runs/"
 _SNAPSHOT_MESSAGE = "ci-runner snapshot of uncommitted changes"
@@ -35,6 +38,11 @@ _SNAPSHOT_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "ci-runner@localhost",
 }
 _C_LOCALE = {"LANGUAGE": "C", "LC_ALL": "C"}
+# `git worktree add` reads every worktree's entry and dies on one another add is still
+# writing ("failed to read .git/worktrees/NAME/commondir"): retried a few times, for
+# adds that our lock does not keep apart (the user's own).
+_RACING_ADD = re.compile(r"failed to read .*worktrees/[^/\s]+/(commondir|gitdir)")
+_FORK_ATTEMPTS = 8
 # Stricter than git's own rules on purpose: a run id becomes one path component.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -196,16 +204,45 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False) -> None:
     _check_rev(sha)
     target = Path(dest).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    result = _git(
-        repo.root,
-        # The user's post-checkout hook is not part of the commit under test and may be slow.
-        "-c", f"core.hooksPath={os.devnull}",
-        "worktree", "add", "--detach", "--quiet", *(["--force"] if again else []),
-        str(target), sha,
-    )
+    with _worktree_lock(repo):
+        result = _add_worktree(repo, sha, target, again=again)
     if result.status != 0:
         raise _failure(f"could not create a worktree of {sha} at {target}", result,
                        "check that the path is free and the commit exists")
+
+
+def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool) -> _Result:
+    for attempt in range(_FORK_ATTEMPTS):
+        result = _git(
+            repo.root,
+            # The user's post-checkout hook is not part of the commit under test and may
+            # be slow.
+            "-c", f"core.hooksPath={os.devnull}",
+            "worktree", "add", "--detach", "--quiet", *(["--force"] if again else []),
+            str(target), sha,
+        )
+        if result.status == 0 or not _RACING_ADD.search(result.stderr):
+            break
+        # A `worktree add` of this repo not made by us (the lock keeps ours apart) was
+        # half-way through writing its entry, which git reads and trips over.
+        time.sleep(0.01 * (attempt + 1))
+    return result
+
+
+@contextmanager
+def _worktree_lock(repo: RepoInfo) -> Iterator[None]:
+    """Serialise ci-runner's worktree changes to one repository, across processes.
+
+    git's own worktree commands are not safe side by side: an add reads every other
+    entry and dies on one being written, and a prune (or a remove) deletes an entry
+    an add is still making. A webhook server or parallel runs fork one repo at once.
+    """
+    with (repo.common_dir / "ci-runner-worktrees.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def remove(repo: RepoInfo, dest: Path) -> None:
@@ -214,6 +251,11 @@ def remove(repo: RepoInfo, dest: Path) -> None:
     Refuses to delete a folder that is not a worktree of ``repo``.
     """
     target = Path(dest).absolute()
+    with _worktree_lock(repo):
+        _remove_locked(repo, target)
+
+
+def _remove_locked(repo: RepoInfo, target: Path) -> None:
     removed = _git(repo.root, "worktree", "remove", "--force", str(target))
     if removed.status == 0 and not target.exists():
         return
