@@ -960,6 +960,28 @@ def test_pipeline_process_holds_no_database_handle(
         assert seen["pid"] != seen["ppid"]
 
 
+def test_steps_get_default_signal_handling(cli: Cli, repo_with: RepoWith) -> None:
+    """The pipeline process lets the driver decide what Ctrl-C means, but its steps must
+    not inherit that: a test suite run as a step sends SIGINT to what it starts."""
+    body = """
+    from ci_runner import Pipeline
+
+    class CI(Pipeline):
+        async def run(self, event, step):
+            await step.run("sig", ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+    """
+    repo = repo_with(pipeline(body))
+
+    done = cli("run", "--json", cwd=repo)
+
+    assert done.code == 0, (done.out, done.err)
+    tail = done.json()["steps"][0]
+    masks = dict(line.split(":\t") for line in
+                 cli("logs", done.json()["run_id"], "sig").out.splitlines() if ":\t" in line)
+    assert int(masks["SigIgn"], 16) & (1 << (signal.SIGINT - 1)) == 0, (tail, masks)
+    assert int(masks["SigBlk"], 16) == 0, masks
+
+
 # -- secrets -----------------------------------------------------------------------------
 
 SECRETS = """

@@ -44,6 +44,10 @@ class PipeHost:
             self._conn.send_bytes(data)
 
 
+def ignore_signal(_signum: int, _frame: object) -> None:
+    """The pipeline process's SIGINT handler (see ``_harden``)."""
+
+
 def _harden() -> None:
     # Die with the driver: a killed runner must not leave its pipeline running.
     try:
@@ -51,8 +55,10 @@ def _harden() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-    # Ctrl-C reaches the whole foreground group; the driver decides what it means.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C reaches the whole foreground group; the driver decides what it means. A
+    # handler that does nothing, not SIG_IGN: an ignored signal stays ignored across
+    # exec, and every step's command would start deaf to SIGINT.
+    signal.signal(signal.SIGINT, ignore_signal)
     # Inherited by every light step: no core dumps of secrets-bearing processes.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 

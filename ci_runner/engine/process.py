@@ -166,6 +166,8 @@ def _become_child(
         os.chdir(cwd)
     # The parent's Python-level handlers are not ours. Ctrl-C reaches the whole
     # foreground group and the driver decides what it means (as ``child._harden``).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ci_runner.engine.child import ignore_signal
+
+    signal.signal(signal.SIGINT, ignore_signal)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return fd
