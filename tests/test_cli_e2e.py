@@ -786,15 +786,20 @@ def test_replay_of_changed_code_is_a_nondeterminism_error(
             await step.wait_for_event("go", "go", timeout="10 minutes")
     """
     repo = repo_with(pipeline(body))
-    first = cli("run", "--json", cwd=repo)
+    # Bytecode on (this machine may set PYTHONDONTWRITEBYTECODE): a .pyc of the first
+    # import must not stand in for the changed file, which has the same size and likely
+    # the same mtime second. Nor may importing the pipeline litter the worktree.
+    env = {"PYTHONDONTWRITEBYTECODE": ""}
+    first = cli("run", "--json", cwd=repo, env=env)
     assert first.code == 3, first.err
     # Tamper with the run's own checkout: replay now calls "prepare" as another kind.
     code = Path(first.json()["workspace"]) / ".ci" / "pipeline.py"
     code.write_text(code.read_text().replace('step.do("prepare", lambda: 1)',
                                              'step.run("prepare", ["true"])'))
+    assert not (code.parent / "__pycache__").exists()
     assert cli("send-event", first.json()["run_id"], "go").code == 0
 
-    resumed = cli("resume", first.json()["run_id"], "--json")
+    resumed = cli("resume", first.json()["run_id"], "--json", env=env)
 
     assert resumed.code == 1, (resumed.out, resumed.err)
     no_traceback(resumed)

@@ -7,10 +7,10 @@ worktree that was deleted meanwhile is forked again at the run's sha.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import traceback
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,15 +62,19 @@ def load_runner(metadata: dict[str, Any]) -> PipelineRunner:
 
 
 def _import(path: Path, module_name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise PipelineLoadError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
+    """Run the pipeline file as a module, from its source: no bytecode is read or
+    written. A ``.pyc`` is trusted by the source's size and mtime second, so one left in
+    the worktree could stand in for the file of this run; writing them would also leave
+    ``__pycache__`` folders in a checkout that steps may expect clean."""
+    sys.dont_write_bytecode = True  # for helpers next to the pipeline too; steps unaffected
+    module = types.ModuleType(module_name)
+    module.__file__ = str(path)
     sys.modules[module_name] = module
     # Helpers next to the pipeline (".ci/helpers.py") import like siblings.
     sys.path.insert(0, str(path.parent))
     try:
-        spec.loader.exec_module(module)
+        code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)  # noqa: S102 - the repo's own pipeline, by design
     except Exception as exc:  # any import failure is the pipeline's to fix
         what = exc.msg if isinstance(exc, SyntaxError) else str(exc)
         raise PipelineLoadError(
