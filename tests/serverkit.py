@@ -29,7 +29,10 @@ import yaml
 from tests.conftest import ROOT
 from tests.gitrepos import ISOLATED_GIT_ENV
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "webhooks"
+# Beside the repo; a run of ci-runner's own pipeline (whose worktree is elsewhere) says
+# where with CI_RUNNER_WEBHOOK_FIXTURES.
+FIXTURES = Path(os.environ.get("CI_RUNNER_WEBHOOK_FIXTURES")
+                or ROOT.parent / "shared" / "fixtures" / "webhooks")
 LOOPBACK = "127.0.0.1"
 TOKEN = "api-token-for-tests"
 SECRETS = {"github": "gh-hook-secret", "gitea": "gitea-hook-secret",

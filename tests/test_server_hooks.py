@@ -316,7 +316,13 @@ def test_concurrent_redeliveries_start_one_run(served: dict[str, Any]):
 
 
 def test_the_api_wants_a_token(served: dict[str, Any]):
-    server = served["server"]
+    server, home, shas = served["server"], served["home"], served["shas"]
+    # A run of its own to list, whichever tests ran before.
+    answer = server.post("github", kit.github_push(shas[0]), event="push", delivery="api-1")
+    assert answer.status_code == 202, answer.text
+    kit.wait_for(lambda: kit.rows(home, "SELECT run_id FROM deliveries WHERE delivery_id ="
+                                        " 'api-1' AND state = 'started'"),
+                 timeout=30, what="the delivery's run to start")
     for path in ("/api/runs", "/api/pending", "/openapi.json", "/api/deliveries"):
         assert server.http.get(path).status_code == 401, path
         bad = server.http.get(path, headers={"Authorization": "Bearer nope"})
