@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,7 +50,7 @@ class Pruned:
         return asdict(self)
 
 
-def prune(conn: Any, *, older_than_s: float, dry_run: bool = False,
+def prune(conn: sqlite3.Connection, *, older_than_s: float, dry_run: bool = False,
           now: float | None = None) -> Pruned:
     """Forget what ended more than ``older_than_s`` seconds ago (see the module doc)."""
     cutoff = (time.time() if now is None else now) - older_than_s
@@ -87,28 +88,29 @@ def prune(conn: Any, *, older_than_s: float, dry_run: bool = False,
 
 def _remove_run_files(row: Any, problems: list[str]) -> int:
     """The run's step logs, its worktree if one was kept, its snapshot ref."""
+    from ci_runner.dispatch.runs import finish_workspace
+    from ci_runner.errors import CIRunnerError
+
     freed = _size(paths.run_logs(row["id"]))
     shutil.rmtree(paths.run_logs(row["id"]), ignore_errors=True)
     try:
         metadata, _ = unwrap_params(json.loads(row["payload"]))
     except (ValueError, TypeError, KeyError):
         return freed
-    workspace = Path(str(metadata.get("workspace") or ""))
-    if not metadata.get("workspace") or not (workspace.exists() or metadata.get("snapshot")):
+    if not metadata.get("workspace"):
         return freed
-    from ci_runner.errors import CIRunnerError
-    from ci_runner.workspace import open_repo, release, remove
-
+    workspace = Path(str(metadata["workspace"]))
+    if not (workspace.exists() or metadata.get("snapshot")):
+        return freed
+    size = _size(workspace)
     try:
-        repo = open_repo(Path(str(metadata["repo"])))
-        if workspace.exists():
-            freed += _size(workspace)
-            remove(repo, workspace)
-        if metadata.get("snapshot"):
-            release(repo, str(row["id"]))
-    except CIRunnerError as exc:  # the repo moved or is gone: its files are not ours
-        problems.append(f"run {row['id']}: {exc.message}")
-    return freed
+        problem = finish_workspace(metadata, even_kept=True)
+    except CIRunnerError as exc:  # a folder that is not the run's worktree stays
+        problem = exc.message
+    if problem:
+        problems.append(f"run {row['id']}: {problem}")
+        return freed
+    return freed + size
 
 
 def _unused_objects(

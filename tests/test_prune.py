@@ -159,6 +159,10 @@ def test_the_servers_janitor_prunes_in_the_background(cli, repo_with, home: Path
     assert {r[0] for r in db.execute("SELECT id FROM instances")} == {new}
     assert not (home / "logs" / old).exists()
 
-    off = Janitor(None, home / "ci-runner.db", first_s=0.0)
+    _age(db, new, 3)
+    off = Janitor(None, home / "ci-runner.db", first_s=0.0, every_s=0.01)
     off.start()  # no retention configured: no thread, nothing pruned
+    time.sleep(0.2)
     off.stop()
+    assert off._thread.ident is None  # never started
+    assert {r[0] for r in db.execute("SELECT id FROM instances")} == {new}

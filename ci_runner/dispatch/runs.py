@@ -169,18 +169,21 @@ def drive_run(
     return status
 
 
-def finish_workspace(metadata: dict[str, Any]) -> None:
-    """Remove the run's worktree (unless kept) and let go of its snapshot."""
+def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> str | None:
+    """Remove the run's worktree (unless kept, or ``even_kept``) and let go of its
+    snapshot; returns why nothing could be done when the repo cannot be opened (moved,
+    deleted): its files are then not ours to touch."""
     from ci_runner.workspace import open_repo, release, remove
 
     try:
         repo = open_repo(Path(metadata["repo"]))
-    except Exception:
-        return
-    if not metadata.get("keep_workspace"):
+    except Exception as exc:
+        return str(getattr(exc, "message", exc))
+    if even_kept or not metadata.get("keep_workspace"):
         remove(repo, Path(metadata["workspace"]))
     if metadata.get("snapshot"):
         release(repo, str(metadata["run_id"]))
+    return None
 
 
 def _upsert_tenant(engine: Engine, key: str, name: str, location: str) -> None:

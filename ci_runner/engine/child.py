@@ -80,7 +80,7 @@ def main(fd: int, *, parent: int | None = None) -> None:
     (a forked child), else the driver is whoever started this interpreter."""
     _harden()
     conn = Connection(fd)
-    if os.getppid() != (parent or os.getppid()) or os.getppid() == 1:
+    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):
         os._exit(1)  # the driver died before we set the death signal
     # Import the runtime before the driver has work for us: it may start us early.
     from ci_runner.engine.runtime import execute, import_path

@@ -63,8 +63,7 @@ class Deferred:
             self._write_begin(key)
             return args
         begun = self._begins.pop(key)
-        detail = {**(begun.get("detail") or {}), **self._details.pop(key, {}),
-                  **(args.get("detail") or {})}
+        detail = {**self._held_detail(key, begun), **(args.get("detail") or {})}
         return {**args, "detail": detail or None, "begun": begun}
 
     def write_begins(self) -> None:
@@ -81,5 +80,8 @@ class Deferred:
 
     def _write_begin(self, key: Key) -> None:
         begun = self._begins.pop(key)
-        detail = {**(begun.get("detail") or {}), **self._details.pop(key, {})}
-        self._service.write_ahead(begun, detail or None)
+        self._service.write_ahead(begun, self._held_detail(key, begun) or None)
+
+    def _held_detail(self, key: Key, begun: dict[str, Any]) -> dict[str, Any]:
+        """The begin's own detail with what arrived for the step since (taken)."""
+        return {**(begun.get("detail") or {}), **self._details.pop(key, {})}

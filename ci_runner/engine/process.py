@@ -80,10 +80,17 @@ class Forked:
         return self._returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is None and self._returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self._returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:  # reaped elsewhere: its status is lost
+                self._returncode = -signal.SIGKILL
+            return self._returncode
+        deadline = time.monotonic() + (timeout or 0.0)
         pause = 0.0005
         while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(f"pipeline process {self.pid}", timeout or 0.0)
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
