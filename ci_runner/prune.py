@@ -17,10 +17,8 @@ the rest.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,15 +149,15 @@ def _gc_mirrors(cutoff: float, problems: list[str]) -> int:
     root = paths.home() / "mirrors"
     if not root.is_dir():
         return 0
+    from ci_runner.workspace.gitcmd import run_git
+    from ci_runner.workspace.mirror import reset_foreign_config
+
     count = 0
     before = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cutoff))
     for mirror in sorted(p.parent for p in root.rglob("*.git/HEAD")):
-        done = subprocess.run(
-            ["git", "gc", "--quiet", f"--prune={before}"], cwd=mirror,
-            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-            env={**os.environ, "LC_ALL": "C"},
-        )
-        if done.returncode == 0:
+        reset_foreign_config(mirror)  # as before any git command in a mirror
+        done = run_git(mirror, "gc", "--quiet", f"--prune={before}")
+        if done.status == 0:
             count += 1
         else:
             problems.append(f"git gc failed in {mirror}: {done.stderr.strip()[:200]}")

@@ -3,6 +3,10 @@ small API for people and scripts (runs, step logs, pending approvals, approve/re
 
 Only the hooks (signed per forge) and ``/health`` answer without a token; the API and
 its OpenAPI schema want ``Authorization: Bearer TOKEN``, compared in constant time.
+What a token may see and decide is settled in one place, ``Access`` (on
+``app.state.access`` for anything else served by the app): the shared token sees every
+run, a user's token the runs of the repos its user approves; a run it may not see is
+answered exactly as one that does not exist, so ids do not tell which runs exist.
 Request bodies of hooks are read in chunks and refused (413) as soon as they pass the
 limit, so an oversized body is never held whole.
 """
@@ -25,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from ci_runner import paths
 from ci_runner.errors import InvalidState, RunNotFound
-from ci_runner.server.config import FORGES, Config
+from ci_runner.server.config import FORGES, Config, RepoConfig
 from ci_runner.server.forges import HookRejected
 from ci_runner.server.intake import Intake
 from ci_runner.store import journal as j
@@ -38,6 +42,45 @@ class Principal:
     """Who called the API: a named user (a per-user token) or the shared token (None)."""
 
     user: str | None
+
+
+class Access:
+    """What a caller may see and decide: the rule is ``Config.may_read`` and
+    ``Config.may_approve``; this applies it to runs (by their tenant, the mirror they
+    were forked from) and to deliveries (by forge and repo)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._by_tenant = {_tenant(r.forge, r.name): r for r in config.repos}
+
+    def repo_of(self, run: sqlite3.Row) -> RepoConfig | None:
+        """The configured repo a run (an ``instances`` row) belongs to, if any."""
+        return self._by_tenant.get(str(run["tenant"]))
+
+    def sees_all(self, who: Principal) -> bool:
+        """Whether nothing is hidden from ``who`` (the shared token, server approvers)."""
+        return who.user is None or who.user in self.config.server.approvers
+
+    def may_read_run(self, who: Principal, run: sqlite3.Row) -> bool:
+        return self.config.may_read(who.user, self.repo_of(run))
+
+    def may_read_delivery(self, who: Principal, delivery: sqlite3.Row) -> bool:
+        repo = self.config.repo(str(delivery["forge"]), str(delivery["repo"]))
+        return self.config.may_read(who.user, repo)
+
+    def readable_repos(self, who: Principal) -> list[RepoConfig]:
+        return [r for r in self.config.repos if self.config.may_read(who.user, r)]
+
+    def run(self, conn: sqlite3.Connection, who: Principal, run_id: str) -> sqlite3.Row:
+        """The run ``run_id`` (an id or a unique prefix) if ``who`` may see it; else 404,
+        the same answer as for a run that does not exist."""
+        try:
+            row = j.get_instance(conn, run_id)
+        except RunNotFound as exc:
+            raise HTTPException(404, exc.message) from exc
+        if not self.may_read_run(who, row):
+            raise HTTPException(404, _no_run(run_id))
+        return row
 
 
 class DecisionBody(BaseModel):
@@ -72,7 +115,9 @@ def create_app(config: Config, intake: Intake, *,
         openapi_url=None, docs_url=None, redoc_url=None,
     )
     db = _Db(paths.database())
+    access = Access(config)
     app.state.config = config
+    app.state.access = access
 
     @app.exception_handler(HookRejected)
     async def rejected(_request: Request, exc: HookRejected) -> JSONResponse:
@@ -102,67 +147,71 @@ def create_app(config: Config, intake: Intake, *,
 
     @app.get("/api/runs", tags=["runs"])
     def list_runs(
-        _who: Caller,
+        who: Caller,
         repo: Annotated[str | None, Query(description="owner/name: that repo's runs")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> list[dict[str, Any]]:
-        """Recent runs, newest first (the JSON of `ci-runner runs --json`)."""
+        """Recent runs, newest first (the JSON of `ci-runner runs --json`); a user's
+        token gets those of the repos its user approves."""
         from ci_runner.cli.report import list_records
 
         conn = db.conn()
-        if repo is None:
+        if repo is None and access.sees_all(who):
             return [_with_webhook(conn, r) for r in list_records(conn, tenant=None, limit=limit)]
-        tenants = [_tenant(r.forge, r.name) for r in config.repos
-                   if r.name.lower() == repo.lower()]
-        if not tenants:
-            raise HTTPException(404, f"{repo} is not in the config")
+        repos = config.repos if access.sees_all(who) else access.readable_repos(who)
+        tenants = [_tenant(r.forge, r.name) for r in repos
+                   if repo is None or r.name.lower() == repo.lower()]
+        if not tenants and repo is not None:
+            if access.sees_all(who):
+                raise HTTPException(404, f"{repo} is not in the config")
+            raise HTTPException(404, f"{repo} is not a repo that {who.user} approves")
         records = [rec for t in tenants for rec in list_records(conn, tenant=t, limit=limit)]
         records.sort(key=lambda r: r["created_at"], reverse=True)
         return [_with_webhook(conn, r) for r in records[:limit]]
 
     @app.get("/api/runs/{run_id}", tags=["runs"])
-    def show_run(run_id: str, _who: Caller) -> dict[str, Any]:
+    def show_run(run_id: str, who: Caller) -> dict[str, Any]:
         """One run with its steps and approvals (the JSON of `ci-runner show --json`)."""
         from ci_runner.cli.report import run_record
 
         conn = db.conn()
-        return _with_webhook(conn, _found(lambda: run_record(conn, run_id)))
+        full = str(access.run(conn, who, run_id)["id"])
+        return _with_webhook(conn, _found(lambda: run_record(conn, full)))
 
     @app.get("/api/runs/{run_id}/logs/{step:path}", tags=["runs"],
              response_class=StreamingResponse,
              responses={200: {"content": {"text/plain": {}}}})
     def step_log(
-        run_id: str, step: str, _who: Caller,
+        run_id: str, step: str, who: Caller,
         follow: Annotated[bool, Query(description="keep streaming until the run stops")]
         = False,
     ) -> StreamingResponse:
         """A step's output (secrets already masked), streamed; ``name#2`` for a repeat."""
         conn = db.conn()
-        row = _found(lambda: j.get_instance(conn, run_id))
-        full = str(row["id"])
+        full = str(access.run(conn, who, run_id)["id"])
         path = _step_log_path(conn, full, step)
         return StreamingResponse(_follow(db, full, path, follow),
                                  media_type="text/plain; charset=utf-8")
 
     @app.get("/api/runs/{run_id}/artifacts", tags=["runs"])
-    def list_artifacts(run_id: str, _who: Caller) -> list[dict[str, Any]]:
+    def list_artifacts(run_id: str, who: Caller) -> list[dict[str, Any]]:
         """The files a run kept (`ci-runner artifacts RUN_ID --json`)."""
         from ci_runner.store import memo
 
         conn = db.conn()
-        full = str(_found(lambda: j.get_instance(conn, run_id))["id"])
+        full = str(access.run(conn, who, run_id)["id"])
         return [dict(r) for r in memo.artifacts_of(conn, full)]
 
     @app.get("/api/runs/{run_id}/artifacts/{path:path}", tags=["runs"],
              response_class=FileResponse,
              responses={200: {"content": {"application/octet-stream": {}}}})
-    def get_artifact(run_id: str, path: str, _who: Caller) -> FileResponse:
+    def get_artifact(run_id: str, path: str, who: Caller) -> FileResponse:
         """One artifact's bytes, by the path it was kept under."""
         from ci_runner.dispatch.artifacts import object_path
         from ci_runner.store import memo
 
         conn = db.conn()
-        full = str(_found(lambda: j.get_instance(conn, run_id))["id"])
+        full = str(access.run(conn, who, run_id)["id"])
         for item in memo.artifacts_of(conn, full):
             if item["path"] == path:
                 return FileResponse(object_path(item["sha256"]),
@@ -171,32 +220,40 @@ def create_app(config: Config, intake: Intake, *,
         raise HTTPException(404, f"run {full} kept no artifact {path!r}")
 
     @app.get("/api/pending", tags=["approvals"])
-    def pending(_who: Caller) -> list[dict[str, Any]]:
-        """Runs waiting for an approval or an event (`ci-runner pending --json`)."""
+    def pending(who: Caller) -> list[dict[str, Any]]:
+        """Runs waiting for an approval or an event (`ci-runner pending --json`); a
+        user's token gets those of the repos its user approves."""
         from ci_runner.dispatch.control import pending_records
         from ci_runner.dispatch.runs import open_engine
 
         with open_engine() as engine:
-            return pending_records(engine)
+            records = pending_records(engine)
+        if access.sees_all(who):
+            return records
+        conn = db.conn()
+        return [r for r in records if _still_readable(conn, access, who, str(r["run_id"]))]
 
     def decide(run_id: str, who: Principal, body: DecisionBody | None, *,
                reject: bool) -> JSONResponse:
         from ci_runner.dispatch.control import decide as record_decision
 
         body = body or DecisionBody()
+        if who.user is not None and body.by not in (None, who.user):
+            raise HTTPException(403, f"this token is {who.user}'s; it cannot decide as {body.by}")
         conn = db.conn()
-        row = _found(lambda: j.get_instance(conn, run_id))
-        meta = _metadata(row)
+        try:
+            row = j.get_instance(conn, run_id)
+        except RunNotFound as exc:
+            if who.user is not None:  # the same answer as for a run it may not see
+                raise HTTPException(403, _not_theirs(who.user, run_id)) from exc
+            raise HTTPException(404, exc.message) from exc
+        repo = access.repo_of(row)
+        if who.user is not None and not config.may_approve(who.user, repo):
+            raise HTTPException(403, _not_theirs(who.user, run_id))
         name = who.user or body.by
         if not name:
             raise HTTPException(400, 'say who decides: {"by": "NAME"} (or use your own token)')
-        if who.user is not None and body.by not in (None, who.user):
-            raise HTTPException(403, f"this token is {who.user}'s; it cannot decide as {body.by}")
-        allowed = set(config.server.approvers)
-        repo = config.repo(str(meta.get("forge")), str(meta.get("repo_name")))
-        if repo is not None:
-            allowed |= set(repo.approvers)
-        if name not in allowed:
+        if not config.may_approve(name, repo):
             where = repo.name if repo is not None else "this run"
             raise HTTPException(403, f"{name} is not an approver of {where}")
         from ci_runner.dispatch.runs import open_engine
@@ -223,13 +280,20 @@ def create_app(config: Config, intake: Intake, *,
 
     @app.get("/api/deliveries", tags=["server"])
     def deliveries(
-        _who: Caller, repo: str | None = None,
+        who: Caller, repo: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> list[dict[str, Any]]:
-        """Recent webhook deliveries and what became of them."""
+        """Recent webhook deliveries and what became of them; a user's token gets those
+        of the repos its user approves."""
         from ci_runner.store import deliveries as store
 
-        rows = store.recent(db.conn(), repo=repo, limit=limit)
+        if access.sees_all(who):
+            rows = store.recent(db.conn(), repo=repo, limit=limit)
+        else:
+            names = {r.name for r in access.readable_repos(who) if repo in (None, r.name)}
+            rows = [d for name in names for d in store.recent(db.conn(), repo=name, limit=limit)
+                    if access.may_read_delivery(who, d)]
+            rows = sorted(rows, key=lambda d: int(d["id"]), reverse=True)[:limit]
         return [{k: (j.loads(r[k]) if k == "error" else r[k]) for k in r.keys()}  # noqa: SIM118
                 for r in rows]
 
@@ -293,6 +357,23 @@ def _found(fetch: Callable[[], Any]) -> Any:
         return fetch()
     except RunNotFound as exc:
         raise HTTPException(404, exc.message) from exc
+
+
+def _no_run(run_id: str) -> str:
+    # Word for word what the store says of a run that does not exist.
+    return f"no run {run_id!r}: `ci-runner runs` lists the runs"
+
+
+def _not_theirs(user: str, run_id: str) -> str:
+    return f"{user} approves no run {run_id!r}: a user's token decides only their repos' runs"
+
+
+def _still_readable(conn: sqlite3.Connection, access: Access, who: Principal,
+                    run_id: str) -> bool:
+    try:
+        return access.may_read_run(who, j.get_instance(conn, run_id))
+    except RunNotFound:  # pruned since it was listed
+        return False
 
 
 def _metadata(row: sqlite3.Row) -> dict[str, Any]:

@@ -6,24 +6,58 @@ from there like from any repository (``open_repo`` accepts a bare repository).
 Nothing a payload says reaches git as an option: the sha is checked to be hex, the
 destination ref is built from names the caller validated, and every call ends its
 options with ``--end-of-options``.
+
+A mirror is ci-runner's alone, yet a run forked from it can write its git dir (issue
+10: a fork pull request's pipeline set ``core.fsmonitor`` there). So before every
+fetch, after it and before every worktree is added, ``reset_foreign_config`` checks
+the mirror: a config key outside what ci-runner writes (filters, ``sshCommand``,
+``url.*.insteadOf``, includes, ...), or a file git would take as settings or as a
+pointer to another git dir (``.git``, ``commondir``, ``info/attributes``,
+``config.worktree``), and puts back ci-runner's own content with a warning. git's
+command-line overrides (``gitcmd.py``) stop fsmonitor, hooks and ``ext::`` even
+between two checks; filters only this reset removes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from ci_runner import paths
 from ci_runner.errors import UsageError, WorkspaceError
+from ci_runner.workspace.gitcmd import GitResult, run_git
 from ci_runner.workspace.worktree import RepoInfo, open_repo
+
+log = logging.getLogger("ci_runner.workspace")
 
 FETCH_TIMEOUT_S = 600.0
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-# Fetches never ask for a password on a terminal nobody watches, and never run the
-# user's global hooks or credential helpers that pop up windows.
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "SSH_ASKPASS": "/bin/false"}
+_BOOL = frozenset({"true", "false"})
+# Every key a mirror's config may hold, with the values it may have: what `git init
+# --bare` probes and writes, and the gc setting ensure_mirror adds. Anything else was
+# written by someone else.
+_ALLOWED: dict[str, frozenset[str]] = {
+    "core.repositoryformatversion": frozenset({"0", "1"}),
+    "core.filemode": _BOOL,
+    "core.symlinks": _BOOL,
+    "core.ignorecase": _BOOL,
+    "core.precomposeunicode": _BOOL,
+    "core.bare": frozenset({"true"}),
+    "extensions.objectformat": frozenset({"sha1", "sha256"}),
+    "extensions.refstorage": frozenset({"files", "reftable"}),
+    "gc.auto": frozenset({"0"}),
+}
+_PROBED = ("core.filemode", "core.symlinks", "core.ignorecase", "core.precomposeunicode")
+_FORMAT_DEFAULTS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
+# git reads these from a git dir as settings (attributes, per-worktree config) or as a
+# pointer to another git dir whose config it would use instead (`.git`, `commondir`).
+# ci-runner writes none of them in a mirror.
+_FOREIGN_FILES = (".git", "commondir", "config.worktree", "info/attributes")
 
 
 def mirror_path(forge: str, name: str) -> Path:
@@ -36,19 +70,51 @@ def ensure_mirror(path: Path) -> RepoInfo:
     if not (path / "HEAD").is_file():
         path.mkdir(parents=True, exist_ok=True)
         _run(path, "init", "--bare", "--quiet", doing=f"create the mirror at {path}")
-        # The mirror is a cache of what the forge has: git's background gc would only
-        # compete with runs for the CPU; objects of superseded pushes cost little.
-        _run(path, "config", "gc.auto", "0", doing="configure the mirror")
+        _write_config(path, _own_config(_config_entries(path) or []))
+    else:
+        reset_foreign_config(path)
     return open_repo(path)
+
+
+def is_mirror(repo: RepoInfo) -> bool:
+    """Whether ``repo`` is one of the server's mirrors (so ci-runner's to reset)."""
+    if repo.root != repo.common_dir:
+        return False
+    return repo.root.is_relative_to((paths.home() / "mirrors").resolve())
+
+
+def reset_foreign_config(git_dir: Path) -> bool:
+    """Put back ci-runner's own config in the mirror at ``git_dir`` if anything else
+    is there (see the module's doc); returns whether it had to. Logs a warning naming
+    what it found, since only a run writing into the mirror puts it there."""
+    files = [name for name in _FOREIGN_FILES if os.path.lexists(git_dir / name)]
+    # A symlink would let whoever can write its target change them after this check.
+    files += [name for name in ("config", "hooks") if (git_dir / name).is_symlink()]
+    # Inert for ci-runner (its git calls run no hook), but not for someone who runs git
+    # in the mirror by hand. git's own samples (*.sample) never run.
+    files += sorted(f"hooks/{hook.name}" for hook in _entries(git_dir / "hooks")
+                    if not hook.name.endswith(".sample"))
+    entries = _config_entries(git_dir)
+    keys = sorted({key for key, value in entries or [] if value not in _ALLOWED.get(key, ())})
+    if entries is not None and not files and not keys:
+        return False
+    for name in files:
+        _remove_path(git_dir / name)
+    _write_config(git_dir, _own_config(entries or []))
+    # repr: the names are whatever the writer chose, newlines and quotes included.
+    found = keys + files
+    shown = [repr(f) for f in found[:12]] + ([f"{len(found) - 12} more"] if found[12:] else [])
+    if entries is None:
+        shown.insert(0, "a config file git cannot read")
+    log.warning("the mirror %s held settings ci-runner does not write (%s); reset it to "
+                "ci-runner's own config. Something with write access to the mirror put "
+                "them there, such as a run of this repo", git_dir, ", ".join(shown))
+    return True
 
 
 def has_commit(mirror: RepoInfo, sha: str) -> bool:
     check_sha(sha)
-    done = subprocess.run(
-        ["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=mirror.root, env=_env(),
-        capture_output=True, check=False,
-    )
-    return done.returncode == 0
+    return run_git(mirror.root, "cat-file", "-e", f"{sha}^{{commit}}").status == 0
 
 
 def fetch(mirror: RepoInfo, url: str, sha: str, *, into: str, source: str | None = None) -> None:
@@ -61,15 +127,25 @@ def fetch(mirror: RepoInfo, url: str, sha: str, *, into: str, source: str | None
     check_sha(sha)
     if not into.startswith("refs/ci-runner/"):
         raise UsageError(f"mirror refs live under refs/ci-runner/, not {into!r}")
+    # A fetch is what reads transport settings (sshCommand, credential helpers,
+    # insteadOf): none of the mirror's own may reach it.
+    reset_foreign_config(mirror.root)
+    try:
+        _fetch_into(mirror, url, sha, into=into, source=source)
+    finally:
+        reset_foreign_config(mirror.root)
+
+
+def _fetch_into(mirror: RepoInfo, url: str, sha: str, *, into: str, source: str | None) -> None:
     if has_commit(mirror, sha):
         _run(mirror.root, "update-ref", "--end-of-options", into, sha, doing="hold the commit")
         return
     first = _fetch(mirror, url, f"+{sha}:{into}")
-    if first.returncode == 0 and has_commit(mirror, sha):
+    if first.status == 0 and has_commit(mirror, sha):
         return
     if source is not None:
         second = _fetch(mirror, url, f"+{source}:{into}")
-        if second.returncode == 0 and has_commit(mirror, sha):
+        if second.status == 0 and has_commit(mirror, sha):
             _run(mirror.root, "update-ref", "--end-of-options", into, sha, doing="hold the commit")
             return
         first = second
@@ -85,14 +161,10 @@ def check_sha(sha: str) -> None:
         raise UsageError(f"{sha!r} is not a full commit sha (40 or 64 hex digits)", sha=sha)
 
 
-def _fetch(mirror: RepoInfo, url: str, refspec: str) -> subprocess.CompletedProcess[str]:
+def _fetch(mirror: RepoInfo, url: str, refspec: str) -> GitResult:
     try:
-        return subprocess.run(
-            ["git", "-c", f"core.hooksPath={os.devnull}", "fetch", "--quiet", "--no-tags",
-             "--no-write-fetch-head", "--end-of-options", url, refspec],
-            cwd=mirror.root, env=_env(), capture_output=True, text=True, check=False,
-            timeout=FETCH_TIMEOUT_S, stdin=subprocess.DEVNULL,
-        )
+        return run_git(mirror.root, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                       "--end-of-options", url, refspec, timeout=FETCH_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise WorkspaceError(
             f"fetching from {url} took over {FETCH_TIMEOUT_S:g}s; check the forge is reachable"
@@ -100,14 +172,65 @@ def _fetch(mirror: RepoInfo, url: str, refspec: str) -> subprocess.CompletedProc
 
 
 def _run(cwd: Path, *args: str, doing: str) -> None:
-    done = subprocess.run(["git", *args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          check=False, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
+    done = run_git(cwd, *args)
+    if done.status != 0:
         raise WorkspaceError(f"git failed to {doing}: {_summary(done.stderr)}")
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, **_GIT_ENV}
+def _config_entries(git_dir: Path) -> list[tuple[str, str | None]] | None:
+    """``(key, value)`` of every line of the mirror's config file as git reads it (no
+    includes followed: an include is itself a key), or None if git cannot read it."""
+    listed = run_git(git_dir, "config", "--file", str(git_dir / "config"), "--null", "--list")
+    if listed.status != 0:
+        return None
+    entries: list[tuple[str, str | None]] = []
+    for item in listed.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        if item:
+            key, newline, value = item.partition("\n")
+            entries.append((key, value if newline else None))
+    return entries
+
+
+def _own_config(entries: list[tuple[str, str | None]]) -> bytes:
+    """ci-runner's config for a mirror, keeping what init probed (file system
+    features) and chose (object and ref formats) among ``entries``."""
+    kept = {key: value for key, value in entries if value in _ALLOWED.get(key, ())}
+    extensions = [(key.partition(".")[2], kept[key]) for key in _FORMAT_DEFAULTS
+                  if kept.get(key, _FORMAT_DEFAULTS[key]) != _FORMAT_DEFAULTS[key]]
+    lines = ["[core]", f"\trepositoryformatversion = {1 if extensions else 0}"]
+    lines += [f"\t{key.partition('.')[2]} = {kept[key]}" for key in _PROBED if key in kept]
+    lines.append("\tbare = true")
+    if extensions:
+        lines += ["[extensions]", *(f"\t{name} = {value}" for name, value in extensions)]
+    # The mirror is a cache of what the forge has: git's background gc would only
+    # compete with runs for the CPU; objects of superseded pushes cost little.
+    lines += ["[gc]", "\tauto = 0"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _write_config(git_dir: Path, content: bytes) -> None:
+    # A new file renamed over the old one: never a half-written config, and a symlink
+    # planted at `config` is replaced, not followed.
+    with tempfile.NamedTemporaryFile(dir=git_dir, prefix="config.ci-runner-",
+                                     delete=False) as new:
+        new.write(content)
+    written = Path(new.name)
+    written.chmod(0o644)
+    written.replace(git_dir / "config")
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+    except OSError:
+        return []
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 def _summary(stderr: str) -> str:

@@ -4,24 +4,24 @@ A run is pinned to a commit: either one that exists (``resolve_rev``) or one mad
 the fly from the uncommitted working tree (``snapshot_uncommitted``). ``fork`` checks
 that commit out as a detached linked worktree, ``remove`` takes it away again, and
 ``hold``/``release`` keep a ref on the commit so ``git gc`` cannot prune a snapshot
-while its run lives. Every git call goes through ``_git`` as an argument list.
+while its run lives. Every git call goes through ``_git`` as an argument list, and so
+through ``gitcmd.run_git``: no hook, fsmonitor or ``ext::`` URL of the repository runs.
 """
 
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ci_runner.errors import NotAGitRepository, UsageError, WorkspaceError
+from ci_runner.workspace.gitcmd import GitResult, run_git
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -37,7 +37,6 @@ _SNAPSHOT_IDENTITY = {
     "GIT_COMMITTER_NAME": "ci-runner",
     "GIT_COMMITTER_EMAIL": "ci-runner@localhost",
 }
-_C_LOCALE = {"LANGUAGE": "C", "LC_ALL": "C"}
 # `git worktree add` reads every worktree's entry and dies on one another add is still
 # writing ("failed to read .git/worktrees/NAME/commondir"): retried a few times, for
 # adds that our lock does not keep apart (the user's own).
@@ -68,16 +67,6 @@ class ResolvedRev:
     ref: str | None
     """The full ref the revision named (``refs/heads/main`` for ``HEAD`` on main or for
     ``main``; ``refs/tags/v1`` for ``v1``), or None for a detached HEAD or a sha."""
-
-
-class _Result(NamedTuple):
-    status: int
-    stdout: bytes
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", "surrogateescape").strip()
 
 
 def open_repo(path: Path) -> RepoInfo:
@@ -205,20 +194,21 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False) -> None:
     target = Path(dest).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     with _worktree_lock(repo):
+        if repo.root == repo.common_dir:  # bare: perhaps a mirror, which runs can write
+            from ci_runner.workspace.mirror import is_mirror, reset_foreign_config
+
+            if is_mirror(repo):  # a filter it names would run during the checkout
+                reset_foreign_config(repo.root)
         result = _add_worktree(repo, sha, target, again=again)
     if result.status != 0:
         raise _failure(f"could not create a worktree of {sha} at {target}", result,
                        "check that the path is free and the commit exists")
 
 
-def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool) -> _Result:
+def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool) -> GitResult:
     for attempt in range(_FORK_ATTEMPTS):
         result = _git(
-            repo.root,
-            # The user's post-checkout hook is not part of the commit under test and may
-            # be slow.
-            "-c", f"core.hooksPath={os.devnull}",
-            "worktree", "add", "--detach", "--quiet", *(["--force"] if again else []),
+            repo.root, "worktree", "add", "--detach", "--quiet", *(["--force"] if again else []),
             str(target), sha,
         )
         if result.status == 0 or not _RACING_ADD.search(result.stderr):
@@ -291,21 +281,11 @@ def file_at(repo: RepoInfo, sha: str, path: str) -> bytes | None:
     return None
 
 
-def _git(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> _Result:
+def _git(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> GitResult:
     # Plain subprocess, not GitPython: every call here is one git plumbing command, and
     # importing GitPython (plus the two `git version` calls it makes) cost ~60 ms of
-    # every run's start. C locale: the error texts matched below are git's English ones.
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, env={**os.environ, **(env or {}), **_C_LOCALE},
-            stdin=subprocess.DEVNULL, capture_output=True, check=False,
-        )
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise WorkspaceError(
-            f"could not run git in {cwd}; check that git is installed and the folder exists",
-            cwd=str(cwd),
-        ) from exc
-    return _Result(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
+    # every run's start. run_git's C locale: the error texts matched here are English.
+    return run_git(cwd, *args, env=env)
 
 
 def _git_ok(cwd: Path, doing: str, *args: str, env: Mapping[str, str] | None = None) -> str:
@@ -315,7 +295,7 @@ def _git_ok(cwd: Path, doing: str, *args: str, env: Mapping[str, str] | None = N
     return result.text
 
 
-def _failure(what: str, result: _Result, todo: str) -> WorkspaceError:
+def _failure(what: str, result: GitResult, todo: str) -> WorkspaceError:
     return WorkspaceError(f"{what}: {_summary(result.stderr)}; {todo}", stderr=result.stderr)
 
 
