@@ -198,9 +198,8 @@ class Watch:
                 self._finish(engine)
 
     def _start(self, engine: Engine, repo: RepoInfo) -> None:
-        from ci_runner import paths
         from ci_runner.cli.report import run_record
-        from ci_runner.dispatch.runs import RunRequest, start_run, warm_child
+        from ci_runner.dispatch.runs import RunRequest, discard_child, start_run, warm_child
         from ci_runner.engine.driver import new_instance_id
 
         options = self.options
@@ -214,8 +213,7 @@ class Watch:
         try:
             start_run(engine, request, run_id=run_id)
         except BaseException as exc:
-            child.close()
-            shutil.rmtree(paths.run_logs(run_id), ignore_errors=True)
+            discard_child(run_id, child)
             if isinstance(exc, CIRunnerError):
                 self.screen.problem(f"no run: {exc.message}")
                 return

@@ -22,9 +22,7 @@ import os
 import sys
 from ci_runner import Pipeline
 
-if os.environ.get("IMPORT_LOG"):  # who imported this file, and when
-    with open(os.environ["IMPORT_LOG"], "a") as f:
-        f.write(os.getcwd() + "\\n")
+print("IMPORTED in", os.getcwd(), flush=True)  # to the run's pipeline.log
 
 class CI(Pipeline):
     async def run(self, event, step):
@@ -149,15 +147,14 @@ def test_sigterm_leaves_a_running_step_to_the_next_start(tmp_path: Path):
 
 def test_fork_pull_requests_wait_for_an_approver_and_get_no_secrets(tmp_path: Path):
     source, shas = _source(tmp_path)
-    imports = tmp_path / "imports.log"
     forge = kit.FakeForge().__enter__()
     config = kit.write_config(
         tmp_path / "c.yml", [_github(source, approvers=["alice"],
                                      status={"api_url": forge.url, "token_env": "ST"})],
-        users={"bob": "BOB_TOKEN"}, pass_env=["IMPORT_LOG", "PROBE_PORT"])
+        users={"bob": "BOB_TOKEN"}, pass_env=["PROBE_PORT"])
     home = tmp_path / "home"
     server = kit.Server(config, home, env={**SECRET_ENV, "BOB_TOKEN": "bobs-token",
-                                           "IMPORT_LOG": str(imports), "ST": "t"})
+                                           "ST": "t"})
     server.env["PROBE_PORT"] = str(server.port)  # the server itself listens there
     server.start()
     fork = "mallory/Hello-World"
@@ -179,8 +176,9 @@ def test_fork_pull_requests_wait_for_an_approver_and_get_no_secrets(tmp_path: Pa
         ids = {r["id"]: int(r["meta"]["pr"]) for r in kit.runs(home) if r["meta"]["untrusted"]}
         assert sorted(ids.values()) == [5, 6, 7]
         # Nothing of the fork's code was imported while it waits.
-        worktrees = imports.read_text() if imports.exists() else ""
-        assert not any(run_id in worktrees for run_id in ids)
+        for run_id in ids:
+            log = home / "logs" / run_id / "pipeline.log"
+            assert "IMPORTED" not in (log.read_text() if log.exists() else "")
         run5 = next(i for i, n in ids.items() if n == 5)
         approve = f"/api/runs/{run5}/approve"
         assert server.http.post(approve, json={"by": "alice"}).status_code == 401
@@ -201,6 +199,7 @@ def test_fork_pull_requests_wait_for_an_approver_and_get_no_secrets(tmp_path: Pa
         found = {r["id"]: r for r in kit.wait_for(kit.settled(home, 4), timeout=60,
                                                    what="all four runs")}
         assert found[run5]["status"] == "complete", server.output()
+        assert "IMPORTED" in (home / "logs" / run5 / "pipeline.log").read_text()
         out5 = _output(home, run5)
         assert out5["env_secrets"] == []
         assert found[run5]["meta"]["secrets_file"] is None and found[run5]["meta"]["untrusted"]

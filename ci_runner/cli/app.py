@@ -7,7 +7,6 @@ Exit codes: 0 complete, 1 pipeline failed, 2 usage or configuration error,
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,28 +69,45 @@ def run(
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Run steps with inputs= even when a cached result matches."
     )] = False,
+    sandbox: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--sandbox", metavar="auto|bwrap|landlock|off",
+        help="Where the pipeline and its light steps run: auto (bubblewrap, else"
+             " Landlock, else none, saying so), bwrap, landlock, or off."
+    )] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
-    from ci_runner.dispatch.runs import RunRequest, open_engine, start_run, warm_child
+    from ci_runner.dispatch.confine import chosen_mode
+    from ci_runner.dispatch.runs import (
+        RunRequest,
+        discard_child,
+        open_engine,
+        start_run,
+        warm_child,
+    )
     from ci_runner.engine.driver import new_instance_id
 
+    mode = chosen_mode(sandbox)
     request = RunRequest(
         repo_path=repo, rev=rev, include_uncommitted=include_uncommitted,
         params=_params(param or []), pipeline=pipeline, keep_workspace=keep_workspace,
         secrets_file=secrets_file.resolve() if secrets_file else None,
-        only=split_names(only), skip=split_names(skip), no_cache=no_cache,
+        only=split_names(only), skip=split_names(skip), no_cache=no_cache, sandbox=mode,
     )
     run_id = new_instance_id()
-    child = warm_child(run_id)  # first, so its start-up overlaps all that follows
+    # First, so its start-up overlaps all that follows.
+    child = warm_child(run_id, repo_path=repo, sandbox=mode)
+    if mode == "auto" and child.info.kind != "bwrap":
+        from ci_runner.cli.foreground import warning_line
+
+        warning_line(child.info.reason)
     try:
         with open_engine() as engine:
             check_selection(engine, request)
             start_run(engine, request, run_id=run_id)
     except BaseException:
-        child.close()
-        # Nothing was stored for a run that could not start: leave no log folder.
-        shutil.rmtree(paths.run_logs(run_id), ignore_errors=True)
+        # Nothing was stored for a run that could not start: leave nothing of it.
+        discard_child(run_id, child)
         raise
     raise typer.Exit(drive_in_foreground(run_id, json_out=json_out, child=child))
 
@@ -127,7 +143,6 @@ def demo(
     json_out: JsonOpt = False,
 ) -> None:
     """Make a small demo repo with a pipeline and run it: a first look in one command."""
-    from ci_runner import paths
     from ci_runner.cli.demo import make_demo_repo
 
     where = make_demo_repo((path or paths.home() / "demo").resolve())

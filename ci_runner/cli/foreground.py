@@ -51,3 +51,10 @@ def error_line(message: str) -> None:
     if sys.stderr.isatty():
         text = f"\x1b[31m{text}\x1b[0m"
     print(text, file=sys.stderr)
+
+
+def warning_line(message: str) -> None:
+    text = f"warning: {message}"
+    if sys.stderr.isatty():
+        text = f"\x1b[33m{text}\x1b[0m"
+    print(text, file=sys.stderr)

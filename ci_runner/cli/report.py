@@ -51,6 +51,8 @@ def step_record(row: sqlite3.Row) -> dict[str, Any]:
         "error": error.get("message") if isinstance(error, dict) else None,
         "cached": bool(detail.get("cached")),
         "skipped_because": detail.get("skipped"),
+        # Where its command ran: bwrap, landlock, off (no sandbox) or docker.
+        "sandbox": detail.get("sandbox"),
     }
 
 

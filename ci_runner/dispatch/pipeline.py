@@ -7,12 +7,8 @@ streamed to the live view and to the step's log file, secrets masked.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shlex
-import socket
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,14 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ci_runner import paths
-from ci_runner.dispatch.steplog import StepLog
-from ci_runner.engine import leases
 from ci_runner.engine.policy import RetryPolicy, seconds
 from ci_runner.engine.step import Step
 from ci_runner.errors import CommandFailed, StepTimeout, UsageError
 
 if TYPE_CHECKING:
-    from ci_runner.executors import Executor
+    from ci_runner.dispatch.broker import BrokerClient
 
 
 @dataclass(frozen=True)
@@ -74,9 +68,17 @@ class PipelineStep:
         # Once a wait (an approval gate) is left out by --only/--skip, everything after
         # it is skipped too: a deploy behind an unapproved gate must never run.
         self._gate_closed: str | None = None
-        self._docker: Any = None
-        self._tree: Any = None  # the commit's files, listed on the first inputs= step
+        self._broker_client: BrokerClient | None = None
         self.parallel = step.parallel
+
+    @property
+    def _broker(self) -> BrokerClient:
+        """The run's step broker: commands, secrets, caches and artifacts go through it."""
+        if self._broker_client is None:
+            from ci_runner.dispatch.broker import BrokerClient
+
+            self._broker_client = BrokerClient.from_env()
+        return self._broker_client
 
     # -- the engine's steps, with step selection -----------------------------------
 
@@ -121,11 +123,10 @@ class PipelineStep:
 
     async def save_artifact(self, name: str, path: str) -> dict[str, Any]:
         """Keep one file of the worktree as an artifact of this run, under ``name``."""
-        from ci_runner.dispatch import artifacts
-
-        def save() -> dict[str, Any]:
-            item = artifacts.store(self._workspace, Path(path), name)
-            self._host.request("artifacts", step=f"save_artifact:{name}", items=[item])
+        async def save() -> dict[str, Any]:
+            items = await self._broker.call("artifacts", {
+                "step": f"save_artifact:{name}", "path": str(path), "name": name})
+            item: dict[str, Any] = items[0]
             return item
 
         result: dict[str, Any] = await self._step.do(f"save_artifact:{name}", save)
@@ -176,13 +177,14 @@ class PipelineStep:
         occurrence = self._step.next_occurrence(name)
         if self._host.request("peek", name=name, occurrence=occurrence)["state"] is not None:
             return await run()  # replay
-        key = self._cache_key(list(inputs), material)
-        hit = self._host.request("cache_get", key=key)["hit"]
+        # Computed by the broker from the commit's tree, never by pipeline code.
+        key = await self._broker.call("cache_key", {"inputs": list(inputs),
+                                                    "material": material})
         label = name if occurrence == 1 else f"{name}#{occurrence}"
+        # A hit's artifacts are recorded for this run by the driver itself.
+        hit = self._host.request("cache_get", key=key, step=label)["hit"]
         if hit is not None:
             self._step.occurrence(name)
-            if hit["artifacts"]:
-                self._host.request("artifacts", step=label, items=hit["artifacts"])
             answer = self._host.request(
                 "record", name=name, occurrence=occurrence, kind=material.get("kind", "do"),
                 status="complete", result=hit["result"],
@@ -190,20 +192,10 @@ class PipelineStep:
             )
             return answer["result"]
         result = await run()
-        kept = result.get("artifacts", []) if isinstance(result, dict) else []
+        # The entry's artifacts are those the broker recorded for this step, if kept.
         self._host.request("cache_put", key=key, result=result, step=label,
-                           artifacts=kept if artifacts else [])
+                           with_artifacts=bool(artifacts))
         return result
-
-    def _cache_key(self, inputs: list[str], material: dict[str, Any]) -> str:
-        if self._tree is None:
-            from ci_runner.workspace.inputs import TreeIndex
-
-            self._tree = TreeIndex(self._workspace, str(self._metadata["sha"]))
-        blobs = self._tree.match(inputs)
-        text = json.dumps({"v": 1, "inputs": inputs, "blobs": blobs, **material},
-                          sort_keys=True, default=str)
-        return sha256(text.encode()).hexdigest()
 
 
     async def run(
@@ -287,30 +279,6 @@ class PipelineStep:
             raise UsageError(f"cwd {cwd!r} is outside the run's worktree")
         return target
 
-    def _executor(self, label: str, attempt: int, command: Command) -> Executor:
-        from ci_runner.executors import HostExecutor
-
-        if command.image is None:
-            return HostExecutor()
-        from ci_runner.executors import ContainerExecutor
-
-        tenant = str(self._metadata.get("tenant", ""))
-        if self._docker is None:
-            from ci_runner.executors import docker_client
-
-            # One client for the whole run: connecting and pinging costs ~30 ms.
-            self._docker = docker_client(step=label, image=command.image)
-        return ContainerExecutor(
-            command.image, network=command.network, services=command.services,
-            caches={cache_volume(tenant, n): path for n, path in command.cache.items()},
-            labels=self._labels(label) | {"ci-runner.attempt": str(attempt)},
-            memory=command.memory, cpus=command.cpus, workspace=self._workspace,
-            client=self._docker,
-        )
-
-    def _labels(self, label: str) -> dict[str, str]:
-        return {"ci-runner.run": self._run_id, "ci-runner.step": label}
-
     async def _execute(
         self,
         name: str,
@@ -319,81 +287,47 @@ class PipelineStep:
         command: Command,
         previous: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        from ci_runner.executors import CommandSpec, Masker
-        from ci_runner.secrets import resolve_secrets
-
+        """One attempt, run by the broker: it resolves the secrets, picks the sandbox or
+        container, writes the log and masks; output and the process group come back
+        here for the live view and the journal."""
         label = name if occurrence == 1 else f"{name}#{occurrence}"
-        secret_file = self._metadata.get("secrets_file")
-        values = resolve_secrets(
-            command.secrets, environ=os.environ,
-            secrets_file=Path(secret_file) if secret_file else None,
-        )
-        # The command line itself may carry a secret (an f-string of os.environ...).
-        display = Masker(values.values()).mask(_display(command.argv))
-        log_path = self._logs / paths.step_log_name(name, occurrence)
-        executor = self._executor(label, attempt, command)
-        with StepLog(log_path) as log:
 
-            def on_output(text: str) -> None:
-                log.write(text)
-                self._host.notify("output", name=name, occurrence=occurrence, text=text)
+        def on_event(event: dict[str, Any]) -> None:
+            if "output" in event:
+                self._host.notify("output", name=name, occurrence=occurrence,
+                                  text=event["output"])
+            elif "started" in event:
+                self._host.notify("set_detail", name=name, occurrence=occurrence,
+                                  detail=event["started"])
 
-            def on_start(started: Mapping[str, Any]) -> None:
-                # Recorded so a runner that takes this run over can stop the group (or
-                # adopt the container), never a recycled pid's: host and start time match.
-                detail: dict[str, Any] = {
-                    "cmd": display, "attempt": attempt, "log": str(log_path),
-                    "host": socket.gethostname(), "image": command.image, **started,
-                }
-                if isinstance(started.get("pgid"), int):
-                    detail["pgid_start"] = leases.start_time(started["pgid"])
-                self._host.notify("set_detail", name=name, occurrence=occurrence, detail=detail)
-
-            outcome = None
-            if previous and previous.get("container") and command.image is not None:
-                # The runner died while this step's container ran: take its result
-                # (waiting for it if it still runs) instead of running it twice.
-                log.note(f"--- adopting the container of attempt {previous.get('attempt')}\n")
-                from ci_runner.executors import ContainerExecutor
-
-                adopter = self._executor(label, int(previous.get("attempt") or 0), command)
-                if isinstance(adopter, ContainerExecutor):
-                    outcome = await adopter.adopt(self._labels(label), on_output)
-            if outcome is None:
-                log.note(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
-                spec = CommandSpec(argv=command.argv, cwd=command.workdir, env=command.env,
-                                   secrets=values, timeout_s=command.timeout_s)
-                outcome = await executor.run(spec, on_output, on_start=on_start)
-            log.note(f"--- exit code {outcome.exit_code} after {outcome.duration_s:.3f}s\n")
-        result: dict[str, Any] = {
-            "exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
-            "output_tail": outcome.output_tail,
-        }
+        outcome: dict[str, Any] = await self._broker.call("exec", {
+            "name": name, "occurrence": occurrence, "attempt": attempt,
+            "argv": command.argv, "env": command.env, "secrets": command.secrets,
+            "cwd": str(command.workdir.relative_to(self._workspace)),
+            "timeout_s": command.timeout_s, "image": command.image,
+            "network": command.network, "services": command.services,
+            "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
+            "previous": previous,
+        }, on_event)
+        display = str(outcome.pop("display"))
+        timed_out = bool(outcome.pop("timed_out"))
+        result: dict[str, Any] = outcome
         if command.artifacts:
             # Kept whether the command passed or not: a failed test's report matters most.
-            result["artifacts"] = self._keep_artifacts(label, command.artifacts)
-        if outcome.timed_out:
+            result["artifacts"] = await self._broker.call(
+                "artifacts", {"step": label, "patterns": command.artifacts})
+        if timed_out:
             raise StepTimeout(
                 f"step {name!r} timed out after {command.timeout_s:g}s and its processes"
                 " were stopped",
-                exit_code=outcome.exit_code, output_tail=outcome.output_tail,
+                exit_code=outcome["exit_code"], output_tail=outcome["output_tail"],
             )
-        if command.check and outcome.exit_code != 0:
+        if command.check and outcome["exit_code"] != 0:
             raise CommandFailed(
-                f"step {name!r}: `{display}` exited with code {outcome.exit_code}",
-                exit_code=outcome.exit_code, output_tail=outcome.output_tail,
+                f"step {name!r}: `{display}` exited with code {outcome['exit_code']}",
+                exit_code=outcome["exit_code"], output_tail=outcome["output_tail"],
             )
         return result
-
-
-    def _keep_artifacts(self, label: str, patterns: list[str]) -> list[dict[str, Any]]:
-        from ci_runner.dispatch import artifacts
-
-        items = [artifacts.store(self._workspace, path)
-                 for path in artifacts.collect(self._workspace, patterns)]
-        if items:
-            self._host.request("artifacts", step=label, items=items)
-        return items
 
 
 SKIPPED_RUN = {"exit_code": None, "duration_s": 0.0, "output_tail": "", "skipped": True}

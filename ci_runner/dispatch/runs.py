@@ -3,9 +3,11 @@ create the instance, drive it, and clean up the worktree when the run is over.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ class RunRequest:
     only: tuple[str, ...] = ()  # run just these steps; the others are recorded as skipped
     skip: tuple[str, ...] = ()  # skip these steps
     no_cache: bool = False  # ignore the input-keyed step cache
+    sandbox: str | None = None  # auto | bwrap | landlock | off (None: CI_RUNNER_SANDBOX or auto)
     # More metadata for the envelope (a webhook's forge, delivery, PR...): no secrets.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -56,20 +59,103 @@ def reap_orphan(detail: dict[str, Any]) -> None:
     kill_process_group(pgid)
 
 
+class RunRules:
+    """The engine's ``Rules`` for CI runs, from each run's stored metadata: a fork's
+    run writes its step cache under its pull request and reads the repo's too; a wait
+    may be recorded as skipped only when the run's --only/--skip leave it out."""
+
+    def cache_scopes(self, instance: Mapping[str, Any]) -> tuple[str, list[str]]:
+        from ci_runner.dispatch.broker import cache_scope
+
+        tenant = str(instance["tenant"])
+        metadata = _metadata(instance)
+        scope = cache_scope({**metadata, "tenant": tenant})
+        return scope, list(dict.fromkeys([scope, tenant]))
+
+    def may_skip(
+        self, instance: Mapping[str, Any], name: str, kind: str, *, after_skipped_wait: bool
+    ) -> bool:
+        metadata = _metadata(instance)
+        only, skip = set(metadata.get("only") or ()), set(metadata.get("skip") or ())
+        if not (only or skip):
+            return False
+        return after_skipped_wait or (bool(only) and name not in only) or name in skip
+
+
+def _metadata(instance: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        metadata, _ = unwrap_params(json.loads(instance["payload"]))
+    except (ValueError, TypeError, UsageError):
+        return {}
+    return metadata
+
+
 def open_engine() -> Engine:
-    return Engine(paths.database(), reap_orphan=reap_orphan, fork_children=True)
+    return Engine(paths.database(), reap_orphan=reap_orphan, fork_children=True,
+                  rules=RunRules())
 
 
-def warm_child(run_id: str) -> ChildProcess:
+def warm_child(
+    run_id: str, *, repo_path: Path | None = None, sandbox: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> ChildProcess:
     """Start the run's pipeline process early, so its start-up overlaps the git work.
 
-    Forked when this process has one thread (the CLI): best before the database is
-    opened, though the child closes every descriptor but its pipe and stdio anyway.
+    Forked when this process has one thread (the CLI) and the sandbox allows it:
+    best before the database is opened, though the child closes every descriptor but
+    its pipe, its broker socket and stdio anyway. In a bubblewrap sandbox it is
+    spawned, its worktree's folder made empty now for git to fill in.
     """
+    meta = metadata or {
+        "run_id": run_id, "workspace": str(paths.worktrees() / run_id),
+        "repo": str(Path(repo_path or ".").absolute()), "sandbox": sandbox,
+    }
+    from ci_runner.dispatch.confine import plan
+
+    confinement = plan(meta)
+    return _start_child(run_id, meta, confinement, fork=True)
+
+
+def discard_child(run_id: str, child: ChildProcess) -> None:
+    """Stop a pipeline process started for a run that never got stored, and leave
+    nothing of that run behind: its log folder, its empty worktree folder, its scratch."""
+    import shutil
+
+    from ci_runner.dispatch.confine import remove_scratch
+
+    child.close()
+    shutil.rmtree(paths.run_logs(run_id), ignore_errors=True)
+    workspace = paths.worktrees() / run_id
+    with contextlib.suppress(OSError):
+        workspace.rmdir()  # only if git never filled it
+    remove_scratch(run_id)
+
+
+def _start_child(
+    run_id: str, metadata: dict[str, Any], confinement: Any, *, fork: bool,
+) -> ChildProcess:
+    from ci_runner.dispatch.broker import BROKER_FD_ENV
+
+    workspace = Path(metadata["workspace"])
+    workspace.mkdir(parents=True, exist_ok=True)  # bound into the sandbox before git fills it
+    confinement.prepare()
     log_dir = paths.run_logs(run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "pipeline.log").open("ab") as stdio:
-        return start_child(stdio=stdio, env=os.environ, fork=True)
+    ours, theirs = socket.socketpair()
+    try:
+        env = confinement.child_env(os.environ)
+        env[BROKER_FD_ENV] = str(theirs.fileno())
+        with (log_dir / "pipeline.log").open("ab") as stdio:
+            child = start_child(stdio=stdio, env=env, fork=fork,
+                                confinement=confinement.process((theirs.fileno(),)))
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    child.side = ours
+    child.info = confinement
+    return child
 
 
 def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None) -> str:
@@ -127,6 +213,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "keep_workspace": request.keep_workspace,
         "secrets_file": str(secrets_file) if secrets_file else None,
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
+        "sandbox": request.sandbox,
         **request.extra,
     }
     if request.include_uncommitted:
@@ -145,17 +232,42 @@ def drive_run(
     *,
     child: ChildProcess | None = None,
 ) -> str:
-    """Drive the run in this process until it ends or hibernates; returns its status."""
+    """Drive the run in this process until it ends or hibernates; returns its status.
+
+    Its pipeline process runs in the run's sandbox, and its steps' commands are run
+    by a broker in this process (``dispatch.broker``), from what the run's stored
+    metadata allows."""
+    from ci_runner.dispatch.broker import RunContext, StepBroker
+    from ci_runner.dispatch.confine import plan
+
     row = engine.get(run_id)
+    run_id = str(row["id"])
     metadata, _ = unwrap_params(json.loads(row["payload"]))
-    log_dir = paths.run_logs(row["id"])
-    log_dir.mkdir(parents=True, exist_ok=True)
     workspace = Path(metadata["workspace"])
-    with (log_dir / "pipeline.log").open("ab") as stdio:
-        status = engine.drive(
-            row["id"], observer=observer, stdio=stdio, env=os.environ,
-            cwd=workspace if workspace.is_dir() else None, child=child,
-        )
+    if not workspace.is_dir() or not (workspace / ".git").exists():
+        _refork(metadata, workspace)  # here, not in the sandbox: it cannot write git's files
+    try:
+        confinement = plan(metadata)
+    except BaseException:
+        if child is not None:
+            child.close()
+        raise
+    if child is not None and not _same_sandbox(child.info, confinement):
+        child.close()  # started before the run's own metadata was known
+        child = None
+    if child is None:
+        child = _start_child(run_id, metadata, confinement, fork=engine.fork_children)
+    else:
+        confinement.prepare()
+    assert child.side is not None
+    broker = StepBroker(RunContext.from_metadata(metadata, confinement), child.side)
+    broker.start()
+    log_dir = paths.run_logs(run_id)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        status = engine.drive(run_id, observer=observer, child=child)
+    finally:
+        broker.close()
     if status in ("terminated", "errored"):
         # Cancelled or crashed: a command started just before may not have had its
         # process group recorded, so the engine could not stop it. Find it by where
@@ -167,6 +279,20 @@ def drive_run(
     if status in TERMINAL:
         finish_workspace(metadata)
     return status
+
+
+def _same_sandbox(started: Any, wanted: Any) -> bool:
+    if started is None:
+        return False
+    return bool(started.kind == wanted.kind and started.network == wanted.network
+                and started.workspace == wanted.workspace and started.ids == wanted.ids)
+
+
+def _refork(metadata: dict[str, Any], workspace: Path) -> None:
+    from ci_runner.workspace import fork, open_repo
+
+    # --force: git may still have it registered, its folder gone or left empty.
+    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True)
 
 
 def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> str | None:
@@ -181,6 +307,9 @@ def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> st
         return str(getattr(exc, "message", exc))
     if even_kept or not metadata.get("keep_workspace"):
         remove(repo, Path(metadata["workspace"]))
+        from ci_runner.dispatch.confine import remove_scratch
+
+        remove_scratch(str(metadata["run_id"]))
     if metadata.get("snapshot"):
         release(repo, str(metadata["run_id"]))
     return None

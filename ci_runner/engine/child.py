@@ -75,12 +75,14 @@ def _pidfd_child_watcher() -> None:
     asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
-def main(fd: int, *, parent: int | None = None) -> None:
+def main(fd: int, *, parent: int | None = None, confined: bool = False) -> None:
     """Serve one run over the pipe ``fd``; ``parent`` is the driver's pid when known
-    (a forked child), else the driver is whoever started this interpreter."""
+    (a forked child), else the driver is whoever started this interpreter.
+    ``confined``: started by a sandbox (bubblewrap) that is our parent, as PID 1 of a
+    namespace of its own, and that dies with the driver."""
     _harden()
     conn = Connection(fd)
-    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):
+    if not confined and (os.getppid() == 1 or (parent is not None and os.getppid() != parent)):
         os._exit(1)  # the driver died before we set the death signal
     # Import the runtime before the driver has work for us: it may start us early.
     from ci_runner.engine.runtime import execute, import_path
@@ -111,4 +113,4 @@ def main(fd: int, *, parent: int | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), confined="--confined" in sys.argv[2:])

@@ -21,7 +21,7 @@ from typing import IO, Any
 from ci_runner.engine import leases, policy
 from ci_runner.engine.deferred import Deferred
 from ci_runner.engine.process import ChildProcess, ProcessHandle, start_child
-from ci_runner.engine.service import Observer, StepService
+from ci_runner.engine.service import Observer, Rules, StepService
 from ci_runner.errors import (
     CIRunnerError,
     LeaseLost,
@@ -70,6 +70,7 @@ class Engine:
         lease_ttl_s: float = leases.LEASE_TTL_S,
         reap_orphan: OrphanReaper | None = None,
         fork_children: bool = False,
+        rules: Rules | None = None,
     ) -> None:
         """``fork_children``: start pipeline processes by forking this one when it has a
         single thread (see ``ci_runner.engine.process``), else by spawning."""
@@ -80,6 +81,7 @@ class Engine:
         self.lease_ttl_s = lease_ttl_s
         self.owner = leases.owner_id()
         self._reap_orphan = reap_orphan
+        self.rules = rules
 
     def close(self) -> None:
         self.conn.close()
@@ -149,7 +151,7 @@ class Engine:
         journal = j.Journal(self.conn, instance_id, epoch)
         self._reap(journal)
         beat = _Heartbeat(journal, self.lease_ttl_s)
-        service = StepService(journal, observer, heartbeat=beat)
+        service = StepService(journal, observer, heartbeat=beat, rules=self.rules)
         service.observe({"type": "instance", "status": "running", "id": instance_id})
         try:
             if workflow is not None:

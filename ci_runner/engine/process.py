@@ -22,7 +22,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -44,14 +45,24 @@ class ProcessHandle(Protocol):
 
 
 class ChildProcess:
-    """A started pipeline process, waiting for the instance it should run."""
+    """A started pipeline process, waiting for the instance it should run.
 
-    def __init__(self, proc: ProcessHandle, conn: Connection) -> None:
+    ``side`` is a socket the caller handed the child besides its pipe (closed with
+    it), ``info`` whatever the caller wants to remember about how it was started."""
+
+    def __init__(
+        self, proc: ProcessHandle, conn: Connection, *, side: socket.socket | None = None,
+        info: Any = None,
+    ) -> None:
         self.proc = proc
         self.conn = conn
+        self.side = side
+        self.info = info
 
     def close(self) -> None:
         self.conn.close()
+        if self.side is not None:
+            self.side.close()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -102,29 +113,55 @@ class Forked:
                 os.kill(self.pid, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """How to put a pipeline process in a sandbox, decided by the caller (the engine
+    knows nothing of sandboxes): ``wrap`` is an argv prefix for a spawned child (it
+    must keep inherited descriptors, as bubblewrap does), ``enter`` is called in a
+    forked child before it runs anything of the workflow's, ``fork`` says whether a
+    forked child can be confined at all, and ``user`` is the (uid, gid) a spawned
+    child starts as. ``keep_fds`` are passed to the child besides its pipe."""
+
+    wrap: tuple[str, ...] = ()
+    enter: Callable[[], None] | None = None
+    fork: bool = True
+    user: tuple[int, int] | None = None
+    keep_fds: tuple[int, ...] = ()
+
+
 def start_child(
     *,
     stdio: IO[Any] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     fork: bool = False,
+    confinement: Confinement | None = None,
 ) -> ChildProcess:
     """Start a pipeline process now; it imports the runtime while the caller works.
 
-    ``fork`` is a wish: it is honoured only when this process has a single thread.
+    ``fork`` is a wish: it is honoured only when this process has a single thread
+    and the confinement can be entered by a forked child.
     """
-    if fork and hasattr(os, "fork") and threading.active_count() == 1:
-        return _fork(stdio=stdio, env=env, cwd=cwd)
+    confined = confinement or Confinement()
+    if fork and confined.fork and hasattr(os, "fork") and threading.active_count() == 1:
+        return _fork(stdio=stdio, env=env, cwd=cwd, confinement=confined)
     ours, theirs = socket.socketpair()
+    argv = [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())]
+    if confined.wrap:
+        argv = [*confined.wrap, *argv, "--confined"]
+    user = confined.user
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
+            argv,
+            pass_fds=(theirs.fileno(), *confined.keep_fds),
             stdin=subprocess.DEVNULL,
             stdout=stdio,
             stderr=subprocess.STDOUT if stdio is not None else None,
             env=dict(env) if env is not None else None,
             cwd=cwd,
+            user=user[0] if user else None,
+            group=user[1] if user else None,
+            extra_groups=[] if user else None,
         )
     finally:
         theirs.close()
@@ -132,7 +169,8 @@ def start_child(
 
 
 def _fork(
-    *, stdio: IO[Any] | None, env: Mapping[str, str] | None, cwd: Path | None
+    *, stdio: IO[Any] | None, env: Mapping[str, str] | None, cwd: Path | None,
+    confinement: Confinement,
 ) -> ChildProcess:
     ours, theirs = socket.socketpair()
     parent = os.getpid()
@@ -143,7 +181,10 @@ def _fork(
     if pid == 0:  # the child: never returns into the caller's stack
         code = 1
         try:
-            fd = _become_child(theirs.detach(), stdio=stdio, env=env, cwd=cwd)
+            fd = _become_child(theirs.detach(), stdio=stdio, env=env, cwd=cwd,
+                               keep=confinement.keep_fds)
+            if confinement.enter is not None:
+                confinement.enter()  # before any of the workflow's code is imported
             from ci_runner.engine.child import main
 
             main(fd, parent=parent)
@@ -155,17 +196,22 @@ def _fork(
 
 
 def _become_child(
-    fd: int, *, stdio: IO[Any] | None, env: Mapping[str, str] | None, cwd: Path | None
+    fd: int, *, stdio: IO[Any] | None, env: Mapping[str, str] | None, cwd: Path | None,
+    keep: tuple[int, ...] = (),
 ) -> int:
     """Give the forked child the stdio and descriptors a spawned child would have:
-    stdin from /dev/null, stdout and stderr to ``stdio``, the pipe ``fd``, nothing else."""
+    stdin from /dev/null, stdout and stderr to ``stdio``, the pipe ``fd`` (and
+    ``keep``), nothing else."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     if stdio is not None:
         os.dup2(stdio.fileno(), 1)
         os.dup2(stdio.fileno(), 2)
-    os.closerange(3, fd)
-    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))  # close_range(2): one call
+    low = 3
+    for kept in sorted({fd, *keep}):
+        os.closerange(low, kept)
+        low = kept + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))  # close_range(2): one call each
     if env is not None and env is not os.environ:
         os.environ.clear()
         os.environ.update(env)

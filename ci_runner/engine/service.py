@@ -4,12 +4,42 @@ journal, and tells an observer (the live view) what happened."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
+from ci_runner.errors import UsageError
 from ci_runner.store.journal import Journal
 
 Observer = Callable[[dict[str, Any]], None]
+
+
+class Rules(Protocol):
+    """What the embedding application decides about a run's requests (the engine
+    itself knows no tenants' trust levels or step selections)."""
+
+    def cache_scopes(self, instance: Mapping[str, Any]) -> tuple[str, list[str]]:
+        """Where the instance's cache entries are written, and where looked up (in order)."""
+        ...
+
+    def may_skip(
+        self, instance: Mapping[str, Any], name: str, kind: str, *, after_skipped_wait: bool
+    ) -> bool:
+        """Whether a wait (or sleep) may be recorded as skipped: left out by the run's
+        selection, or coming after a wait that was."""
+        ...
+
+
+class DefaultRules:
+    """Caches per tenant; a wait may never be recorded as skipped."""
+
+    def cache_scopes(self, instance: Mapping[str, Any]) -> tuple[str, list[str]]:
+        tenant = str(instance["tenant"])
+        return tenant, [tenant]
+
+    def may_skip(
+        self, instance: Mapping[str, Any], name: str, kind: str, *, after_skipped_wait: bool
+    ) -> bool:
+        return False
 
 
 def _quiet(_event: dict[str, Any]) -> None:
@@ -25,10 +55,13 @@ class StepService:
         observer: Observer | None = None,
         *,
         heartbeat: Callable[[], None] | None = None,
+        rules: Rules | None = None,
     ) -> None:
         self.journal = journal
         self._observer = observer or _quiet
         self._heartbeat = heartbeat
+        self._rules: Rules = rules or DefaultRules()
+        self._instance: Mapping[str, Any] | None = None
 
     def observe(self, event: dict[str, Any]) -> None:
         """Tell the observer; a broken one (stdout closed, a bug in a view) is dropped
@@ -101,6 +134,15 @@ class StepService:
         self, *, name: str, occurrence: int, kind: str, status: str, result: Any,
         detail: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        # A wait's outcome comes from `approve`, `reject` or `send-event`, a sleep's from
+        # the clock: never from the pipeline process. Only a selection may skip one.
+        if kind in ("event", "sleep", "wait") and (
+                status != "skipped" or not self._rules.may_skip(
+                    self._row(), name, kind, after_skipped_wait=self._skipped_wait())):
+            raise UsageError(f"step {name!r} is a wait: its outcome cannot be recorded by"
+                             " the pipeline")
+        if status not in ("complete", "skipped"):
+            raise UsageError(f"a step can be recorded complete or skipped, not {status!r}")
         answer = self.journal.record(name, occurrence, kind, status=status, result=result,
                                      detail=detail)
         shown = "cached" if (detail or {}).get("cached") and status == "complete" else status
@@ -110,31 +152,49 @@ class StepService:
                       "result": answer["result"], "detail": detail})
         return answer
 
-    def op_cache_get(self, *, key: str) -> dict[str, Any]:
+    def op_cache_get(self, *, key: str, step: str) -> dict[str, Any]:
+        """Look ``key`` up where this instance may read; a hit's artifacts are recorded
+        for this instance's ``step`` here, from the cache entry (never from the child)."""
         from ci_runner.store import memo
 
-        return {"hit": memo.cache_get(self.journal.conn, self._tenant(), key)}
+        _, scopes = self._rules.cache_scopes(self._row())
+        for scope in scopes:
+            hit = memo.cache_get(self.journal.conn, scope, str(key))
+            if hit is not None:
+                if hit["artifacts"]:
+                    memo.add_artifacts(self.journal.conn, self.journal.instance_id, step,
+                                       hit["artifacts"])
+                return {"hit": hit}
+        return {"hit": None}
 
     def op_cache_put(
-        self, *, key: str, result: Any, artifacts: list[dict[str, Any]], step: str
+        self, *, key: str, result: Any, step: str, with_artifacts: bool = False
     ) -> dict[str, Any]:
+        """Write where this instance may write; the entry's artifacts are the ones
+        recorded for ``step`` of this instance (by the broker), not the child's word."""
         from ci_runner.store import memo
 
-        memo.cache_put(self.journal.conn, self._tenant(), key, result=result,
-                       artifacts=artifacts, run_id=self.journal.instance_id, step=step)
+        scope, _ = self._rules.cache_scopes(self._row())
+        kept = [{"path": r["path"], "sha256": r["sha256"], "size": r["size"]}
+                for r in memo.artifacts_of(self.journal.conn, self.journal.instance_id)
+                if r["step"] == step] if with_artifacts else []
+        memo.cache_put(self.journal.conn, scope, str(key), result=result,
+                       artifacts=kept, run_id=self.journal.instance_id, step=step)
         return {}
 
-    def op_artifacts(self, *, step: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-        from ci_runner.store import memo
+    def _skipped_wait(self) -> bool:
+        return self.journal.conn.execute(
+            "SELECT 1 FROM steps WHERE instance_id = ? AND kind = 'event'"
+            " AND status = 'skipped' LIMIT 1", (self.journal.instance_id,)
+        ).fetchone() is not None
 
-        memo.add_artifacts(self.journal.conn, self.journal.instance_id, step, items)
-        return {}
-
-    def _tenant(self) -> str:
-        row = self.journal.conn.execute(
-            "SELECT tenant FROM instances WHERE id = ?", (self.journal.instance_id,)
-        ).fetchone()
-        return str(row[0])
+    def _row(self) -> Mapping[str, Any]:
+        if self._instance is None:
+            row = self.journal.conn.execute(
+                "SELECT * FROM instances WHERE id = ?", (self.journal.instance_id,)
+            ).fetchone()
+            self._instance = dict(row)
+        return self._instance
 
     def op_fail(
         self, *, name: str, occurrence: int, error: dict[str, Any], final: bool,

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ci_runner.errors import ExecutorError
 from ci_runner.executors.base import CommandResult
@@ -24,7 +24,7 @@ from ci_runner.executors.masking import Masker
 from ci_runner.executors.output import MaskedOutput
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Generator, Mapping
+    from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 
     from ci_runner.executors.base import CommandSpec, OutputSink, StartInfo
 
@@ -117,8 +117,16 @@ class HostExecutor:
     and SIGKILL.
     """
 
-    def __init__(self, *, kill_grace_s: float = 2.0) -> None:
+    def __init__(
+        self, *, kill_grace_s: float = 2.0, wrap: Sequence[str] = (),
+        user: tuple[int, int] | None = None,
+    ) -> None:
+        """``wrap``: an argv prefix the command runs under (a sandbox such as
+        ``bwrap ... --``); ``user``: the (uid, gid) it starts as (ci-runner as root
+        never runs a step as root)."""
         self.kill_grace_s = kill_grace_s
+        self.wrap = list(wrap)
+        self.user = user
 
     async def run(
         self,
@@ -130,6 +138,9 @@ class HostExecutor:
         """Run ``spec`` to completion; ``on_start`` gets ``{"pgid": ...}``; see ``Executor.run``."""
         argv = ["sh", "-c", spec.argv] if isinstance(spec.argv, str) else list(spec.argv)
         masker = Masker(spec.secrets.values())
+        program = argv[0] if argv else ""
+        if argv and self.wrap:
+            argv = [*self.wrap, *argv]
         if not argv:
             raise ExecutorError(
                 f"empty command (step cwd {spec.cwd}): give the step a program to run",
@@ -143,7 +154,7 @@ class HostExecutor:
         transport: _PidfdProcess | asyncio.SubprocessTransport
         try:
             if _HAVE_PIDFD:
-                transport = _PidfdProcess(loop, protocol, argv, spec.cwd, env)
+                transport = _PidfdProcess(loop, protocol, argv, spec.cwd, env, self.user)
             else:
                 transport, _ = await loop.subprocess_exec(
                     lambda: protocol,
@@ -154,9 +165,10 @@ class HostExecutor:
                     cwd=spec.cwd,
                     env=env,
                     start_new_session=True,
+                    **_user_args(self.user),
                 )
         except OSError as exc:
-            raise _start_error(exc, argv[0], spec.cwd, masker) from exc
+            raise _start_error(exc, program, spec.cwd, masker) from exc
 
         # A session leader's process group id is its pid.
         pgid = transport.get_pid()
@@ -206,6 +218,12 @@ class HostExecutor:
         )
 
 
+def _user_args(user: tuple[int, int] | None) -> dict[str, Any]:
+    if user is None:
+        return {}
+    return {"user": user[0], "group": user[1], "extra_groups": []}
+
+
 def _pidfd_works() -> bool:
     if not hasattr(os, "pidfd_open"):
         return False
@@ -229,13 +247,13 @@ class _PidfdProcess:
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, protocol: _StepProtocol, argv: list[str],
-        cwd: Path, env: dict[str, str],
+        cwd: Path, env: dict[str, str], user: tuple[int, int] | None = None,
     ) -> None:
         self._loop = loop
         self._protocol = protocol
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=cwd, env=env, start_new_session=True,
+            cwd=cwd, env=env, start_new_session=True, **_user_args(user),
         )
         assert self._proc.stdout is not None
         self._out = self._proc.stdout.fileno()

@@ -37,12 +37,13 @@ server:
   port: 8080
   workers: 4                 # runs driven at once, all repos together; more queue durably
   api_token_env: CI_RUNNER_API_TOKEN   # bearer token of the HTTP API (runs, logs, approve)
-  # users: {alice: ALICE_CI_TOKEN}     # per-person API tokens: a request with one acts as them
+  # users: {alice: ALICE_CI_TOKEN}     # per-person API tokens: see only repos they approve
   # approvers: [root]                  # may approve runs of every repo
   grace_s: 30                # on SIGTERM, running steps get this long before being left
   # public_url: https://ci.example.com # links in commit statuses point at its /api/runs/ID
   # pass_env: [HTTP_PROXY]   # variables pipelines see besides PATH, HOME and the locale
   # retention: 90 days       # hourly `ci-runner prune` of what ended longer ago (default: keep)
+  # sandbox: auto            # bwrap | landlock | off; runs of fork PRs always need bwrap
 repos:
   - name: octo-org/octo-repo          # the forge's full name (GitLab: path_with_namespace)
     forge: github                     # github | gitea | forgejo | gitlab
@@ -114,6 +115,7 @@ class ServerConfig:
     pass_env: tuple[str, ...] = ()
     poll_s: float = 1.0
     retention_s: float | None = None  # prune what ended longer ago (None: keep all)
+    sandbox: str = "auto"  # every run's sandbox: auto | bwrap | landlock | off (forks: bwrap)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,17 @@ class Config:
 
     def repos_of(self, forge: str) -> tuple[RepoConfig, ...]:
         return tuple(r for r in self.repos if r.forge == forge)
+
+    def may_approve(self, user: str, repo: RepoConfig | None) -> bool:
+        """Whether ``user`` approves runs of ``repo`` (None: a run of no repo in the config):
+        one of its ``approvers``, or of ``server.approvers`` (every repo's)."""
+        return user in self.server.approvers or (repo is not None and user in repo.approvers)
+
+    def may_read(self, user: str | None, repo: RepoConfig | None) -> bool:
+        """Whether a caller sees runs of ``repo``: their records, logs, artifacts, waits
+        and deliveries. The shared token (``user`` None) is the admin's and sees every
+        run; a user's token sees what its user may approve, and nothing else."""
+        return user is None or self.may_approve(user, repo)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -178,7 +191,7 @@ def parse_config(data: Any, *, path: Path, environ: Mapping[str, str]) -> Config
 
 def _server(check: _Checker, raw: Any) -> ServerConfig:
     known = {"host", "port", "workers", "api_token_env", "users", "approvers", "grace_s",
-             "max_body_mb", "public_url", "pass_env", "poll_s", "retention"}
+             "max_body_mb", "public_url", "pass_env", "poll_s", "retention", "sandbox"}
     s = check.mapping(raw, "server", known)
     api_token = None
     if "api_token_env" in s:
@@ -212,6 +225,8 @@ def _server(check: _Checker, raw: Any) -> ServerConfig:
         pass_env=check.env_names(s.get("pass_env", []), "server.pass_env"),
         poll_s=check.number(s.get("poll_s", 1.0), "server.poll_s", low=0.01),
         retention_s=retention_s,
+        sandbox=check.choice(s.get("sandbox", "auto"), "server.sandbox",
+                             ("auto", "bwrap", "landlock", "off")),
     )
 
 
@@ -300,6 +315,12 @@ class _Checker:
                     inside = f"{where}.{key}" if where else str(key)
                     self.fail(inside, f"unknown key (known: {', '.join(sorted(known))})")
         return cast("dict[str, Any]", raw)
+
+    def choice(self, raw: Any, where: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(raw, where)
+        if value not in allowed:
+            self.fail(where, f"must be one of {', '.join(allowed)}")
+        return value
 
     def text(self, raw: Any, where: str) -> str:
         if not isinstance(raw, str) or not raw.strip():

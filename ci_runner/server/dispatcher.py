@@ -11,7 +11,7 @@ One background thread, in a loop woken by each accepted delivery and approval:
 Each run is driven by its own ``ci-runner resume RUN_ID`` process, as the worker
 does, rather than by a thread with its own Engine: its environment is built for it
 (the repo's secrets only through its secrets file, never the server's environment),
-an untrusted run can be put in a network namespace of its own, a run that crashes
+it puts the run's pipeline and steps in their sandbox, a run that crashes
 or leaks memory takes nothing else down, and a server killed with SIGKILL leaves its
 runs going (their drivers hold the leases), with nothing to reconstruct.
 """
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_runner import paths
+from ci_runner.dispatch.confine import PASS_ENV
 from ci_runner.dispatch.envelope import unwrap_params
 from ci_runner.errors import CIRunnerError, InvalidState, PipelineNotFound, UsageError, to_record
 from ci_runner.server.config import Config, RepoConfig
@@ -73,19 +74,21 @@ def driver_environment(config: Config, environ: Mapping[str, str]) -> dict[str, 
         if name not in config.server.pass_env:
             env.pop(name, None)
     env["CI_RUNNER_HOME"] = str(paths.home())
+    # Which of these a sandboxed pipeline process still gets (see dispatch.confine).
+    env[PASS_ENV] = ",".join(config.server.pass_env)
     return env
 
 
-def network_sandbox() -> list[str] | None:
-    """The command prefix that gives a process no network (a network namespace with
-    only a down loopback), or None when this kernel does not let us make one."""
-    prefix = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--net",
-                                                             "--map-root-user"]
+def fork_refusal() -> str | None:
+    """Why runs of fork pull requests cannot be sandboxed here (they need bubblewrap),
+    or None when they can: one line naming the cause and the fix."""
+    from ci_runner.sandbox import probe
+
     try:
-        done = subprocess.run([*prefix, "true"], capture_output=True, check=False, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return prefix if done.returncode == 0 else None
+        probe("bwrap")
+    except CIRunnerError as exc:
+        return exc.message
+    return None
 
 
 def write_secrets_files(config: Config) -> dict[tuple[str, str], Path]:
@@ -121,15 +124,20 @@ class Dispatcher:
         *,
         driver_env: Mapping[str, str],
         secrets_files: Mapping[tuple[str, str], Path],
-        sandbox: list[str] | None,
+        sandbox: str | None = None,
+        refuse_forks: str | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        """``sandbox``: the mode every run gets (auto, bwrap, landlock, off; a fork's
+        run always gets bubblewrap); ``refuse_forks``: why fork pull requests cannot
+        run here (no bubblewrap), when that is so: they then start no run."""
         from ci_runner.workspace.mirror import mirror_path
 
         self.config = config
         self.driver_env = dict(driver_env)
         self.secrets_files = dict(secrets_files)
         self.sandbox = sandbox
+        self.refuse_forks = refuse_forks
         self.on_change = on_change
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self._info: dict[str, _RunInfo] = {}
@@ -240,6 +248,13 @@ class Dispatcher:
         from ci_runner.dispatch.runs import start_run
         from ci_runner.engine.driver import new_instance_id
 
+        if row["is_fork"] and self.refuse_forks is not None:
+            # Refused before the fork's code is even fetched.
+            error = UsageError(f"pull requests from forks are refused here: {self.refuse_forks}")
+            log.warning("delivery %s of %s starts no run: %s", row["delivery_id"], repo.name,
+                        error.message)
+            store.set_state(engine.conn, row["id"], "failed", to_record(error))
+            return False
         run_id = store.claim_run_id(engine.conn, row["id"], new_instance_id())
         if not store.instance_exists(engine.conn, run_id):
             try:
@@ -310,7 +325,7 @@ class Dispatcher:
         return RunRequest(
             repo_path=mirror, rev=row["sha"], params=params, pipeline=repo.pipeline,
             trigger="webhook", secrets_file=None if untrusted else self.secrets_files.get(
-                repo.key), extra=extra,
+                repo.key), extra=extra, sandbox=self.sandbox,
         )
 
     def _supersedes(self, repo: RepoConfig, row: Row) -> bool:
@@ -380,9 +395,8 @@ class Dispatcher:
         return info
 
     def _spawn(self, run_id: str, info: _RunInfo) -> None:
+        # The run's own sandbox (its pipeline process and steps) is made by its driver.
         argv = [sys.executable, "-m", "ci_runner", "resume", run_id]
-        if info.untrusted and self.sandbox is not None:
-            argv = [*self.sandbox, *argv]
         log_dir = paths.run_logs(run_id)
         log_dir.mkdir(parents=True, exist_ok=True)
         with (log_dir / "driver.log").open("ab") as out:

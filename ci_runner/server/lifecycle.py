@@ -33,7 +33,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     from ci_runner.server.dispatcher import (
         Dispatcher,
         driver_environment,
-        network_sandbox,
+        fork_refusal,
         write_secrets_files,
     )
     from ci_runner.server.intake import Intake
@@ -47,14 +47,19 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     port = config.server.port if port is None else port
     db_path = paths.database()
     connect(db_path).close()  # create and migrate before anything else touches it
-    sandbox = network_sandbox()
-    if sandbox is None:
-        log.warning("cannot make network namespaces here (unshare): light steps of fork"
-                    " pull requests will have the host's network")
+    from ci_runner.sandbox import probe
+
+    mode = config.server.sandbox
+    level = probe(mode)  # a mode this machine cannot give fails the start, in one line
+    log.info("sandbox: %s (%s)", level.kind, level.reason)
+    refuse_forks = fork_refusal()
+    if refuse_forks is not None and any(r.fork_prs != "ignore" for r in config.repos):
+        log.warning("pull requests from forks will be refused: %s", refuse_forks)
     reporter = StatusReporter(config, db_path)
     dispatcher = Dispatcher(
         config, driver_env=driver_environment(config, os.environ),
-        secrets_files=write_secrets_files(config), sandbox=sandbox, on_change=reporter.wake,
+        secrets_files=write_secrets_files(config), sandbox=mode, refuse_forks=refuse_forks,
+        on_change=reporter.wake,
     )
     intake = Intake(config, db_path, on_accept=dispatcher.wake)
     janitor = Janitor(config.server.retention_s, db_path)

@@ -1,0 +1,465 @@
+"""The trusted side of a run's steps: the pipeline process asks, the broker acts.
+
+A repo's pipeline code runs in a sandbox that holds nothing worth stealing: no
+secrets, no database, no Docker socket, no other worktree. Whatever a step needs
+beyond its own worktree is done here, in the driver's process, on the pipeline's
+behalf, from what the run's stored metadata says (never from what the pipeline
+claims):
+
+- ``exec``: run a step's command, a light one in a sandbox of its own (bubblewrap,
+  Landlock, or plain when the run's sandbox is off), a heavy one in a hardened
+  container; resolve its secrets from the run's secrets file; write its log; mask
+  secrets in everything that goes back. A run from a fork gets no secrets, no
+  network and caches of its own, however the step is called.
+- ``cache_key``: the input-keyed cache key, computed from the commit's tree.
+- ``artifacts``: copy files of the worktree into the artifact store and record them.
+
+One thread with an event loop per run, talking length-framed JSON over a socket
+pair whose other end the pipeline process inherits (``CI_RUNNER_BROKER_FD``).
+Requests are served concurrently (``step.parallel``); a request the pipeline gives
+up on is cancelled, and when the pipeline process goes away every command it
+started is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ci_runner import paths
+from ci_runner.errors import CIRunnerError, UsageError, from_record, to_record
+
+if TYPE_CHECKING:
+    from ci_runner.dispatch.confine import Confinement
+    from ci_runner.executors import Executor
+
+BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE = 64 << 20  # a request larger than this is refused, not read
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the broker knows of its run, from the stored metadata (trusted)."""
+
+    run_id: str
+    tenant: str
+    workspace: Path
+    sha: str
+    secrets_file: Path | None
+    untrusted: bool
+    cache_scope: str  # the tenant, or the tenant and pull request for an untrusted run
+    confinement: Confinement
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], confinement: Confinement) -> RunContext:
+        tenant = str(metadata.get("tenant", ""))
+        untrusted = bool(metadata.get("untrusted"))
+        secrets = metadata.get("secrets_file")
+        return cls(
+            run_id=str(metadata["run_id"]), tenant=tenant,
+            workspace=Path(metadata["workspace"]), sha=str(metadata["sha"]),
+            secrets_file=Path(secrets) if secrets and not untrusted else None,
+            untrusted=untrusted, cache_scope=cache_scope(metadata),
+            confinement=confinement,
+        )
+
+
+def cache_scope(metadata: Mapping[str, Any]) -> str:
+    """Where a run's step cache and Docker caches live: its tenant's, or, for a run of
+    a fork's pull request, one of that pull request's own (read-only access to the
+    tenant's is the caller's business), as GitHub scopes a pull request's caches."""
+    tenant = str(metadata.get("tenant", ""))
+    if metadata.get("untrusted"):
+        return f"{tenant}#pr-{metadata.get('pr') or 'unknown'}"
+    return tenant
+
+
+# -- framing ------------------------------------------------------------------------
+
+
+async def _read(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_MESSAGE:
+        raise UsageError(f"a request of {size} bytes is over the broker's {MAX_MESSAGE}")
+    try:
+        data = await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise UsageError("a broker message must be a JSON object")
+    return message
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    data = json.dumps(message).encode()
+    return _HEADER.pack(len(data)) + data
+
+
+# -- the pipeline process's side -------------------------------------------------------
+
+
+class BrokerClient:
+    """In the pipeline process: requests to the run's broker, several at once."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._writer: asyncio.StreamWriter | None = None
+        self._calls: dict[int, tuple[asyncio.Future[Any], Callable[[dict[str, Any]], None]]] = {}
+        self._next = 0
+        self._connecting: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_env(cls) -> BrokerClient:
+        fd = os.environ.get(BROKER_FD_ENV)
+        if not fd or not fd.isdigit():
+            raise UsageError(
+                "this pipeline process has no step broker: pipelines run through"
+                " `ci-runner run` (or dispatch.runs.drive_run), not engine.drive directly"
+            )
+        return cls(int(fd))
+
+    async def _connect(self) -> None:
+        if self._writer is not None:
+            return
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_future()
+            sock = socket.socket(fileno=self._fd)
+            reader, self._writer = await asyncio.open_connection(sock=sock)
+            asyncio.get_running_loop().create_task(self._receive(reader))
+            self._connecting.set_result(None)
+        else:
+            await self._connecting
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            message = await _read(reader)
+            if message is None:
+                break
+            call = self._calls.get(int(message.get("id", -1)))
+            if call is None:
+                continue
+            future, on_event = call
+            if "event" in message:
+                on_event(message["event"])
+            elif not future.done():
+                if "error" in message:
+                    future.set_exception(from_record(message["error"]))
+                else:
+                    future.set_result(message.get("result"))
+        for future, _ in self._calls.values():
+            if not future.done():
+                future.set_exception(CIRunnerError("the step broker went away (the run's"
+                                                   " driver stopped)"))
+
+    async def call(
+        self, op: str, args: dict[str, Any],
+        on_event: Callable[[dict[str, Any]], None] = lambda _e: None,
+    ) -> Any:
+        await self._connect()
+        assert self._writer is not None
+        self._next += 1
+        call_id = self._next
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = (future, on_event)
+        try:
+            self._writer.write(_frame({"id": call_id, "op": op, "args": args}))
+            return await future
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self._writer.write(_frame({"id": call_id, "op": "cancel", "args": {}}))
+            raise
+        finally:
+            del self._calls[call_id]
+
+
+# -- the trusted side ----------------------------------------------------------------
+
+
+class StepBroker:
+    """Serves one run's pipeline process from a thread of the driver's process."""
+
+    def __init__(self, context: RunContext, sock: socket.socket) -> None:
+        self.context = context
+        self._sock = sock
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._docker: Any = None
+        self._tree: Any = None
+        self._db: Any = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="ci-runner-broker",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def close(self) -> None:
+        """Stop serving: commands still running are stopped, then the thread ends."""
+        if self._loop is not None and self._stopped is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join(30)
+        self._sock.close()
+        if self._db is not None:
+            self._db.close()
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._ready.set()
+        reader, writer = await asyncio.open_connection(sock=self._sock.dup())
+        tasks: dict[int, asyncio.Task[None]] = {}
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            while True:
+                read = asyncio.ensure_future(_read(reader))
+                done, _ = await asyncio.wait((read, stop), return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    read.cancel()
+                    break
+                try:
+                    message = read.result()
+                except (UsageError, ValueError):
+                    break  # not our protocol: the pipeline process gets nothing more
+                if message is None:
+                    break  # the pipeline process is gone
+                call_id = message.get("id")
+                if not isinstance(call_id, int):
+                    break
+                if message.get("op") == "cancel":
+                    task = tasks.get(call_id)
+                    if task is not None:
+                        task.cancel()
+                    continue
+                task = asyncio.ensure_future(
+                    self._answer(writer, call_id, str(message.get("op")),
+                                 message.get("args")))
+                tasks[call_id] = task
+                task.add_done_callback(_forget(tasks, call_id))
+        finally:
+            stop.cancel()
+            for task in list(tasks.values()):
+                task.cancel()
+            if tasks:
+                await asyncio.wait(list(tasks.values()), timeout=30)
+            writer.close()
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, call_id: int, op: str, args: Any
+    ) -> None:
+        def event(payload: dict[str, Any]) -> None:
+            writer.write(_frame({"id": call_id, "event": payload}))
+
+        handler: Callable[..., Awaitable[Any]] | None = getattr(self, f"_op_{op}", None)
+        try:
+            if handler is None or not isinstance(args, dict):
+                raise UsageError(f"the step broker has no request {op!r}")
+            result = await handler(event, **args)
+            reply: dict[str, Any] = {"id": call_id, "result": result}
+        except asyncio.CancelledError:
+            return
+        except CIRunnerError as exc:
+            reply = {"id": call_id, "error": to_record(exc)}
+        except TypeError as exc:  # arguments that are not the request's
+            reply = {"id": call_id, "error": to_record(UsageError(f"bad {op} request: {exc}"))}
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            writer.write(_frame(reply))
+
+    # -- requests --------------------------------------------------------------------
+
+    async def _op_cache_key(
+        self, _event: Callable[[dict[str, Any]], None], *, inputs: list[str],
+        material: dict[str, Any],
+    ) -> str:
+        if self._tree is None:
+            from ci_runner.workspace.inputs import TreeIndex
+
+            self._tree = await asyncio.to_thread(TreeIndex, self.context.workspace,
+                                                 self.context.sha)
+        blobs = self._tree.match(list(inputs))
+        text = json.dumps({"v": 1, "inputs": inputs, "blobs": blobs, **material},
+                          sort_keys=True, default=str)
+        return sha256(text.encode()).hexdigest()
+
+    async def _op_artifacts(
+        self, _event: Callable[[dict[str, Any]], None], *, step: str,
+        patterns: list[str] | None = None, path: str | None = None, name: str | None = None,
+    ) -> list[dict[str, Any]]:
+        from ci_runner.dispatch import artifacts
+
+        root = self.context.workspace
+
+        def keep() -> list[dict[str, Any]]:
+            if path is not None:
+                items = [artifacts.store(root, Path(path), name)]
+            else:
+                items = [artifacts.store(root, p)
+                         for p in artifacts.collect(root, list(patterns or []))]
+            if items:
+                self._record_artifacts(step, items)
+            return items
+
+        return await asyncio.to_thread(keep)
+
+    def _record_artifacts(self, step: str, items: list[dict[str, Any]]) -> None:
+        from ci_runner.store import connect, memo
+
+        if self._db is None:
+            self._db = connect(paths.database())
+        memo.add_artifacts(self._db, self.context.run_id, step, items)
+
+    async def _op_exec(
+        self, event: Callable[[dict[str, Any]], None], *, name: str, occurrence: int,
+        attempt: int, argv: list[str] | str, env: dict[str, str], secrets: list[str],
+        cwd: str, timeout_s: float, image: str | None = None, network: bool | str = False,
+        services: dict[str, str] | None = None, cache: dict[str, str] | None = None,
+        memory: str = "2g", cpus: float = 2.0, previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        from ci_runner.dispatch.steplog import StepLog
+        from ci_runner.engine import leases
+        from ci_runner.executors import CommandSpec, Masker
+        from ci_runner.secrets import resolve_secrets
+
+        ctx = self.context
+        label = name if occurrence == 1 else f"{name}#{occurrence}"
+        self._check_untrusted(name, secrets, network)
+        workdir = self._workdir(cwd)
+        values = resolve_secrets(list(secrets), environ=os.environ,
+                                 secrets_file=ctx.secrets_file)
+        masker = Masker(values.values())
+        display = masker.mask(argv if isinstance(argv, str) else _join(argv))
+        log_path = paths.run_logs(ctx.run_id) / paths.step_log_name(name, occurrence)
+        labels = {"ci-runner.run": ctx.run_id, "ci-runner.step": label}
+        executor = self._executor(name, label, attempt, image, network, services, cache,
+                                  memory, cpus, labels)
+        with StepLog(log_path) as log:
+
+            def on_output(text: str) -> None:
+                log.write(text)
+                event({"output": text})
+
+            def on_start(started: Mapping[str, Any]) -> None:
+                # Recorded so a runner that takes this run over can stop the group (or
+                # adopt the container), never a recycled pid's: host and start time match.
+                detail: dict[str, Any] = {
+                    "cmd": display, "attempt": attempt, "log": str(log_path),
+                    "host": socket.gethostname(), "image": image,
+                    "sandbox": ctx.confinement.level.kind if image is None else "docker",
+                    **started,
+                }
+                if isinstance(started.get("pgid"), int):
+                    detail["pgid_start"] = leases.start_time(started["pgid"])
+                event({"started": detail})
+
+            outcome = None
+            if previous and previous.get("container") and image is not None:
+                # The runner died while this step's container ran: take its result
+                # (waiting for it if it still runs) instead of running it twice.
+                log.note(f"--- adopting the container of attempt {previous.get('attempt')}\n")
+                from ci_runner.executors import ContainerExecutor
+
+                if isinstance(executor, ContainerExecutor):
+                    outcome = await executor.adopt(labels, on_output)
+            if outcome is None:
+                log.note(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
+                spec = CommandSpec(argv=argv, cwd=workdir, env=_step_env(env, image is None,
+                                                                         ctx.confinement),
+                                   secrets=values, timeout_s=timeout_s)
+                outcome = await executor.run(spec, on_output, on_start=on_start)
+            log.note(f"--- exit code {outcome.exit_code} after {outcome.duration_s:.3f}s\n")
+        return {"exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
+                "output_tail": outcome.output_tail, "timed_out": outcome.timed_out,
+                "display": display}
+
+    def _check_untrusted(self, name: str, secrets: list[str], network: bool | str) -> None:
+        if not self.context.untrusted:
+            return
+        if secrets:
+            raise UsageError(
+                f"step {name!r} asks for secrets {', '.join(map(str, secrets))}: runs of pull"
+                " requests from forks get no secrets (run it from a branch of the repo)",
+                step=name,
+            )
+        if network:
+            raise UsageError(
+                f"step {name!r} asks for network: runs of pull requests from forks get none",
+                step=name,
+            )
+
+    def _workdir(self, cwd: str) -> Path:
+        root = self.context.workspace.resolve()
+        target = (root / cwd).resolve()
+        if not target.is_relative_to(root):
+            raise UsageError(f"cwd {cwd!r} is outside the run's worktree")
+        return target
+
+    def _executor(
+        self, name: str, label: str, attempt: int, image: str | None, network: bool | str,
+        services: dict[str, str] | None, cache: dict[str, str] | None, memory: str,
+        cpus: float, labels: dict[str, str],
+    ) -> Executor:
+        from ci_runner.executors import HostExecutor
+
+        ctx = self.context
+        if image is None:
+            if network and not isinstance(network, bool):
+                raise UsageError(f"step {name!r}: a light step's network is True or False")
+            wants_net = network is not False and not ctx.untrusted
+            return HostExecutor(wrap=ctx.confinement.step_wrap(network=wants_net),
+                                user=ctx.confinement.user)
+        from ci_runner.dispatch.pipeline import cache_volume
+        from ci_runner.executors import ContainerExecutor
+
+        if self._docker is None:
+            from ci_runner.executors import docker_client
+
+            # One client for the whole run: connecting and pinging costs ~30 ms.
+            self._docker = docker_client(step=label, image=image)
+        return ContainerExecutor(
+            image, network=False if ctx.untrusted else network, services=dict(services or {}),
+            caches={cache_volume(ctx.cache_scope, n): p for n, p in (cache or {}).items()},
+            labels=labels | {"ci-runner.attempt": str(attempt)},
+            memory=memory, cpus=cpus, workspace=ctx.workspace, client=self._docker,
+        )
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], call_id: int) -> Callable[[Any], None]:
+    def done(_task: Any) -> None:
+        tasks.pop(call_id, None)
+
+    return done
+
+
+def _step_env(env: dict[str, str], light: bool, confinement: Confinement) -> dict[str, str]:
+    if not light:
+        return dict(env)
+    return {**confinement.step_env(), **env}
+
+
+def _join(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
