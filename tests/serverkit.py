@@ -29,10 +29,8 @@ import yaml
 from tests.conftest import ROOT
 from tests.gitrepos import ISOLATED_GIT_ENV
 
-# Beside the repo; a run of ci-runner's own pipeline (whose worktree is elsewhere) says
-# where with CI_RUNNER_WEBHOOK_FIXTURES.
-FIXTURES = Path(os.environ.get("CI_RUNNER_WEBHOOK_FIXTURES")
-                or ROOT.parent / "shared" / "fixtures" / "webhooks")
+# Real forge bodies, copied into the repo (tests/fixtures/webhooks/README.txt says whence).
+FIXTURES = ROOT / "tests" / "fixtures" / "webhooks"
 LOOPBACK = "127.0.0.1"
 TOKEN = "api-token-for-tests"
 SECRETS = {"github": "gh-hook-secret", "gitea": "gitea-hook-secret",
@@ -42,7 +40,7 @@ SECRETS = {"github": "gh-hook-secret", "gitea": "gitea-hook-secret",
 def fixture(name: str) -> dict[str, Any]:
     path = FIXTURES / name
     if not path.is_file():
-        pytest.skip(f"webhook fixture {path} is not here (shared/ beside the repo)")
+        raise AssertionError(f"webhook fixture {path} is missing from the repo")
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
 
