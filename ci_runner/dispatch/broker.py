@@ -205,6 +205,7 @@ class StepBroker:
         self._docker: Any = None
         self._tree: Any = None
         self._db: Any = None
+        self._wraps: dict[bool, list[str]] = {}  # built once per run: ~2 ms each
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="ci-runner-broker",
@@ -428,8 +429,9 @@ class StepBroker:
             if network and not isinstance(network, bool):
                 raise UsageError(f"step {name!r}: a light step's network is True or False")
             wants_net = network is not False and not ctx.untrusted
-            return HostExecutor(wrap=ctx.confinement.step_wrap(network=wants_net),
-                                user=ctx.confinement.user)
+            if wants_net not in self._wraps:
+                self._wraps[wants_net] = ctx.confinement.step_wrap(network=wants_net)
+            return HostExecutor(wrap=self._wraps[wants_net], user=ctx.confinement.user)
         from ci_runner.dispatch.pipeline import cache_volume
         from ci_runner.executors import ContainerExecutor
 
