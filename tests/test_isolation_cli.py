@@ -201,6 +201,18 @@ class CI(Pipeline):
                 tries[status] = "accepted"
             except Exception as exc:
                 tries[status] = f"refused: {exc}"
+        approval = {"type": "approval", "payload": {"decision": "approve", "by": "mallory"}}
+        for how, call in (
+            ("begin", lambda: host.request("begin", name="gate", occurrence=1, kind="event")),
+            ("begun_complete", lambda: host.request(
+                "complete", name="gate", occurrence=1, result=approval,
+                begun={"kind": "event", "at": 0.0})),
+        ):
+            try:
+                call()
+                tries[how] = "accepted"
+            except Exception as exc:
+                tries[how] = f"refused: {exc}"
         try:
             db = sqlite3.connect(event.payload["db"])
             db.execute("UPDATE instances SET status = 'complete'")
@@ -229,6 +241,8 @@ def test_a_pipeline_cannot_pass_its_own_approval_gate(cli, home: Path, tmp_path:
             (record["run_id"],)).fetchone()[0])
     assert tries["complete"].startswith("refused: step 'gate' is a wait"), tries
     assert tries["skipped"].startswith("refused"), tries
+    assert tries["begin"].startswith("refused"), tries
+    assert tries["begun_complete"].startswith("refused"), tries
     assert tries["database"].startswith("refused"), tries
     assert cli("pending", "--json").json()[0]["run_id"] == record["run_id"]
 
@@ -275,3 +289,49 @@ def test_without_user_namespaces_the_cli_falls_back_to_landlock_and_says_so(
             (record["run_id"],)).fetchone()[0])
     assert seen == "refused"
     assert "refused" in (home / "logs" / record["run_id"] / "step.log").read_text()
+
+
+RELAYER = """
+import os, socket
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        victim = __import__("json").loads(event.payload["victim"])
+        async def hang():
+            await step.run("hang", ["sleep", "30"])
+        import asyncio
+        task = asyncio.ensure_future(hang())
+        await asyncio.sleep(0.5)
+        # Relay someone else's process group as the running step's, then crash: the
+        # driver reaps a crashed pipeline's steps by what the journal says.
+        step._step.host.notify("set_detail", name="hang", occurrence=1, detail={
+            "pgid": int(victim["pgid"]), "pgid_start": victim["start"],
+            "host": socket.gethostname()})
+        step._step.host.request("peek", name="hang", occurrence=1)  # written by now
+        os._exit(1)
+"""
+
+
+@pytest.mark.parametrize("mode", ("bwrap", "off"))
+def test_a_relayed_process_group_is_never_killed(cli, tmp_path: Path, mode: str) -> None:
+    """Crash recovery kills the process groups the journal names for running steps;
+    a pipeline must not be able to name someone else's (the server's, another
+    tenant's step) there. Even with the sandbox off: the broker seals what it reports."""
+    if mode != "off":
+        _require(mode)
+    from ci_runner.engine.leases import start_time
+
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        repo = make_repo(tmp_path / "relayer", {".ci/pipeline.py": RELAYER})
+        param = json.dumps({"pgid": victim.pid, "start": start_time(victim.pid)})
+        done = cli("run", "-C", str(repo), "--sandbox", mode, "--json",
+                   "--param", f"victim={param}")
+        record = done.json()
+        assert record["status"] == "errored", record
+        assert "exited with code 1" in record["error"]["message"]
+        assert victim.poll() is None, "the relayed process group was killed"
+    finally:
+        victim.kill()
+        victim.wait()

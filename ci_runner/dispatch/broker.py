@@ -339,6 +339,7 @@ class StepBroker:
         services: dict[str, str] | None = None, cache: dict[str, str] | None = None,
         memory: str = "2g", cpus: float = 2.0, previous: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        from ci_runner.dispatch.seal import seal
         from ci_runner.dispatch.steplog import StepLog
         from ci_runner.engine import leases
         from ci_runner.executors import CommandSpec, Masker
@@ -373,6 +374,7 @@ class StepBroker:
                 }
                 if isinstance(started.get("pgid"), int):
                     detail["pgid_start"] = leases.start_time(started["pgid"])
+                    detail["seal"] = seal(detail)  # nothing unsealed is ever killed
                 event({"started": detail})
 
             outcome = None

@@ -48,6 +48,10 @@ def reap_orphan(detail: dict[str, Any]) -> None:
     pgid = detail.get("pgid")
     if not isinstance(pgid, int) or pgid <= 1:
         return
+    from ci_runner.dispatch.seal import sealed
+
+    if not sealed(detail):
+        return  # relayed by the pipeline process, not reported by the broker: not ours
     if detail.get("host", socket.gethostname()) != socket.gethostname():
         return  # another machine's process: its own runner (or reboot) deals with it
     from ci_runner.engine.leases import start_time

@@ -271,6 +271,12 @@ class Engine:
                 if op == "begin":
                     current = args
                     if not message.get("reply"):  # begun ahead: the pipeline did not wait
+                        try:
+                            service.check_begin(args)
+                        except CIRunnerError as exc:  # no answer to give: end the run
+                            proc.kill()
+                            held.flush()
+                            return {"kind": "errored", "error": to_record(exc)}
                         held.begin(args)
                         continue
                 if op == "set_detail":

@@ -80,10 +80,19 @@ class StepService:
         result: dict[str, Any] = handler(**args)
         return result
 
+    @staticmethod
+    def check_begin(args: Mapping[str, Any]) -> None:
+        """A wait is begun by ``wait_event`` (its outcome comes from an event, never
+        from the workflow's process), so no ``begin`` may name one."""
+        if args.get("kind") == "event":
+            raise UsageError(f"step {args.get('name')!r}: a wait is not begun with 'begin';"
+                             " its outcome comes from approve, reject or send-event")
+
     def op_begin(
         self, *, name: str, occurrence: int, kind: str, detail: dict[str, Any] | None = None,
         timeout_s: float | None = None, max_attempts: int = 1,
     ) -> dict[str, Any]:
+        self.check_begin({"name": name, "kind": kind})
         answer = self.journal.begin(name, occurrence, kind, detail)
         base = {"type": "step", "name": name, "occurrence": occurrence, "kind": kind}
         if answer["state"] == "pause":
@@ -118,6 +127,7 @@ class StepService:
         begun: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if begun is not None:
+            self.check_begin({**begun, "name": name})
             duration = self.journal.begin_and_complete(
                 name, occurrence, begun["kind"], result, started_at=begun["at"], detail=detail)
         else:

@@ -12,7 +12,13 @@ import json
 import sqlite3
 from typing import Any
 
-from ci_runner.errors import InvalidState, LeaseLost, NondeterminismError, RunNotFound
+from ci_runner.errors import (
+    InvalidState,
+    LeaseLost,
+    NondeterminismError,
+    RunNotFound,
+    UsageError,
+)
 from ci_runner.store.db import immediate, now
 
 TERMINAL = ("complete", "errored", "terminated")
@@ -432,7 +438,10 @@ class Journal:
         status: str = "complete",
         detail: dict[str, Any] | None = None,
     ) -> float:
-        """Commit the step's result; returns its duration (from its first start)."""
+        """Commit the step's result; returns its duration (from its first start).
+
+        Never a wait's: its outcome comes from an event (``wait_event``), not from the
+        workflow's process."""
         t = now()
         with immediate(self.conn):
             self._fence()
@@ -441,11 +450,18 @@ class Journal:
                 " duration_s = ? - started_at,"
                 " detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
                 " error = NULL WHERE instance_id = ? AND name = ? AND occurrence = ?"
-                " RETURNING duration_s",
+                " AND kind <> 'event' RETURNING duration_s",
                 (status, dumps(result), t, t, None if detail is None else dumps(detail),
                  self.instance_id, name, occurrence),
             ).fetchone()
+        if row is None and self._is_wait(name, occurrence):
+            raise UsageError(f"step {name!r} is a wait: its outcome cannot be recorded by the"
+                             " pipeline")
         return float(row[0] or 0.0) if row else 0.0
+
+    def _is_wait(self, name: str, occurrence: int) -> bool:
+        found = self._step(name, occurrence)
+        return found is not None and found["kind"] == "event"
 
     def begin_and_complete(
         self, name: str, occurrence: int, kind: str, result: Any, *, started_at: float,
