@@ -55,6 +55,7 @@ class RunContext:
 
     run_id: str
     tenant: str
+    repo: Path  # the repository (or the server's bare mirror) the worktree is of
     workspace: Path
     sha: str
     secrets_file: Path | None
@@ -68,7 +69,7 @@ class RunContext:
         untrusted = bool(metadata.get("untrusted"))
         secrets = metadata.get("secrets_file")
         return cls(
-            run_id=str(metadata["run_id"]), tenant=tenant,
+            run_id=str(metadata["run_id"]), tenant=tenant, repo=Path(str(metadata["repo"])),
             workspace=Path(metadata["workspace"]), sha=str(metadata["sha"]),
             secrets_file=Path(secrets) if secrets and not untrusted else None,
             untrusted=untrusted, cache_scope=cache_scope(metadata),
@@ -298,7 +299,9 @@ class StepBroker:
         if self._tree is None:
             from ci_runner.workspace.inputs import TreeIndex
 
-            self._tree = await asyncio.to_thread(TreeIndex, self.context.workspace,
+            # Read from the repository, not the worktree: the sandbox's user owns that
+            # (git would call it dubious), and the commit's tree is the same.
+            self._tree = await asyncio.to_thread(TreeIndex, self.context.repo,
                                                  self.context.sha)
         blobs = self._tree.match(list(inputs))
         text = json.dumps({"v": 1, "inputs": inputs, "blobs": blobs, **material},

@@ -108,6 +108,11 @@ class Confinement:
         env = dict(self.env)
         if self.home is not None:
             env["HOME"] = str(self._home_inside())
+        if self.cache is not None:
+            # Under bubblewrap the tool cache is mounted at HOME/.cache; Landlock can
+            # only point at it.
+            inside = self._home_inside() / ".cache" if self.kind == "bwrap" else self.cache
+            env["XDG_CACHE_HOME"] = str(inside)
         if self.kind == "landlock" and self.tmp is not None:
             env["TMPDIR"] = str(self.tmp)
         elif self.kind == "bwrap":
