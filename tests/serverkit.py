@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -314,3 +313,29 @@ class FakeForge:
     def __exit__(self, *_exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- several tenants ----------------------------------------------------------------------
+
+
+def about_repo(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """A GitHub body (the fixtures are about Codertocat/Hello-World) about repository
+    ``name`` instead; a pull request's head stays a fork's when it is one."""
+    body["repository"]["full_name"] = name
+    pull = body.get("pull_request")
+    if pull is not None:
+        pull["base"]["repo"]["full_name"] = name
+        if not pull["head"]["repo"].get("fork"):
+            pull["head"]["repo"]["full_name"] = name
+    return body
+
+
+def step_row(home: Path, run_id: str, name: str) -> dict[str, Any] | None:
+    """A run's step as stored, ``result``, ``detail`` and ``error`` decoded."""
+    found = rows(home, "SELECT * FROM steps WHERE instance_id = ? AND name = ?", run_id, name)
+    if not found:
+        return None
+    step = dict(found[0])
+    for key in ("result", "detail", "error"):
+        step[key] = json.loads(step[key]) if step[key] else None
+    return step

@@ -34,8 +34,8 @@ class CI(Pipeline):
             step.run("lint", ["sh", "-c", "echo lint ok"]),
             step.run("unit", ["sh", "-c", "echo unit ok"], inputs=["src/**"]),
         )
-        await step.run("flaky", ["sh", "-c", "test -e $TMPDIR/tried || { touch $TMPDIR/tried; exit 1; }"],
-                       retries={"limit": 2, "delay": 0.1})
+        flaky = "test -e $TMPDIR/tried || { touch $TMPDIR/tried; exit 1; }"
+        await step.run("flaky", ["sh", "-c", flaky], retries={"limit": 2, "delay": 0.1})
         await step.run("secret", ["sh", "-c", 'echo "token is $DEPLOY_TOKEN"'],
                        secrets=["DEPLOY_TOKEN"])
         await step.run("build", ["sh", "-c", "mkdir -p dist && echo wheel > dist/app.whl"],
