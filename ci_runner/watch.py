@@ -117,7 +117,9 @@ class Watch:
         self._active: _Active | None = None
         # The next run's pipeline process, started while the watch is idle: its start-up
         # (~100 ms of imports) is then off the path from a save to the first step.
-        self._spare: tuple[Path, ChildProcess] | None = None
+        # The next run's id, its pipeline process's log folder, and that process.
+        self._spare: tuple[str, Path, ChildProcess] | None = None
+        self._root: Path | None = None
 
     def stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to stop, from any thread (what the signal handlers do)."""
@@ -134,6 +136,7 @@ class Watch:
         if not root.is_dir():
             raise UsageError(f"{options.path} is not a folder: watch a folder of a git repository")
         repo = open_repo(root)
+        self._root = repo.root
         watcher = threading.Thread(target=self._watch_files, args=(root, repo),
                                    name="ci-runner-watch-files", daemon=True)
         restore = self._handle_signals()
@@ -208,8 +211,9 @@ class Watch:
             params=options.params, pipeline=options.pipeline,
             secrets_file=options.secrets_file, only=options.only, skip=options.skip,
         )
-        run_id = new_instance_id()
-        child = self._take_spare(run_id) or warm_child(run_id)
+        spare = self._take_spare()
+        run_id, child = spare if spare is not None else (new_instance_id(), None)
+        child = child or warm_child(run_id, repo_path=repo.root)
         try:
             start_run(engine, request, run_id=run_id)
         except BaseException as exc:
@@ -302,41 +306,48 @@ class Watch:
     # -- the spare pipeline process ---------------------------------------------------
 
     def _warm_spare(self, engine: Engine) -> None:
-        """Start the next run's pipeline process. Its output goes to a folder of its own
-        in logs/, renamed to the run's log folder when a run takes it (the open file
-        follows the rename), so a run's ``pipeline.log`` is where it always is."""
+        """Start the next run's pipeline process, in that run's sandbox (its id is
+        chosen now: the sandbox binds its worktree's path). Its output goes to a folder
+        of its own in logs/, renamed to the run's log folder when a run takes it (the
+        open file follows the rename), so a run's ``pipeline.log`` is where it always is."""
         import uuid
 
         from ci_runner import paths
+        from ci_runner.dispatch.runs import warm_child
+        from ci_runner.engine.driver import new_instance_id
 
         if self._spare is not None:
             return
         folder = paths.home() / "logs" / f"{_SPARE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
-        with (folder / "pipeline.log").open("ab") as stdio:
-            # From the loop's thread, never a driver's: the child's parent-death signal
-            # follows the thread that started it, and the loop's outlives every run.
-            self._spare = (folder, engine.spawn_child(stdio=stdio, env=os.environ))
+        run_id = new_instance_id()
+        # From the loop's thread, never a driver's: the child's parent-death signal
+        # follows the thread that started it, and the loop's outlives every run.
+        self._spare = (run_id, folder, warm_child(run_id, repo_path=self._root,
+                                                  log_dir=folder))
 
-    def _take_spare(self, run_id: str) -> ChildProcess | None:
+    def _take_spare(self) -> tuple[str, ChildProcess] | None:
         from ci_runner import paths
+        from ci_runner.dispatch.runs import discard_child
 
         if self._spare is None:
             return None
-        folder, child = self._spare
+        run_id, folder, child = self._spare
         self._spare = None
         if child.proc.poll() is not None:  # it died idle (OOM killer, a stray kill)
-            child.close()
+            discard_child(run_id, child)
             shutil.rmtree(folder, ignore_errors=True)
             return None
         folder.rename(paths.run_logs(run_id))
-        return child
+        return run_id, child
 
     def _drop_spare(self) -> None:
+        from ci_runner.dispatch.runs import discard_child
+
         if self._spare is not None:
-            folder, child = self._spare
+            run_id, folder, child = self._spare
             self._spare = None
-            child.close()
+            discard_child(run_id, child)
             shutil.rmtree(folder, ignore_errors=True)
 
     # -- the file watcher -------------------------------------------------------------

@@ -101,7 +101,7 @@ def open_engine() -> Engine:
 
 def warm_child(
     run_id: str, *, repo_path: Path | None = None, sandbox: str | None = None,
-    metadata: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None, log_dir: Path | None = None,
 ) -> ChildProcess:
     """Start the run's pipeline process early, so its start-up overlaps the git work.
 
@@ -117,7 +117,7 @@ def warm_child(
     from ci_runner.dispatch.confine import plan
 
     confinement = plan(meta)
-    return _start_child(run_id, meta, confinement, fork=True)
+    return _start_child(run_id, meta, confinement, fork=True, log_dir=log_dir)
 
 
 def discard_child(run_id: str, child: ChildProcess) -> None:
@@ -137,13 +137,14 @@ def discard_child(run_id: str, child: ChildProcess) -> None:
 
 def _start_child(
     run_id: str, metadata: dict[str, Any], confinement: Any, *, fork: bool,
+    log_dir: Path | None = None,
 ) -> ChildProcess:
     from ci_runner.dispatch.broker import BROKER_FD_ENV
 
     workspace = Path(metadata["workspace"])
     workspace.mkdir(parents=True, exist_ok=True)  # bound into the sandbox before git fills it
     confinement.prepare()
-    log_dir = paths.run_logs(run_id)
+    log_dir = log_dir or paths.run_logs(run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     ours, theirs = socket.socketpair()
     try:
