@@ -4,6 +4,9 @@ an unchanged tree, end to end through the real CLI (`ci-runner run --json`).
 Ours: the wall time of the whole command when every step is a cache hit. Peers,
 interleaved: the same pipeline's first, uncached run (the steps really run, 0.2 s
 each), and the bare cost of `python -c pass`, for context. Goal: under 300 ms.
+
+Runs use the default sandbox (auto: bubblewrap here); CI_RUNNER_SANDBOX=off measures
+the unsandboxed run (the pipeline process forked instead of started in bwrap).
 """
 
 from __future__ import annotations

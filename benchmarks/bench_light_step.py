@@ -65,7 +65,10 @@ class CI(Pipeline):
 def cli_run(repo: Path, home: Path, n: int) -> tuple[float, float]:
     """One real `ci-runner run`; returns (wall seconds, the pipeline's own loop seconds)."""
     t0 = time.perf_counter()
-    done = subprocess.run([*cli(), "run", "--json", "-C", str(repo), "-p", f"n={n}"],
+    # --sandbox off: this measures the engine's cost per step against a bare `true`;
+    # bench_sandbox.py measures a sandboxed step against a bare bwrap.
+    done = subprocess.run([*cli(), "run", "--json", "--sandbox", "off", "-C", str(repo),
+                           "-p", f"n={n}"],
                           env=run_env(home), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if done.returncode != 0:

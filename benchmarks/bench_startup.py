@@ -10,6 +10,9 @@ interleaved, so the ratio says how many bare interpreter starts ci-runner costs.
 A third interleaved side, a bare interpreter that only imports what `ci-runner run`
 imports, shows how much of the start-up is imports.
 The journal's timestamps split ours into phases.
+
+Runs use the default sandbox (auto: bubblewrap here); CI_RUNNER_SANDBOX=off measures
+the unsandboxed run (the pipeline process forked instead of started in bwrap).
 """
 
 from __future__ import annotations
