@@ -43,6 +43,7 @@ from ci_runner.errors import CIRunnerError, UsageError, from_record, to_record
 if TYPE_CHECKING:
     from ci_runner.dispatch.confine import Confinement
     from ci_runner.executors import Executor
+    from ci_runner.executors.limits import StepCgroup
 
 BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
 _HEADER = struct.Struct("!I")
@@ -207,6 +208,7 @@ class StepBroker:
         self._tree: Any = None
         self._db: Any = None
         self._wraps: dict[bool, list[str]] = {}  # built once per run: ~2 ms each
+        self._swept = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="ci-runner-broker",
@@ -341,6 +343,7 @@ class StepBroker:
         cwd: str, timeout_s: float, image: str | None = None, network: bool | str = False,
         services: dict[str, str] | None = None, cache: dict[str, str] | None = None,
         memory: str = "2g", cpus: float = 2.0, previous: dict[str, Any] | None = None,
+        pids: int | None = None,
     ) -> dict[str, Any]:
         from ci_runner.dispatch.seal import seal
         from ci_runner.dispatch.steplog import StepLog
@@ -358,8 +361,21 @@ class StepBroker:
         display = masker.mask(argv if isinstance(argv, str) else _join(argv))
         log_path = paths.run_logs(ctx.run_id) / paths.step_log_name(name, occurrence)
         labels = {"ci-runner.run": ctx.run_id, "ci-runner.step": label}
+        from ci_runner.executors.limits import DEFAULT_PIDS, StepCgroup
+
+        limit = _pids(name, pids)
+        if not self._swept:
+            # A request comes only once the driver holds the run's lease: step cgroups of
+            # the run still there are a killed driver's, whose steps a takeover stops.
+            from ci_runner.executors.limits import remove_leftovers
+
+            self._swept = True
+            remove_leftovers(f"{ctx.run_id}-")
+        cgroup = StepCgroup(f"{ctx.run_id}-{label}-{attempt}", limit or DEFAULT_PIDS)
+        if image is None:
+            cgroup.create()
         executor = self._executor(name, label, attempt, image, network, services, cache,
-                                  memory, cpus, labels)
+                                  memory, cpus, labels, cgroup)
         with StepLog(log_path) as log:
 
             def on_output(text: str) -> None:
@@ -394,11 +410,23 @@ class StepBroker:
                 spec = CommandSpec(argv=argv, cwd=workdir, env=_step_env(env, image is None,
                                                                          ctx.confinement),
                                    secrets=values, timeout_s=timeout_s)
-                outcome = await executor.run(spec, on_output, on_start=on_start)
+                try:
+                    outcome = await executor.run(spec, on_output, on_start=on_start)
+                finally:
+                    refused = cgroup.refused()
+                    cgroup.remove()
+            else:
+                refused = 0
+            if refused:
+                on_output(f"--- this step hit its process limit ({cgroup.limit} processes):"
+                          f" {refused} forks were refused; raise it with pids=\n")
             log.note(f"--- exit code {outcome.exit_code} after {outcome.duration_s:.3f}s\n")
-        return {"exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
-                "output_tail": outcome.output_tail, "timed_out": outcome.timed_out,
-                "display": display}
+        result = {"exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
+                  "output_tail": outcome.output_tail, "timed_out": outcome.timed_out,
+                  "display": display}
+        if refused:
+            result["process_limit"] = {"limit": cgroup.limit, "refused_forks": refused}
+        return result
 
     def _check_untrusted(self, name: str, secrets: list[str], network: bool | str) -> None:
         if not self.context.untrusted:
@@ -425,7 +453,7 @@ class StepBroker:
     def _executor(
         self, name: str, label: str, attempt: int, image: str | None, network: bool | str,
         services: dict[str, str] | None, cache: dict[str, str] | None, memory: str,
-        cpus: float, labels: dict[str, str],
+        cpus: float, labels: dict[str, str], cgroup: StepCgroup,
     ) -> Executor:
         from ci_runner.executors import HostExecutor
 
@@ -436,7 +464,8 @@ class StepBroker:
             wants_net = network is not False and not ctx.untrusted
             if wants_net not in self._wraps:
                 self._wraps[wants_net] = ctx.confinement.step_wrap(network=wants_net)
-            return HostExecutor(wrap=self._wraps[wants_net], user=ctx.confinement.user)
+            return HostExecutor(wrap=cgroup.wrap(self._wraps[wants_net]),
+                                user=ctx.confinement.user)
         from ci_runner.dispatch.pipeline import cache_volume
         from ci_runner.executors import ContainerExecutor
 
@@ -451,6 +480,14 @@ class StepBroker:
             labels=labels | {"ci-runner.attempt": str(attempt)},
             memory=memory, cpus=cpus, workspace=ctx.workspace, client=self._docker,
         )
+
+
+def _pids(name: str, pids: int | None) -> int | None:
+    if pids is None:
+        return None
+    if not isinstance(pids, int) or isinstance(pids, bool) or not 1 <= pids <= 1_000_000:
+        raise UsageError(f"step {name!r}: pids must be a whole number from 1 to 1000000")
+    return pids
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], call_id: int) -> Callable[[Any], None]:

@@ -217,6 +217,7 @@ class PipelineStep:
         cpus: float = 2.0,
         inputs: Sequence[str] | None = None,
         artifacts: Sequence[str] = (),
+        pids: int | None = None,
     ) -> dict[str, Any]:
         """Run ``cmd`` in the worktree; returns ``{exit_code, duration_s, output_tail}``.
 
@@ -227,7 +228,8 @@ class PipelineStep:
         ``cache={name: path}`` volumes kept per repo between runs. With ``inputs``
         (globs of files at the run's sha), an earlier successful run of the same
         command on the same inputs in this repo is reused instead of running.
-        ``artifacts`` (globs in the worktree) are kept with the run.
+        ``artifacts`` (globs in the worktree) are kept with the run. ``pids`` is a
+        light step's process limit (512 by default; forks past it fail).
         """
         from ci_runner.engine import policy as defaults
 
@@ -241,7 +243,7 @@ class PipelineStep:
                        else defaults.DEFAULT_TIMEOUT_S),
             image=image, network=network, services=dict(services or {}),
             cache=_cache_mounts(name, cache), memory=memory, cpus=cpus,
-            artifacts=list(artifacts),
+            artifacts=list(artifacts), pids=pids,
         )
         policy = RetryPolicy.parse(retries)
         skipped = self._left_out_step(name, "run", dict(SKIPPED_RUN))
@@ -307,7 +309,7 @@ class PipelineStep:
             "timeout_s": command.timeout_s, "image": command.image,
             "network": command.network, "services": command.services,
             "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
-            "previous": previous,
+            "previous": previous, "pids": command.pids,
         }, on_event)
         display = str(outcome.pop("display"))
         timed_out = bool(outcome.pop("timed_out"))
@@ -357,6 +359,7 @@ class Command:
     memory: str = "2g"
     cpus: float = 2.0
     artifacts: list[str] = field(default_factory=list)
+    pids: int | None = None
 
 
 _CACHE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -139,14 +139,18 @@ class HostExecutor:
         argv = ["sh", "-c", spec.argv] if isinstance(spec.argv, str) else list(spec.argv)
         masker = Masker(spec.secrets.values())
         program = argv[0] if argv else ""
+        env = scrubbed_env(spec.env)
         if argv and self.wrap:
+            # Wrapped, a missing program would only be the wrapper's exit code 127.
+            missing = _missing(program, spec.cwd, env.get("PATH", ""))
+            if missing is not None:
+                raise _start_error(missing, program, spec.cwd, masker)
             argv = [*self.wrap, *argv]
         if not argv:
             raise ExecutorError(
                 f"empty command (step cwd {spec.cwd}): give the step a program to run",
                 cwd=str(spec.cwd),
             )
-        env = scrubbed_env(spec.env)
         env.update(spec.secrets)
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -216,6 +220,20 @@ class HostExecutor:
             output_tail=protocol.output_tail(),
             timed_out=timed_out,
         )
+
+
+def _missing(program: str, cwd: Path, path: str) -> OSError | None:
+    """Why ``program`` cannot be started from ``cwd`` with ``path``, or None."""
+    import shutil
+
+    if not cwd.is_dir():
+        return FileNotFoundError(program)
+    if "/" in program:
+        target = cwd / program
+        if not target.exists():
+            return FileNotFoundError(program)
+        return None if os.access(target, os.X_OK) else PermissionError(program)
+    return None if shutil.which(program, path=path) else FileNotFoundError(program)
 
 
 def _user_args(user: tuple[int, int] | None) -> dict[str, Any]:
