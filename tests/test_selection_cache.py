@@ -135,3 +135,17 @@ class CI(Pipeline):
                        name="dotdot")
     assert "without '..'" in cli("run", "--json", cwd=dotdot).json()["error"]["message"]
     assert outside.exists()
+
+
+def test_a_failure_let_through_by_check_false_is_never_reused(cli, repo_with):
+    repo = repo_with("""
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("lenient", ["sh", "-c", "exit 1"], inputs=["README"], check=False)
+        await step.run("strict", ["sh", "-c", "exit 1"], inputs=["README"])
+""", {"README": "x\\n"})
+    done = cli("run", "--json", cwd=repo)
+    assert done.code == 1, done.out
+    steps = {s["name"]: s for s in done.json()["steps"]}
+    assert not steps["strict"]["cached"] and steps["strict"]["status"] == "failed"

@@ -42,6 +42,7 @@ from ci_runner.errors import CIRunnerError, UsageError, from_record, to_record
 
 if TYPE_CHECKING:
     from ci_runner.dispatch.confine import Confinement
+    from ci_runner.dispatch.redact import Redactor
     from ci_runner.executors import Executor
     from ci_runner.executors.limits import StepCgroup
 
@@ -197,9 +198,19 @@ class BrokerClient:
 class StepBroker:
     """Serves one run's pipeline process from a thread of the driver's process."""
 
-    def __init__(self, context: RunContext, sock: socket.socket) -> None:
+    def __init__(
+        self, context: RunContext, sock: socket.socket, *, redactor: Redactor | None = None,
+        output: int | None = None, pipeline_log: Path | None = None,
+    ) -> None:
+        """``output``: a pipe of the pipeline process's stdout and stderr, copied to
+        ``pipeline_log`` masked with ``redactor`` (which learns each secret resolved)."""
+        from ci_runner.dispatch.redact import Redactor
+
         self.context = context
         self._sock = sock
+        self.redactor = redactor if redactor is not None else Redactor()
+        self._output = output
+        self._pipeline_log = pipeline_log
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -234,6 +245,15 @@ class StepBroker:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._ready.set()
+        copier = _PipelineOutput(self._output, self._pipeline_log, self.redactor)
+        copier.start(self._loop)
+        try:
+            await self._serve_requests()
+        finally:
+            copier.stop()
+
+    async def _serve_requests(self) -> None:
+        assert self._stopped is not None
         reader, writer = await asyncio.open_connection(sock=self._sock.dup())
         tasks: dict[int, asyncio.Task[None]] = {}
         stop = asyncio.ensure_future(self._stopped.wait())
@@ -357,6 +377,7 @@ class StepBroker:
         workdir = self._workdir(cwd)
         values = resolve_secrets(list(secrets), environ=os.environ,
                                  secrets_file=ctx.secrets_file)
+        self.redactor.add(values.values())  # masked in all the driver stores from now on
         masker = Masker(values.values())
         display = masker.mask(argv if isinstance(argv, str) else _join(argv))
         log_path = paths.run_logs(ctx.run_id) / paths.step_log_name(name, occurrence)
@@ -480,6 +501,68 @@ class StepBroker:
             labels=labels | {"ci-runner.attempt": str(attempt)},
             memory=memory, cpus=cpus, workspace=ctx.workspace, client=self._docker,
         )
+
+
+class _PipelineOutput:
+    """Copies the pipeline process's own output (prints, warnings, tracebacks) into its
+    pipeline.log, a line at a time, masked: the driver holds the pipe's other end."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, fd: int | None, path: Path | None, redactor: Redactor) -> None:
+        self._fd = fd if path is not None else None
+        self._path = path
+        self._redactor = redactor
+        self._pending = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._fd is None:
+            return
+        self._loop = loop
+        os.set_blocking(self._fd, False)
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, self.CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.stop()
+            return
+        self._pending += data
+        # Whole lines only (a secret is not cut by a chunk's end), but never hold more
+        # than a chunk of one endless line.
+        cut = self._pending.rfind(b"\n") + 1
+        if not cut and len(self._pending) >= self.CHUNK:
+            cut = len(self._pending)
+        if cut:
+            self._write(self._pending[:cut])
+            self._pending = self._pending[cut:]
+
+    def _write(self, data: bytes) -> None:
+        assert self._path is not None
+        text = self._redactor.text(data.decode("utf-8", "replace"))
+        with self._path.open("a", encoding="utf-8") as log:
+            log.write(text)
+
+    def stop(self) -> None:
+        if self._fd is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        with contextlib.suppress(OSError):  # what is left in the pipe: the child is gone
+            while chunk := os.read(self._fd, self.CHUNK):
+                self._pending += chunk
+        if self._pending:
+            self._write(self._pending)
+            self._pending = b""
+        os.close(self._fd)  # ours since the broker took it from the ChildProcess
+        self._fd = None
 
 
 def _pids(name: str, pids: int | None) -> int | None:

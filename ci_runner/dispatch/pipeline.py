@@ -192,6 +192,8 @@ class PipelineStep:
             )
             return answer["result"]
         result = await run()
+        if isinstance(result, dict) and result.get("exit_code") not in (None, 0):
+            return result  # only a success is reused (check=False lets a failure get here)
         # The entry's artifacts are those the broker recorded for this step, if kept.
         self._host.request("cache_put", key=key, result=result, step=label,
                            with_artifacts=bool(artifacts))

@@ -147,19 +147,25 @@ def _start_child(
     log_dir = log_dir or paths.run_logs(run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     ours, theirs = socket.socketpair()
+    # The pipeline's own output goes through the broker, which masks it into
+    # pipeline.log (a print of a secret it read from a file, say).
+    out_r, out_w = os.pipe()
     try:
         env = confinement.child_env(os.environ)
         env[BROKER_FD_ENV] = str(theirs.fileno())
-        with (log_dir / "pipeline.log").open("ab") as stdio:
+        with os.fdopen(out_w, "wb", closefd=True) as stdio:
             child = start_child(stdio=stdio, env=env, fork=fork,
                                 confinement=confinement.process((theirs.fileno(),)))
     except BaseException:
         ours.close()
+        os.close(out_r)
         raise
     finally:
         theirs.close()
     child.side = ours
     child.info = confinement
+    child.output = out_r
+    (log_dir / "pipeline.log").touch()
     return child
 
 
@@ -265,12 +271,18 @@ def drive_run(
     else:
         confinement.prepare()
     assert child.side is not None
-    broker = StepBroker(RunContext.from_metadata(metadata, confinement), child.side)
-    broker.start()
+    from ci_runner.dispatch.redact import Redactor
+
+    context = RunContext.from_metadata(metadata, confinement)
+    redactor = Redactor.for_secrets_file(context.secrets_file)
     log_dir = paths.run_logs(run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
+    broker = StepBroker(context, child.side, redactor=redactor, output=child.output,
+                        pipeline_log=log_dir / "pipeline.log")
+    child.output = None  # the broker's now: it reads it to the end, then closes it
+    broker.start()
     try:
-        status = engine.drive(run_id, observer=observer, child=child)
+        status = engine.drive(run_id, observer=observer, child=child, redactor=redactor)
     finally:
         broker.close()
     if status in ("terminated", "errored"):

@@ -21,7 +21,7 @@ from typing import IO, Any
 from ci_runner.engine import leases, policy
 from ci_runner.engine.deferred import Deferred
 from ci_runner.engine.process import ChildProcess, ProcessHandle, start_child
-from ci_runner.engine.service import Observer, Rules, StepService
+from ci_runner.engine.service import Observer, Redactor, Rules, StepService
 from ci_runner.errors import (
     CIRunnerError,
     LeaseLost,
@@ -135,6 +135,7 @@ class Engine:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         child: ChildProcess | None = None,
+        redactor: Redactor | None = None,
     ) -> str:
         """Run the instance until it completes, fails or hibernates; returns its status.
 
@@ -151,7 +152,8 @@ class Engine:
         journal = j.Journal(self.conn, instance_id, epoch)
         self._reap(journal)
         beat = _Heartbeat(journal, self.lease_ttl_s)
-        service = StepService(journal, observer, heartbeat=beat, rules=self.rules)
+        service = StepService(journal, observer, heartbeat=beat, rules=self.rules,
+                              redactor=redactor)
         service.observe({"type": "instance", "status": "running", "id": instance_id})
         try:
             if workflow is not None:
@@ -168,6 +170,10 @@ class Engine:
             self._reap(journal)
             journal.release("queued")
             raise
+        try:
+            outcome = service.redact("outcome", outcome)
+        except CIRunnerError as exc:
+            outcome = {"kind": "errored", "error": to_record(exc)}
         status = self._commit(journal, outcome)
         service.observe({"type": "instance", "status": status, "id": instance_id,
                          "error": outcome.get("error"), "waiting_for": outcome.get("waiting_for")})

@@ -52,17 +52,22 @@ class ChildProcess:
 
     def __init__(
         self, proc: ProcessHandle, conn: Connection, *, side: socket.socket | None = None,
-        info: Any = None,
+        info: Any = None, output: int | None = None,
     ) -> None:
         self.proc = proc
         self.conn = conn
         self.side = side
         self.info = info
+        self.output = output  # a pipe's read end the child's stdout goes to, if any
 
     def close(self) -> None:
         self.conn.close()
         if self.side is not None:
             self.side.close()
+            self.side = None
+        if self.output is not None:
+            os.close(self.output)
+            self.output = None
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

@@ -29,6 +29,25 @@ class Rules(Protocol):
         ...
 
 
+class Redactor(Protocol):
+    """Masks what the driver stores and shows (secrets the application knows of)."""
+
+    def __bool__(self) -> bool: ...
+
+    def value(self, value: Any) -> Any:
+        """``value`` with every string in it masked."""
+        ...
+
+    def check_name(self, name: str) -> None:
+        """Raise when a step's name holds something that must not be stored."""
+        ...
+
+
+# Requests whose arguments are stored or shown: masked before anything else sees them.
+_REDACTED = frozenset({"complete", "record", "fail", "output", "notice", "cache_put",
+                       "set_detail", "outcome"})
+
+
 class DefaultRules:
     """Caches per tenant; a wait may never be recorded as skipped."""
 
@@ -56,11 +75,13 @@ class StepService:
         *,
         heartbeat: Callable[[], None] | None = None,
         rules: Rules | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.journal = journal
         self._observer = observer or _quiet
         self._heartbeat = heartbeat
         self._rules: Rules = rules or DefaultRules()
+        self.redactor = redactor
         self._instance: Mapping[str, Any] | None = None
 
     def observe(self, event: dict[str, Any]) -> None:
@@ -71,19 +92,34 @@ class StepService:
         except Exception:
             self._observer = _quiet
 
+    def redact(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``args`` of request ``op`` as they may be stored and shown."""
+        if not self.redactor:
+            return args
+        assert self.redactor is not None
+        if isinstance(args.get("name"), str):
+            self.redactor.check_name(args["name"])
+        if op in _REDACTED:
+            masked: dict[str, Any] = self.redactor.value(args)
+            return masked
+        return args
+
     def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if self._heartbeat is not None:
             self._heartbeat()
+        args = self.redact(op, args)
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             raise ValueError(f"unknown request {op!r}")
         result: dict[str, Any] = handler(**args)
         return result
 
-    @staticmethod
-    def check_begin(args: Mapping[str, Any]) -> None:
+    def check_begin(self, args: Mapping[str, Any]) -> None:
         """A wait is begun by ``wait_event`` (its outcome comes from an event, never
-        from the workflow's process), so no ``begin`` may name one."""
+        from the workflow's process), so no ``begin`` may name one; nor may a step's
+        name hold a secret."""
+        if self.redactor and isinstance(args.get("name"), str):
+            self.redactor.check_name(args["name"])
         if args.get("kind") == "event":
             raise UsageError(f"step {args.get('name')!r}: a wait is not begun with 'begin';"
                              " its outcome comes from approve, reject or send-event")
