@@ -61,7 +61,9 @@ def run_record(conn: sqlite3.Connection, run_id: str, *, with_steps: bool = True
     return _record(conn, row, with_steps=with_steps)
 
 
-def _record(conn: sqlite3.Connection, row: sqlite3.Row, *, with_steps: bool) -> dict[str, Any]:
+def _record(
+    conn: sqlite3.Connection, row: sqlite3.Row, *, with_steps: bool, results: bool = True,
+) -> dict[str, Any]:
     payload = json.loads(row["payload"])
     meta = payload.get("__dispatcherMetadata", {}) if isinstance(payload, dict) else {}
     duration = None
@@ -89,7 +91,8 @@ def _record(conn: sqlite3.Connection, row: sqlite3.Row, *, with_steps: bool) -> 
         and not owner_alive(row["owner"]),
     }
     if with_steps:
-        record["steps"] = [step_record(s) for s in j.steps_of(conn, row["id"])]
+        record["steps"] = [step_record(s)
+                           for s in j.steps_of(conn, row["id"], results=results)]
         record["approvals"] = [
             {"decision": (p := j.loads(e["payload"]) or {}).get("decision"), "by": p.get("by"),
              "comment": p.get("comment"), "at": e["created_at"], "step": e["consumed_by"]}
@@ -105,7 +108,7 @@ def known_steps(conn: sqlite3.Connection, tenant: str, pipeline: str | None) -> 
         meta = payload.get("__dispatcherMetadata", {}) if isinstance(payload, dict) else {}
         if meta.get("pipeline") != pipeline:
             continue
-        steps = j.steps_of(conn, row["id"])
+        steps = j.steps_of(conn, row["id"], results=False)
         if steps:
             return [step_label(s["name"], s["occurrence"]) for s in steps]
     return []
@@ -115,4 +118,5 @@ def list_records(
     conn: sqlite3.Connection, *, tenant: str | None, limit: int
 ) -> list[dict[str, Any]]:
     rows = j.list_instances(conn, tenant=tenant, limit=limit)
-    return [_record(conn, r, with_steps=True) for r in rows]
+    # A listing never loads step results: a run's could be a MiB a step.
+    return [_record(conn, r, with_steps=True, results=False) for r in rows]

@@ -26,6 +26,7 @@ from ci_runner.errors import (
     CIRunnerError,
     LeaseLost,
     PipelineCrashed,
+    UsageError,
     to_record,
 )
 from ci_runner.store import connect
@@ -267,8 +268,21 @@ class Engine:
                         raise LeaseLost(f"run {service.journal.instance_id} is no longer ours")
                     continue
                 try:
-                    message = json.loads(conn.recv_bytes())
-                except (EOFError, OSError):
+                    message = json.loads(conn.recv_bytes(policy.MAX_MESSAGE_BYTES))
+                except OSError as exc:
+                    if "bad message length" not in str(exc):  # the pipe broke: as EOF
+                        held.flush()
+                        self._reap(service.journal)
+                        return self._crashed(proc, service, current)
+                    # Too big to be one of ours: the pipe cannot be read on past it.
+                    proc.kill()
+                    held.flush()
+                    self._reap(service.journal)
+                    return {"kind": "errored", "error": to_record(UsageError(
+                        f"the pipeline process sent a message over"
+                        f" {policy.MAX_MESSAGE_BYTES >> 20} MiB (a step's result is limited"
+                        f" to {policy.MAX_RESULT_BYTES >> 20} MiB)"))}
+                except EOFError:
                     held.flush()
                     # The pipeline process is gone; what it started must not run on alone.
                     self._reap(service.journal)

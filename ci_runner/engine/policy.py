@@ -25,6 +25,11 @@ Backoff = Literal["constant", "linear", "exponential"]
 DEFAULT_RETRY_LIMIT = 0
 DEFAULT_RETRY_DELAY_S = 1.0
 DEFAULT_BACKOFF: Backoff = "exponential"
+# A step's result (and a run's output) is stored, replayed and listed: 1 MiB at most,
+# as Cloudflare Workflows limits a step's return value. Big data belongs in a file.
+MAX_RESULT_BYTES = 1 << 20
+# The largest message the pipeline process may send the driver (a result, an error).
+MAX_MESSAGE_BYTES = 8 << 20
 DEFAULT_TIMEOUT_S = 30 * 60.0
 # Sleeps up to this long are slept in the pipeline process; longer ones hibernate.
 INLINE_SLEEP_MAX_S = 60.0

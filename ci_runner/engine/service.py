@@ -3,6 +3,7 @@ journal, and tells an observer (the live view) what happened."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -107,6 +108,11 @@ class StepService:
     def handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if self._heartbeat is not None:
             self._heartbeat()
+        if op in ("complete", "record", "cache_put") and "result" in args:
+            # Checked here too: the pipeline process may not have asked its Step.
+            from ci_runner.engine.step import check_size
+
+            check_size(str(args.get("name") or args.get("step")), json.dumps(args["result"]))
         args = self.redact(op, args)
         handler = getattr(self, f"op_{op}", None)
         if handler is None:

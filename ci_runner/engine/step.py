@@ -376,12 +376,23 @@ def _timeout(value: float | str | None) -> float:
 
 def _check_json(name: str, result: Any) -> None:
     try:
-        json.dumps(result)
+        text = json.dumps(result)
     except (TypeError, ValueError) as exc:
         raise NonRetryableError(
             f"step {name!r} returned a {type(result).__name__}, which is not JSON-serialisable;"
             " return plain data (dict, list, str, number, bool, None)"
         ) from exc
+    check_size(name, text)
+
+
+def check_size(name: str, text: str) -> None:
+    """A step's result is limited to ``policy.MAX_RESULT_BYTES`` of JSON."""
+    if len(text) > policy.MAX_RESULT_BYTES:  # chars <= bytes: exact enough, and cheap
+        raise NonRetryableError(
+            f"step {name!r} returned {len(text) / (1 << 20):.1f} MiB of JSON; a step's result"
+            f" is limited to {policy.MAX_RESULT_BYTES >> 20} MiB: write big data to a file"
+            " (save it as an artifact) and return its path"
+        )
 
 
 def _label(name: str, occurrence: int) -> str:

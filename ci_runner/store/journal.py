@@ -74,21 +74,39 @@ def get_instance(conn: sqlite3.Connection, instance_id: str) -> sqlite3.Row:
     return row
 
 
+# A listing's columns: never a run's output (it may be big), which only `show` reads.
+_LISTED = ("id, tenant, workflow, payload, status, created_at, updated_at, started_at,"
+           " finished_at, error, waiting_for, owner, lease_expires_at, NULL AS output")
+
+
 def list_instances(
     conn: sqlite3.Connection, *, tenant: str | None = None, limit: int = 50
 ) -> list[sqlite3.Row]:
     if tenant is None:
-        sql, args = "SELECT * FROM instances ORDER BY created_at DESC LIMIT ?", (limit,)
+        sql, args = (f"SELECT {_LISTED} FROM instances ORDER BY created_at DESC"  # noqa: S608
+                     " LIMIT ?", (limit,))
         return conn.execute(sql, args).fetchall()
     return conn.execute(
-        "SELECT * FROM instances WHERE tenant = ? ORDER BY created_at DESC LIMIT ?",
+        f"SELECT {_LISTED} FROM instances WHERE tenant = ?"  # noqa: S608 - constant columns
+        " ORDER BY created_at DESC LIMIT ?",
         (tenant, limit),
     ).fetchall()
 
 
-def steps_of(conn: sqlite3.Connection, instance_id: str) -> list[sqlite3.Row]:
+def steps_of(
+    conn: sqlite3.Connection, instance_id: str, *, results: bool = True
+) -> list[sqlite3.Row]:
+    """A run's steps in order; ``results=False`` (listings) leaves each result out but
+    for a light step's exit code, read by SQLite from results of at most 64 KiB."""
+    columns = "*" if results else (
+        "instance_id, seq, name, occurrence, kind, status, attempts, started_at, finished_at,"
+        " duration_s, error, detail, CASE WHEN kind = 'run' AND length(CAST(result AS BLOB))"
+        " <= 65536 THEN json_object('exit_code', json_extract(result, '$.exit_code')) END"
+        " AS result")
     return conn.execute(
-        "SELECT * FROM steps WHERE instance_id = ? ORDER BY seq, name, occurrence", (instance_id,)
+        f"SELECT {columns} FROM steps WHERE instance_id = ?"  # noqa: S608 - constant columns
+        " ORDER BY seq, name, occurrence",
+        (instance_id,),
     ).fetchall()
 
 
