@@ -15,6 +15,7 @@ non-zero; anything else escaping is a bug and keeps its traceback.
     │   ├── NonRetryableError       raised by pipeline code: fail now, no retry
     │   ├── CommandFailed           a light step exited non-zero
     │   ├── StepTimeout             a step ran past its timeout
+    │   ├── RunTimeout              the whole run ran past its timeout
     │   └── PipelineCrashed         the pipeline process died mid-step
     ├── EventTimeout                wait_for_event gave up (catchable)
     ├── Rejected                    a wait_for_approval was rejected (catchable)
@@ -89,6 +90,10 @@ class StepTimeout(StepFailed):
     pass
 
 
+class RunTimeout(StepFailed):
+    pass
+
+
 class PipelineCrashed(StepFailed):
     pass
 
@@ -122,7 +127,8 @@ _BY_NAME: dict[str, type[CIRunnerError]] = {
     for cls in (
         CIRunnerError, UsageError, NotAGitRepository, PipelineNotFound, PipelineLoadError,
         RunNotFound, InvalidState, WorkspaceError, StepFailed, NonRetryableError,
-        CommandFailed, StepTimeout, PipelineCrashed, EventTimeout, Rejected, NondeterminismError,
+        CommandFailed, StepTimeout, RunTimeout, PipelineCrashed, EventTimeout, Rejected,
+        NondeterminismError,
         LeaseLost, ExecutorError,
     )
 }

@@ -74,6 +74,9 @@ def run(
         help="Where the pipeline and its light steps run: auto (bubblewrap, else"
              " Landlock, else none, saying so), bwrap, landlock, or off."
     )] = None,
+    timeout: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Fail the run if it runs longer than this ('30 minutes'; waits do not count)."
+    )] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
@@ -93,6 +96,7 @@ def run(
         params=_params(param or []), pipeline=pipeline, keep_workspace=keep_workspace,
         secrets_file=secrets_file.resolve() if secrets_file else None,
         only=split_names(only), skip=split_names(skip), no_cache=no_cache, sandbox=mode,
+        timeout_s=_timeout(timeout),
     )
     run_id = new_instance_id()
     # First, so its start-up overlaps all that follows.
@@ -110,6 +114,20 @@ def run(
         discard_child(run_id, child)
         raise
     raise typer.Exit(drive_in_foreground(run_id, json_out=json_out, child=child))
+
+
+def _timeout(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from ci_runner.engine.policy import seconds
+
+    try:
+        number = float(value)  # plain seconds, as a number on the command line
+    except ValueError:
+        return seconds(value, what="--timeout")
+    if number <= 0:
+        raise UsageError(f"--timeout must be more than 0, not {value!r}")
+    return number
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:

@@ -42,7 +42,17 @@ class PipelineRunner:
             trigger=str(meta.get("trigger", "cli")), workspace=Path(meta["workspace"]),
             snapshot=bool(meta.get("snapshot", False)),
         )
+        limit_run_time(self.pipeline, step)
         return await call_run(self.pipeline.run, inner, PipelineStep(step, meta, step.host))
+
+
+def limit_run_time(pipeline: Pipeline, step: Step) -> None:
+    """Tell the driver the pipeline's own ``timeout``, if it has one."""
+    limit = getattr(pipeline, "timeout", None)
+    if limit is not None:
+        from ci_runner.engine.policy import seconds
+
+        step.host.request("run_timeout", seconds=seconds(limit, what="timeout"))
 
 
 def load_runner(metadata: dict[str, Any]) -> PipelineRunner:

@@ -45,6 +45,10 @@ class Pipeline(ABC):
 
     #: Name for ``--pipeline`` when a file defines several; defaults to the class name.
     name: ClassVar[str | None] = None
+    #: How long the pipeline may run each time it is driven ("2 hours"; a wait for an
+    #: approval or event does not count). It can shorten the server's timeout, not
+    #: lengthen it; past it the run fails and its processes are stopped.
+    timeout: ClassVar[float | str | None] = None
 
     @abstractmethod
     def run(self, event: PipelineEvent, step: PipelineStep) -> Any:

@@ -39,6 +39,7 @@ class RunRequest:
     skip: tuple[str, ...] = ()  # skip these steps
     no_cache: bool = False  # ignore the input-keyed step cache
     sandbox: str | None = None  # auto | bwrap | landlock | off (None: CI_RUNNER_SANDBOX or auto)
+    timeout_s: float | None = None  # how long each drive of the run may last
     # More metadata for the envelope (a webhook's forge, delivery, PR...): no secrets.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -224,7 +225,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "keep_workspace": request.keep_workspace,
         "secrets_file": str(secrets_file) if secrets_file else None,
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
-        "sandbox": request.sandbox,
+        "sandbox": request.sandbox, "timeout_s": request.timeout_s,
         **request.extra,
     }
     if request.include_uncommitted:
@@ -282,7 +283,8 @@ def drive_run(
     child.output = None  # the broker's now: it reads it to the end, then closes it
     broker.start()
     try:
-        status = engine.drive(run_id, observer=observer, child=child, redactor=redactor)
+        status = engine.drive(run_id, observer=observer, child=child, redactor=redactor,
+                              timeout_s=metadata.get("timeout_s"))
     finally:
         broker.close()
     if status in ("terminated", "errored"):

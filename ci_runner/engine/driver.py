@@ -26,6 +26,7 @@ from ci_runner.errors import (
     CIRunnerError,
     LeaseLost,
     PipelineCrashed,
+    RunTimeout,
     UsageError,
     to_record,
 )
@@ -137,6 +138,7 @@ class Engine:
         cwd: Path | None = None,
         child: ChildProcess | None = None,
         redactor: Redactor | None = None,
+        timeout_s: float | None = None,
     ) -> str:
         """Run the instance until it completes, fails or hibernates; returns its status.
 
@@ -155,6 +157,8 @@ class Engine:
         beat = _Heartbeat(journal, self.lease_ttl_s)
         service = StepService(journal, observer, heartbeat=beat, rules=self.rules,
                               redactor=redactor)
+        # How long this drive may last; a run waiting for an event holds no time.
+        service.limit_time(timeout_s)
         service.observe({"type": "instance", "status": "running", "id": instance_id})
         try:
             if workflow is not None:
@@ -259,6 +263,13 @@ class Engine:
                     ready = conn.poll(HOLD_S if held else CONTROL_POLL_S)
                 except (EOFError, OSError):
                     ready = True
+                if service.deadline is not None and time.monotonic() > service.deadline:
+                    proc.kill()
+                    held.flush()
+                    self._reap(service.journal)
+                    return {"kind": "errored", "error": to_record(RunTimeout(
+                        f"the run timed out after {service.timeout_s:g}s and was stopped"
+                        " (its processes with it)", timeout_s=service.timeout_s))}
                 if not ready and held:
                     held.flush()
                     continue

@@ -84,6 +84,9 @@ class StepService:
         self._rules: Rules = rules or DefaultRules()
         self.redactor = redactor
         self._instance: Mapping[str, Any] | None = None
+        # When this drive ends the run (monotonic clock), and the timeout that says so.
+        self.deadline: float | None = None
+        self.timeout_s: float | None = None
 
     def observe(self, event: dict[str, Any]) -> None:
         """Tell the observer; a broken one (stdout closed, a bug in a view) is dropped
@@ -177,6 +180,19 @@ class StepService:
         self.observe({"type": "step", "name": name, "occurrence": occurrence,
                       "status": "complete", "duration_s": duration, "result": result,
                       "detail": detail})
+        return {}
+
+    def limit_time(self, seconds: float | None) -> None:
+        """End the run if this drive lasts longer than ``seconds`` (the tighter of the
+        limits given wins: a pipeline may shorten its run's timeout, never lengthen it)."""
+        if seconds is None or seconds <= 0:
+            return
+        deadline = time.monotonic() + float(seconds)
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline, self.timeout_s = deadline, float(seconds)
+
+    def op_run_timeout(self, *, seconds: float) -> dict[str, Any]:
+        self.limit_time(seconds)
         return {}
 
     def op_peek(self, *, name: str, occurrence: int) -> dict[str, Any]:

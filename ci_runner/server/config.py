@@ -44,6 +44,7 @@ server:
   # pass_env: [HTTP_PROXY]   # variables pipelines see besides PATH, HOME and the locale
   # retention: 90 days       # hourly `ci-runner prune` of what ended longer ago (default: keep)
   # sandbox: auto            # bwrap | landlock | off; runs of fork PRs always need bwrap
+  # run_timeout: 6 hours     # a run stops (failed) past this; a pipeline's own timeout may be less
 repos:
   - name: octo-org/octo-repo          # the forge's full name (GitLab: path_with_namespace)
     forge: github                     # github | gitea | forgejo | gitlab
@@ -116,6 +117,7 @@ class ServerConfig:
     poll_s: float = 1.0
     retention_s: float | None = None  # prune what ended longer ago (None: keep all)
     sandbox: str = "auto"  # every run's sandbox: auto | bwrap | landlock | off (forks: bwrap)
+    run_timeout_s: float = 6 * 3600.0  # a run's time each time it is driven (waits not counted)
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,8 @@ def parse_config(data: Any, *, path: Path, environ: Mapping[str, str]) -> Config
 
 def _server(check: _Checker, raw: Any) -> ServerConfig:
     known = {"host", "port", "workers", "api_token_env", "users", "approvers", "grace_s",
-             "max_body_mb", "public_url", "pass_env", "poll_s", "retention", "sandbox"}
+             "max_body_mb", "public_url", "pass_env", "poll_s", "retention", "sandbox",
+             "run_timeout"}
     s = check.mapping(raw, "server", known)
     api_token = None
     if "api_token_env" in s:
@@ -227,6 +230,7 @@ def _server(check: _Checker, raw: Any) -> ServerConfig:
         retention_s=retention_s,
         sandbox=check.choice(s.get("sandbox", "auto"), "server.sandbox",
                              ("auto", "bwrap", "landlock", "off")),
+        run_timeout_s=check.duration(s.get("run_timeout", "6 hours"), "server.run_timeout"),
     )
 
 
@@ -315,6 +319,15 @@ class _Checker:
                     inside = f"{where}.{key}" if where else str(key)
                     self.fail(inside, f"unknown key (known: {', '.join(sorted(known))})")
         return cast("dict[str, Any]", raw)
+
+    def duration(self, raw: Any, where: str) -> float:
+        try:
+            value = seconds(raw, what=where)
+        except UsageError as exc:
+            self.fail(where, exc.message)
+        if value <= 0:
+            self.fail(where, "must be more than 0, like '2 hours'")
+        return value
 
     def choice(self, raw: Any, where: str, allowed: tuple[str, ...]) -> str:
         value = self.text(raw, where)

@@ -326,6 +326,7 @@ class Dispatcher:
             repo_path=mirror, rev=row["sha"], params=params, pipeline=repo.pipeline,
             trigger="webhook", secrets_file=None if untrusted else self.secrets_files.get(
                 repo.key), extra=extra, sandbox=self.sandbox,
+            timeout_s=self.config.server.run_timeout_s,
         )
 
     def _supersedes(self, repo: RepoConfig, row: Row) -> bool:

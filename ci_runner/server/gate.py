@@ -53,6 +53,9 @@ class UntrustedRunner:
             trigger=str(meta.get("trigger", "webhook")), workspace=Path(meta["workspace"]),
             snapshot=False,
         )
+        from ci_runner.dispatch.loader import limit_run_time
+
+        limit_run_time(runner.pipeline, step)
         return await call_run(runner.pipeline.run, inner, UntrustedStep(step, meta, step.host))
 
 
