@@ -123,3 +123,37 @@ def _running_steps(home: Path) -> list[str]:
     except sqlite3.Error:
         return []
     return [r[0] for r in rows]
+
+
+KILLER = """
+import os, signal
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.do("killer", lambda: os.kill(os.getppid(), signal.SIGKILL))
+"""
+
+
+@pytest.mark.slow
+def test_a_step_that_keeps_killing_its_runner_is_not_run_forever(repo_with, home: Path):
+    """Each takeover runs the step again after a pause that doubles, a few times at
+    most; then the step fails saying why (it used to run sixty times a minute)."""
+    repo = repo_with(KILLER)
+    env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
+           "PYTHONPATH": str(ROOT), "CI_RUNNER_SANDBOX": "off"}
+    codes, started = [], time.monotonic()
+    args = ["run", "--json"]
+    for _ in range(8):
+        done = subprocess.run([sys.executable, "-m", "ci_runner", *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        codes.append(done.returncode)
+        if done.returncode != -9:
+            break
+        args = ["resume", _only_run(home) or "", "--json"]
+    assert codes[:4] == [-9, -9, -9, -9] and codes[4] == 1, codes  # 1 run + 3 reruns
+    db = sqlite3.connect(home / "ci-runner.db")
+    status, error = db.execute("SELECT status, error FROM instances").fetchone()
+    assert status == "errored" and "runner died 4 times in a row" in error, error
+    assert time.monotonic() - started >= 1 + 2 + 4  # the pauses between reruns

@@ -154,6 +154,21 @@ class Engine:
         )
         journal = j.Journal(self.conn, instance_id, epoch)
         self._reap(journal)
+        if row["owner"] not in (None, self.owner) and not leases.owner_alive(row["owner"]):
+            # Taken from a driver that died holding it. Those before it may have died
+            # too, with no step committed since: wait longer each time, and past a few
+            # give up, saying why (a step that kills its runner must not run sixty times
+            # a minute). Counted after the wait: a driver killed while it waits ran nothing.
+            if journal.crashes >= policy.CRASH_RERUNS:
+                error = to_record(PipelineCrashed(
+                    f"the run's runner died {journal.crashes + 1} times in a row without a step"
+                    " finishing; it is not driven again (look at the log of the step it was"
+                    " running: it may exhaust memory or kill its parent)",
+                    crashes=journal.crashes + 1))
+                journal.finish("errored", error=error)
+                return "errored"
+            time.sleep(min(policy.CRASH_BACKOFF_S * 2 ** journal.crashes, 30.0))
+            journal.count_crash()
         beat = _Heartbeat(journal, self.lease_ttl_s)
         service = StepService(journal, observer, heartbeat=beat, rules=self.rules,
                               redactor=redactor)

@@ -30,6 +30,10 @@ DEFAULT_BACKOFF: Backoff = "exponential"
 MAX_RESULT_BYTES = 1 << 20
 # The largest message the pipeline process may send the driver (a result, an error).
 MAX_MESSAGE_BYTES = 8 << 20
+# A run whose drivers keep dying with no step finishing is driven again at most this many
+# times, after a pause that doubles from CRASH_BACKOFF_S; then it fails.
+CRASH_RERUNS = 3
+CRASH_BACKOFF_S = 1.0
 DEFAULT_TIMEOUT_S = 30 * 60.0
 # Sleeps up to this long are slept in the pipeline process; longer ones hibernate.
 INLINE_SLEEP_MAX_S = 60.0

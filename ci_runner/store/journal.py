@@ -146,6 +146,12 @@ def acquire_lease(
     return epoch
 
 
+def crashes(conn: sqlite3.Connection, instance_id: str) -> int:
+    """How many drivers in a row died holding the run without it making progress."""
+    row = conn.execute("SELECT crashes FROM instances WHERE id = ?", (instance_id,)).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def send_event(
     conn: sqlite3.Connection,
     instance_id: str,
@@ -355,6 +361,8 @@ class Journal:
             "SELECT COALESCE(MAX(seq), 0) FROM steps WHERE instance_id = ?", (instance_id,)
         ).fetchone()
         self._seq = int(row[0])
+        # Drivers that died in a row before this one: cleared by the first committed step.
+        self.crashes = crashes(conn, instance_id)
         #: The control request ('pause') seen by the latest write, or None.
         self.control: str | None = None
 
@@ -472,10 +480,27 @@ class Journal:
                 (status, dumps(result), t, t, None if detail is None else dumps(detail),
                  self.instance_id, name, occurrence),
             ).fetchone()
+            self._progress()
         if row is None and self._is_wait(name, occurrence):
             raise UsageError(f"step {name!r} is a wait: its outcome cannot be recorded by the"
                              " pipeline")
         return float(row[0] or 0.0) if row else 0.0
+
+    def count_crash(self) -> None:
+        """This drive follows a driver that died holding the run: one more in a row (any
+        committed step starts the count again)."""
+        with immediate(self.conn):
+            self._fence()
+            self.conn.execute("UPDATE instances SET crashes = crashes + 1 WHERE id = ?",
+                              (self.instance_id,))
+        self.crashes += 1
+
+    def _progress(self) -> None:
+        """A step committed: the run moves again, its crash count starts over."""
+        if self.crashes:
+            self.conn.execute("UPDATE instances SET crashes = 0 WHERE id = ?",
+                              (self.instance_id,))
+            self.crashes = 0
 
     def _is_wait(self, name: str, occurrence: int) -> bool:
         found = self._step(name, occurrence)
@@ -500,6 +525,7 @@ class Journal:
                     (self.instance_id, name, occurrence, kind, started_at, t, t - started_at,
                      dumps(result), None if detail is None else dumps(detail), self._seq),
                 )
+                self._progress()
                 return t - started_at
             self._check_kind(row, name, occurrence, kind)
         # Not a first attempt after all (cannot happen while we hold the lease): the
