@@ -150,8 +150,23 @@ def _deliveries(db: sqlite_utils.Database) -> None:
     db.table("deliveries").create_index(["run_id"])
 
 
+def _delivery_bodies_and_probe(db: sqlite_utils.Database) -> None:
+    # The SHA-256 of each delivery's raw body: a redelivery (same id, same body) is a
+    # duplicate, the same id with another body is refused. Rows from before are NULL.
+    db.table("deliveries").add_column("body_sha256", str)
+    # One row `GET /health` rewrites to prove the database takes writes.
+    db.table("server_probe").create({"id": int, "at": float}, pk="id", not_null={"at"})
+
+
+def _crash_restarts(db: sqlite_utils.Database) -> None:
+    # How many times in a row a run's driver died without the run making progress: its
+    # next takeover waits longer, and past a few the run fails instead of looping.
+    db.table("instances").add_column("crashes", int, not_null_default=0)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _engine_tables, _ci_tables, _control, _cache_and_artifacts, _deliveries,
+    _delivery_bodies_and_probe, _crash_restarts,
 ]
 
 
