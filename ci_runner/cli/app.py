@@ -7,6 +7,7 @@ Exit codes: 0 complete, 1 pipeline failed, 2 usage or configuration error,
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -329,10 +330,31 @@ def _group() -> None:
 
 def main() -> None:
     try:
-        _narrowed(sys.argv[1:])(prog_name="ci-runner")
+        try:
+            _narrowed(sys.argv[1:])(prog_name="ci-runner")
+        except (OSError, sqlite3.OperationalError) as exc:
+            full = disk_full(exc)
+            if full is None:
+                raise
+            raise full from exc
     except CIRunnerError as exc:
         message = f"error: {exc.message}"
         if sys.stderr.isatty():
             message = f"\x1b[31m{message}\x1b[0m"
         print(message, file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+def disk_full(exc: BaseException) -> CIRunnerError | None:
+    """The one line a full disk deserves, or None when ``exc`` is something else."""
+    import errno
+
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, sqlite3.OperationalError)
+        and ("disk is full" in str(exc) or "disk I/O error" in str(exc)))
+    if not full:
+        return None
+    return CIRunnerError(
+        f"the disk is full ({paths.home()}): nothing committed is lost; free space (`ci-runner"
+        " prune`, or `ci-runner cancel RUN_ID` for the run filling it, which frees its"
+        " worktree first), then `ci-runner resume RUN_ID` (`ci-runner runs` lists them)")

@@ -309,6 +309,12 @@ class StepBroker:
             reply = {"id": call_id, "error": to_record(exc)}
         except TypeError as exc:  # arguments that are not the request's
             reply = {"id": call_id, "error": to_record(UsageError(f"bad {op} request: {exc}"))}
+        except OSError as exc:  # a full disk under the step's log, say: the step fails
+            from ci_runner.errors import ExecutorError
+
+            reply = {"id": call_id, "error": to_record(ExecutorError(
+                f"{op} failed: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")))}
         with contextlib.suppress(ConnectionError, RuntimeError):
             writer.write(_frame(reply))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,17 @@ def decide(engine: Engine, run_id: str, *, by: str, comment: str | None, reject:
 
 def cancel(engine: Engine, run_id: str) -> str:
     row = j.get_instance(engine.conn, run_id)
-    running = j.terminate(engine.conn, row["id"])
+    try:
+        running = j.terminate(engine.conn, row["id"])
+    except sqlite3.OperationalError:
+        # A full disk (the run's own output, likely): free what the run holds on it first
+        # (its processes, then its worktree), then record the cancel.
+        metadata, _ = unwrap_params(json.loads(row["payload"]))
+        from ci_runner.executors import stop_processes_in
+
+        stop_processes_in(Path(metadata["workspace"]))
+        finish_workspace(metadata, even_kept=True)
+        running = j.terminate(engine.conn, row["id"])
     for detail in running:
         if detail.get("host") in (None, socket.gethostname()):
             reap_orphan(detail)
