@@ -43,7 +43,7 @@ def small_home(tmp_path: Path):
 def _cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ci_runner", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=120, stdin=subprocess.DEVNULL,
+        timeout=120, stdin=subprocess.DEVNULL, check=False,
         env={**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
              "PYTHONPATH": str(ROOT)})
 
