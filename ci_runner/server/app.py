@@ -9,6 +9,16 @@ run, a user's token the runs of the repos its user approves; a run it may not se
 answered exactly as one that does not exist, so ids do not tell which runs exist.
 Request bodies of hooks are read in chunks and refused (413) as soon as they pass the
 limit, so an oversized body is never held whole.
+
+Slow clients are cut off: uvicorn times out only idle kept-alive connections, so a
+client sending a byte a second would hold its connection for ever. ``http_protocol``
+is uvicorn's h11 protocol with a deadline on every request (headers and body)
+arriving whole, ``CI_RUNNER_REQUEST_TIMEOUT_S`` (default ``REQUEST_TIMEOUT_S``), met
+with a 408 and a closed connection. A body still flowing at ``MIN_BODY_RATE`` earns
+its own time, so a large delivery on a slow link is not taken for a slow client.
+
+``/health`` is 200 only while deliveries can be stored: it commits a tiny write (at
+most once a second) and says ``degraded``, with the reason, when that fails.
 """
 
 from __future__ import annotations
@@ -16,25 +26,38 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
+import math
+import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import h11
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ci_runner import paths
-from ci_runner.errors import InvalidState, RunNotFound
+from ci_runner.errors import InvalidState, RunNotFound, UsageError
 from ci_runner.server.config import FORGES, Config, RepoConfig
 from ci_runner.server.forges import HookRejected
 from ci_runner.server.intake import Intake
 from ci_runner.store import journal as j
 
+log = logging.getLogger("ci_runner.server")
+
 LOG_POLL_S = 0.2
+REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_ENV = "CI_RUNNER_REQUEST_TIMEOUT_S"
+MIN_BODY_RATE = 64 * 1024  # bytes a second that keep a request's deadline moving
+HEALTH_PROBE_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,13 +156,25 @@ def create_app(config: Config, intake: Intake, *,
                        413: {"description": "body too large"}},
         )
 
-    @app.get("/health", tags=["server"])
-    def health() -> JSONResponse:
-        """200 while deliveries are taken; 503 once the server is shutting down."""
-        ok = intake.accepting
-        return JSONResponse({"status": "ok" if ok else "stopping", "repos": len(config.repos)},
-                            status_code=200 if ok else 503)
+    writes = _WriteProbe(paths.database(), intake)
+    probing = asyncio.Lock()
 
+    @app.get("/health", tags=["server"],
+             responses={503: {"description": "stopping, or degraded: the database cannot be"
+                                             " written (the reason says why)"}})
+    async def health() -> JSONResponse:
+        """200 while deliveries are taken and stored; 503 once the server is shutting
+        down, or while the database cannot be written (``degraded``, with a reason)."""
+        repos = len(config.repos)
+        if not intake.accepting:
+            return JSONResponse({"status": "stopping", "repos": repos}, status_code=503)
+        async with probing:  # one probe at a time; those waiting get its answer
+            if writes.stale():
+                await asyncio.to_thread(writes.probe)
+        if writes.reason is not None:
+            return JSONResponse({"status": "degraded", "reason": writes.reason, "repos": repos},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "repos": repos})
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(_who: Caller) -> JSONResponse:
@@ -344,12 +379,173 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise HookRejected(413, f"the body is over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HookRejected(413, f"the body is over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HookRejected(413, f"the body is over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:  # gone, or cut off by the request deadline
+        raise HookRejected(408, "the body did not arrive whole") from exc
     return b"".join(chunks)
+
+
+class _WriteProbe:
+    """Whether the database takes a write now: what ``/health`` reports. Probed at
+    most once every ``HEALTH_PROBE_EVERY_S``, and at once after a delivery could not
+    be stored."""
+
+    def __init__(self, path: Path, intake: Intake) -> None:
+        self.path = path
+        self.intake = intake
+        self.reason: str | None = None  # why the last probe failed; None: it worked
+        self._at = -math.inf
+        self._conn: sqlite3.Connection | None = None
+
+    def stale(self) -> bool:
+        failed_at = self.intake.failed_at
+        return (time.monotonic() - self._at >= HEALTH_PROBE_EVERY_S
+                or (failed_at is not None and failed_at >= self._at))
+
+    def probe(self) -> None:
+        from ci_runner.store import deliveries as store
+
+        try:
+            if self._conn is None:
+                self._conn = store.probe_connection(self.path)
+            store.probe(self._conn)
+            reason = None
+        except (sqlite3.Error, OSError) as exc:
+            if store.is_busy(exc):
+                reason = (f"the database is locked: a write waited over"
+                          f" {store.PROBE_BUSY_TIMEOUT_S:g}s for another writer, and"
+                          " deliveries wait as long")
+            else:
+                reason = (f"the database cannot be written ({type(exc).__name__}: {exc});"
+                          " check the disk's free space and the database file")
+            if self._conn is not None:  # a fresh connection next time
+                self._conn.close()
+                self._conn = None
+        if reason != self.reason:
+            if reason is None:
+                log.info("the database takes writes again: /health is ok")
+            else:
+                log.warning("/health is degraded: %s", reason)
+        self.reason = reason
+        self._at = time.monotonic()
+
+
+def request_timeout_s(
+    environ: Mapping[str, str] = os.environ, *, default: float = REQUEST_TIMEOUT_S,
+) -> float:
+    """Seconds a client has to send a whole request: ``CI_RUNNER_REQUEST_TIMEOUT_S``,
+    else ``default`` (the config's ``server.request_timeout``)."""
+    raw = (environ.get(REQUEST_TIMEOUT_ENV) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 3600:
+        raise UsageError(f"{REQUEST_TIMEOUT_ENV}={raw!r} is not a number of seconds between 0"
+                         f" and 3600: give how long a client has to send a request, such as"
+                         f" {REQUEST_TIMEOUT_S:g}")
+    return value
+
+
+def http_protocol(timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's ``http=`` protocol: h11 with each request due whole in ``timeout_s``."""
+    return type("DeadlineH11Protocol", (_DeadlineH11Protocol,),
+                {"timeout_s": timeout_s, "cut_offs": _CutOffs(timeout_s)})
+
+
+class _CutOffs:
+    """Counts the connections cut off, logged in one line a minute at most: a flood of
+    slow clients is worth knowing about, not worth a line each."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.count = 0
+        self._logged_at = -math.inf
+
+    def note(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self.EVERY_S:
+            log.warning("cut off %d connection(s) that did not send a whole request within"
+                        " %gs (slow or stalled clients)", self.count, self.timeout_s)
+            self.count = 0
+            self._logged_at = now
+
+
+_TIMEOUT_BODY = json.dumps({"error": "the request did not arrive whole in time"}).encode()
+_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+              b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+              % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
+
+
+class _DeadlineH11Protocol(H11Protocol):
+    """A request must arrive whole (headers and body) within ``timeout_s`` of its first
+    byte, or of the connection opening; each byte of it buys ``1/MIN_BODY_RATE``
+    seconds more. Between requests uvicorn's keep-alive timeout applies, and while the
+    app works on a request nothing does."""
+
+    timeout_s: float = REQUEST_TIMEOUT_S
+    cut_offs: _CutOffs
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._received = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self._receiving():
+            self._arm()  # the first byte of the next request on a kept-alive connection
+        self._received += len(data)
+        super().data_received(data)
+        if not self._receiving():
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _receiving(self) -> bool:
+        return self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._started = self.loop.time()
+        self._received = 0
+        self._deadline = self.loop.call_later(self.timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or not self._receiving():
+            return
+        left = self._started + self.timeout_s + self._received / MIN_BODY_RATE - self.loop.time()
+        if left > 0.01:  # a body still coming at a working rate
+            self._deadline = self.loop.call_later(left, self._expire)
+            return
+        self.cut_offs.note()
+        answered = (self.conn.their_state is h11.SEND_BODY and self.cycle is not None
+                    and self.cycle.response_started)
+        if not answered:
+            self.transport.write(_TIMED_OUT)
+        self.transport.close()
 
 
 def _found(fetch: Callable[[], Any]) -> Any:

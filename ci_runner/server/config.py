@@ -45,6 +45,7 @@ server:
   # retention: 90 days       # hourly `ci-runner prune` of what ended longer ago (default: keep)
   # sandbox: auto            # bwrap | landlock | off; runs of fork PRs always need bwrap
   # run_timeout: 6 hours     # a run stops (failed) past this; a pipeline's own timeout may be less
+  # request_timeout: 10      # seconds a client has to send a whole request (slow ones get 408)
 repos:
   - name: octo-org/octo-repo          # the forge's full name (GitLab: path_with_namespace)
     forge: github                     # github | gitea | forgejo | gitlab
@@ -118,6 +119,7 @@ class ServerConfig:
     retention_s: float | None = None  # prune what ended longer ago (None: keep all)
     sandbox: str = "auto"  # every run's sandbox: auto | bwrap | landlock | off (forks: bwrap)
     run_timeout_s: float = 6 * 3600.0  # a run's time each time it is driven (waits not counted)
+    request_timeout_s: float = 10.0  # a client has this long to send a whole request
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def parse_config(data: Any, *, path: Path, environ: Mapping[str, str]) -> Config
 def _server(check: _Checker, raw: Any) -> ServerConfig:
     known = {"host", "port", "workers", "api_token_env", "users", "approvers", "grace_s",
              "max_body_mb", "public_url", "pass_env", "poll_s", "retention", "sandbox",
-             "run_timeout"}
+             "run_timeout", "request_timeout"}
     s = check.mapping(raw, "server", known)
     api_token = None
     if "api_token_env" in s:
@@ -231,6 +233,8 @@ def _server(check: _Checker, raw: Any) -> ServerConfig:
         sandbox=check.choice(s.get("sandbox", "auto"), "server.sandbox",
                              ("auto", "bwrap", "landlock", "off")),
         run_timeout_s=check.duration(s.get("run_timeout", "6 hours"), "server.run_timeout"),
+        request_timeout_s=check.number(s.get("request_timeout", 10), "server.request_timeout",
+                                       low=0.1, high=3600),
     )
 
 

@@ -7,7 +7,11 @@ token in ``X-Gitlab-Token``). Signatures are checked over the raw bytes before t
 is parsed; a ``secret`` field inside a body is data, never authentication.
 
 Everything in a payload is untrusted: shas must be hex, refs must be names git would
-accept as refs (never something it could read as an option), PR numbers integers.
+accept as refs (never something it could read as an option), PR numbers integers in
+range, every string short and storable. A value the database could not store is
+refused here, with a 400 naming its field, so it never reaches the group commit where
+it would fail the deliveries of other tenants committed with it. A body nested deeper
+than Python's parser goes is malformed too (400), not a crash.
 ``HookRejected`` carries the HTTP status the receiver answers with.
 """
 
@@ -28,6 +32,11 @@ from ci_runner.server.config import RepoConfig
 ZERO_SHA = re.compile(r"0{40}|0{64}")
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Pull request numbers are counters; beyond 2**53 no JSON reader keeps them exact (and
+# SQLite stores no integer past 2**63 at all).
+MAX_NUMBER = 2**53 - 1
+MAX_SENDER = 255  # GitHub logins are at most 39 characters, GitLab usernames 255
 
 
 class HookRejected(CIRunnerError):
@@ -171,6 +180,8 @@ def _json(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         data = json.loads(text)
     except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
         raise HookRejected(400, "the body is not a JSON webhook payload") from exc
+    except RecursionError as exc:  # json's parser recurses once per level
+        raise HookRejected(400, "the body is JSON nested too deeply for a webhook") from exc
     if not isinstance(data, dict):
         raise HookRejected(400, "the body is not a JSON object")
     return data
@@ -178,15 +189,15 @@ def _json(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
 
 def _github_like(forge: str, delivery_id: str, event: str, data: dict[str, Any]) -> Delivery:
     repo = _text(_dig(data, "repository", "full_name"), "repository.full_name")
-    sender = _dig(data, "sender", "login")
     base = Delivery(forge=forge, delivery_id=delivery_id, event=event, kind="other",
-                    action=None, repo=repo, sender=sender if isinstance(sender, str) else None)
+                    action=None, repo=repo, sender=_sender(_dig(data, "sender", "login"),
+                                                           "sender.login"))
     if event == "ping":
         return replace(base, kind="ping")
     if event == "push":
         return _push(data, base, after=data.get("after"), deleted=bool(data.get("deleted")))
     if event in ("pull_request", "pull_request_sync"):
-        action = str(data.get("action"))
+        action = _action(data.get("action"), "action")
         action = {"synchronized": "synchronize", "reopen": "reopened"}.get(action, action)
         if action not in ("opened", "synchronize", "reopened"):
             return replace(base, action=action)
@@ -208,14 +219,14 @@ def _gitlab(delivery_id: str, event: str, data: dict[str, Any]) -> Delivery:
     repo = _text(_dig(data, "project", "path_with_namespace"), "project.path_with_namespace")
     user = data.get("user_username") or _dig(data, "user", "username")
     base = Delivery(forge="gitlab", delivery_id=delivery_id, event=event, kind="other",
-                    action=None, repo=repo, sender=user if isinstance(user, str) else None)
+                    action=None, repo=repo, sender=_sender(user, "user_username"))
     if event in ("Push Hook", "Tag Push Hook"):
         return _push(data, base, after=data.get("after"), deleted=False)
     if event == "Merge Request Hook":
         attrs = data.get("object_attributes")
         if not isinstance(attrs, dict):
             raise HookRejected(400, "object_attributes is missing")
-        action = str(attrs.get("action"))
+        action = _action(attrs.get("action"), "object_attributes.action")
         # "update" is also sent for a new title or label: only new commits (oldrev) count.
         if action == "update" and not attrs.get("oldrev"):
             return replace(base, action="update")
@@ -294,14 +305,44 @@ def _sha(value: Any, where: str) -> str:
 
 
 def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise HookRejected(400, f"{where} is not a number")
+    if not 1 <= value <= MAX_NUMBER:
+        raise HookRejected(400, f"{where} is out of range (1 to {MAX_NUMBER})")
     return value
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 1000:
         raise HookRejected(400, f"{where} is missing or not a string")
+    return _storable(value, where)
+
+
+def _action(value: Any, where: str) -> str:
+    """An event's action, echoed in the answer even when it starts nothing."""
+    if value is None:
+        return "None"
+    if not isinstance(value, str) or len(value) > 100 or _CONTROL.search(value):
+        raise HookRejected(400, f"{where} is not an action name")
+    return _storable(value, where)
+
+
+def _sender(value: Any, where: str) -> str | None:
+    """Who sent it: shown, never trusted; absent or not a string is None."""
+    if not isinstance(value, str) or not value:
+        return None
+    if len(value) > MAX_SENDER or _CONTROL.search(value):
+        raise HookRejected(400, f"{where} is not a user name (over {MAX_SENDER} characters"
+                                " or control characters)")
+    return _storable(value, where)
+
+
+def _storable(value: str, where: str) -> str:
+    # JSON can carry lone surrogates ("\ud800"), which no UTF-8 column can hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HookRejected(400, f"{where} is not valid Unicode") from exc
     return value
 
 

@@ -14,6 +14,7 @@ start resumes. Nothing accepted is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -26,10 +27,23 @@ from ci_runner.server.config import Config
 log = logging.getLogger("ci_runner.server")
 
 
+def _raise_descriptor_limit() -> None:
+    """Every connection is a descriptor: many clients (slow ones included, until their
+    deadline) must not leave /health and the hooks without one. Soft limit to hard."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):  # the kernel caps it: keep ours
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    log.info("open files: up to %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
-    from ci_runner.server.app import create_app
+    from ci_runner.server.app import create_app, http_protocol, request_timeout_s
     from ci_runner.server.dispatcher import (
         Dispatcher,
         driver_environment,
@@ -47,6 +61,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     port = config.server.port if port is None else port
     db_path = paths.database()
     connect(db_path).close()  # create and migrate before anything else touches it
+    _raise_descriptor_limit()
     from ci_runner.sandbox import probe
 
     mode = config.server.sandbox
@@ -67,6 +82,8 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
         timeout_graceful_shutdown=5, server_header=False,
+        # h11 with a deadline on each request: slow clients are cut off (see app.py).
+        http=http_protocol(request_timeout_s(default=config.server.request_timeout_s)),
     ))
 
     def stop(signum: int, _frame: FrameType | None) -> None:

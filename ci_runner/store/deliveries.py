@@ -3,24 +3,31 @@ statuses reported for them.
 
 A delivery row is committed (fsync'd) before the forge gets its 2xx; the unique
 index on ``(forge, delivery_id)`` makes any number of redeliveries, serial or
-concurrent, one row. The run id is written to the row before the run is created,
-so a server killed between the two finds the run (or creates it) on its next start
-instead of starting a second one.
+concurrent, one row. Each row keeps the SHA-256 of its raw body: a redelivery has
+the same one, and a different body under a used id is a conflict, not a duplicate.
+The run id is written to the row before the run is created, so a server killed
+between the two finds the run (or creates it) on its next start instead of starting
+a second one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ci_runner.store.db import BUSY_TIMEOUT_S, connect, immediate, now
 from ci_runner.store.journal import TERMINAL, dumps
 
 _COLUMNS = ("forge", "delivery_id", "repo", "event", "action", "sha", "ref", "branch", "tag",
-            "pr", "is_fork", "sender", "lane", "source_ref")
+            "pr", "is_fork", "sender", "lane", "source_ref", "body_sha256")
+PROBE_BUSY_TIMEOUT_S = 2.0
+# What ``accept`` says of each delivery: stored now, stored before with the same body,
+# or stored before with another body (the id was reused).
+Outcome = Literal["new", "duplicate", "conflict"]
 
 
 def intake_connection(path: Path) -> sqlite3.Connection:
@@ -32,8 +39,8 @@ def intake_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def accept(conn: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> list[bool]:
-    """Store deliveries in one durable transaction; True for each that is new."""
+def accept(conn: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> list[Outcome]:
+    """Store deliveries in one durable transaction; what became of each (``Outcome``)."""
     t = now()
     # Only column names and placeholders are formatted in; the values are bound.
     sql = (f"INSERT OR IGNORE INTO deliveries ({', '.join(_COLUMNS)}, state, received_at,"  # noqa: S608
@@ -41,18 +48,58 @@ def accept(conn: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> list[
     deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
         try:
-            inserted = []
+            outcomes: list[Outcome] = []
             with immediate(conn):
                 for record in records:
                     cur = conn.execute(sql, (*(record.get(c) for c in _COLUMNS), t, t))
-                    inserted.append(cur.rowcount == 1)
-            return inserted
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() > deadline:
+                    outcomes.append("new" if cur.rowcount == 1 else _seen(conn, record))
+            return outcomes
+        except Exception as exc:
+            _abandon(conn)
+            if not is_busy(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.0005)
+
+
+def _abandon(conn: sqlite3.Connection) -> None:
+    """Leave no transaction open after a failed one: a COMMIT that failed for want of
+    space may leave it open, and every later BEGIN on this connection would fail."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled it back itself
+            conn.execute("ROLLBACK")
+
+
+def _seen(conn: sqlite3.Connection, record: dict[str, Any]) -> Outcome:
+    row = conn.execute("SELECT body_sha256 FROM deliveries WHERE forge = ? AND delivery_id = ?",
+                       (record["forge"], record["delivery_id"])).fetchone()
+    if row is None:  # OR IGNORE also skips a row a NOT NULL column refuses
+        raise sqlite3.IntegrityError(f"delivery {record['delivery_id']!r} lacks a value the"
+                                     " deliveries table requires")
+    # A row stored before bodies were hashed (NULL) cannot tell: taken as the same.
+    if row[0] is None or row[0] == record.get("body_sha256"):
+        return "duplicate"
+    return "conflict"
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a failed write only waited too long for another writer's lock."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc))
+
+
+def probe_connection(path: Path) -> sqlite3.Connection:
+    """A connection for ``probe``: it gives up on a lock after ``PROBE_BUSY_TIMEOUT_S``."""
+    conn = connect(path)
+    conn.execute(f"PRAGMA busy_timeout = {int(PROBE_BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+def probe(conn: sqlite3.Connection) -> None:
+    """Commit one tiny write, as a delivery would (without its fsync: a probe that is
+    lost costs nothing); raises what a delivery's commit would raise now."""
+    with immediate(conn, durable=False):
+        conn.execute("INSERT INTO server_probe (id, at) VALUES (1, ?)"
+                     " ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now(),))
 
 
 def waiting(conn: sqlite3.Connection, limit: int = 100) -> list[sqlite3.Row]:

@@ -16,22 +16,34 @@ pointer to another git dir (``.git``, ``commondir``, ``info/attributes``,
 ``config.worktree``), and puts back ci-runner's own content with a warning. git's
 command-line overrides (``gitcmd.py``) stop fsmonitor, hooks and ``ext::`` even
 between two checks; filters only this reset removes.
+
+A mirror remembers which clone URL it mirrors: the SHA-256 of the URL, in its file
+``ci-runner-clone-url`` (not in its config, which stays what ``git init`` wrote: git
+never reads this file, so it needs no place in the reset). When the config's
+``clone_url`` changes, the next fetch makes the mirror afresh before fetching: git
+takes a commit it already has for fetched from anywhere, so objects of the old URL
+left in place would be served for the new one's deliveries. Runs still going from
+the old mirror keep their checked-out files, not git: their worktrees cannot come
+along, since git checks every worktree's commit on each fetch and theirs are gone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from ci_runner import paths
 from ci_runner.errors import UsageError, WorkspaceError
 from ci_runner.workspace.gitcmd import GitResult, run_git
-from ci_runner.workspace.worktree import RepoInfo, open_repo
+from ci_runner.workspace.worktree import RepoInfo, _worktree_lock, open_repo
 
 log = logging.getLogger("ci_runner.workspace")
 
@@ -52,6 +64,8 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "extensions.refstorage": frozenset({"files", "reftable"}),
     "gc.auto": frozenset({"0"}),
 }
+# Which clone URL the mirror's objects came from (its SHA-256), beside git's files.
+_URL_FILE = "ci-runner-clone-url"
 _PROBED = ("core.filemode", "core.symlinks", "core.ignorecase", "core.precomposeunicode")
 _FORMAT_DEFAULTS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
 # git reads these from a git dir as settings (attributes, per-worktree config) or as a
@@ -130,10 +144,76 @@ def fetch(mirror: RepoInfo, url: str, sha: str, *, into: str, source: str | None
     # A fetch is what reads transport settings (sshCommand, credential helpers,
     # insteadOf): none of the mirror's own may reach it.
     reset_foreign_config(mirror.root)
+    follow_clone_url(mirror.root, url)
     try:
         _fetch_into(mirror, url, sha, into=into, source=source)
     finally:
         reset_foreign_config(mirror.root)
+
+
+def follow_clone_url(git_dir: Path, url: str) -> bool:
+    """Make the mirror at ``git_dir`` one of ``url``: afresh if it holds another URL's
+    objects (see the module's doc); returns whether it had to. A mirror that never
+    recorded its URL (made before ci-runner did) is taken to be of ``url``."""
+    digest = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()
+    known = _recorded_url(git_dir / _URL_FILE)
+    if known == digest:
+        return False
+    if known is not None:
+        _make_afresh(git_dir)
+        log.warning("the clone_url of the mirror %s changed (now %s): made it afresh, so"
+                    " nothing fetched from the old URL is used (runs still going from it"
+                    " keep their files, without git)", git_dir, _shown(url))
+    _replace_file(git_dir / _URL_FILE, f"{digest}\n".encode(), mode=0o644)
+    return known is not None
+
+
+def _recorded_url(path: Path) -> str | None:
+    """What ``path`` records, None if there is no such file; anything but a regular
+    file (a symlink, a FIFO something planted) records a URL no config has."""
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() or not path.is_file():
+        return "not a file"
+    with path.open("rb") as f:
+        return f.read(200).decode("ascii", "replace").strip()
+
+
+def _make_afresh(git_dir: Path) -> None:
+    """Swap the mirror at ``git_dir`` for an empty one of the same formats, under
+    ci-runner's worktree lock, so no worktree is being added or removed meanwhile.
+    Worktrees forked from the old one are still removed as usual: ``remove`` knows
+    them by the path in their ``.git`` file."""
+    entries = _config_entries(git_dir) or []
+    found = dict(entries)
+    formats = []
+    if found.get("extensions.objectformat") == "sha256":
+        formats.append("--object-format=sha256")
+    if found.get("extensions.refstorage") == "reftable":
+        formats.append("--ref-format=reftable")
+    with _worktree_lock(open_repo(git_dir)):
+        fresh = Path(tempfile.mkdtemp(dir=git_dir.parent, prefix=f".{git_dir.name}.fresh-"))
+        try:
+            fresh.chmod(stat.S_IMODE(git_dir.stat().st_mode))
+            _run(fresh, "init", "--bare", "--quiet", *formats,
+                 doing=f"make the mirror {git_dir} afresh")
+            _write_config(fresh, _own_config(entries))
+            retired = Path(tempfile.mkdtemp(dir=git_dir.parent,
+                                            prefix=f".{git_dir.name}.retired-"))
+            git_dir.rename(retired / "old")
+            fresh.rename(git_dir)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password or token in it, for the log."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def _fetch_into(mirror: RepoInfo, url: str, sha: str, *, into: str, source: str | None) -> None:
@@ -209,14 +289,18 @@ def _own_config(entries: list[tuple[str, str | None]]) -> bytes:
 
 
 def _write_config(git_dir: Path, content: bytes) -> None:
-    # A new file renamed over the old one: never a half-written config, and a symlink
-    # planted at `config` is replaced, not followed.
-    with tempfile.NamedTemporaryFile(dir=git_dir, prefix="config.ci-runner-",
+    _replace_file(git_dir / "config", content, mode=0o644)
+
+
+def _replace_file(path: Path, content: bytes, *, mode: int) -> None:
+    # A new file renamed over the old one: never a half-written file, and a symlink
+    # planted at ``path`` is replaced, not followed.
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{path.name}.ci-runner-",
                                      delete=False) as new:
         new.write(content)
     written = Path(new.name)
-    written.chmod(0o644)
-    written.replace(git_dir / "config")
+    written.chmod(mode)
+    written.replace(path)
 
 
 def _entries(folder: Path) -> list[Path]:
