@@ -82,3 +82,13 @@ def test_unknown_commits_and_option_like_input_are_refused(source: Path):
 def test_the_git_dir_of_a_working_tree_is_still_refused(source: Path):
     with pytest.raises(NotAGitRepository, match="not a working tree"):
         open_repo(source / ".git")
+
+
+def test_a_fetch_writes_one_pack_never_loose_objects(source: Path):
+    """A fetch killed half way must not leave a commit without its blobs (git would count
+    it as present and never fetch it again): objects arrive as a pack, renamed whole."""
+    sha = commit(source, {f"f{i}.txt": f"{i}\n" for i in range(5)}, "a few files")
+    mirror = ensure_mirror(mirror_path("github", "octo/packs"))
+    fetch(mirror, str(source), sha, into="refs/ci-runner/heads/main")
+    counts = dict(line.split(": ") for line in git(mirror.root, "count-objects", "-v").splitlines())
+    assert counts["count"] == "0" and int(counts["in-pack"]) >= 8, counts

@@ -242,8 +242,13 @@ def check_sha(sha: str) -> None:
 
 
 def _fetch(mirror: RepoInfo, url: str, refspec: str) -> GitResult:
+    # Objects always arrive as one pack, renamed into place whole: a fetch killed half
+    # way (a SIGKILL of the server) leaves nothing, never a commit without its blobs,
+    # which git would then count as present and never fetch again (small fetches are
+    # otherwise unpacked into loose objects, one file at a time).
     try:
-        return run_git(mirror.root, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+        return run_git(mirror.root, "-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1",
+                       "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
                        "--end-of-options", url, refspec, timeout=FETCH_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise WorkspaceError(
