@@ -38,6 +38,9 @@ class StepState:
     partial: str = ""
 
 
+_LONGEST_SHOWN = 4096
+
+
 class RunView:
     """Receives engine observer events; subclasses decide how to show them."""
 
@@ -93,8 +96,14 @@ class RunView:
         self.on_change(state)
 
     def _on_output(self, state: StepState, text: str) -> None:
+        # A line still growing keeps only its end: the view shows the last 4 KiB of a
+        # line longer than that (the log has it whole, up to its cap), and a 100 MB line
+        # costs what its size does, not its size squared.
+        if "\n" not in text:
+            state.partial = (state.partial + text)[-_LONGEST_SHOWN:]
+            return
         lines = (state.partial + text).split("\n")
-        state.partial = lines.pop()
+        state.partial = lines.pop()[-_LONGEST_SHOWN:]
         for line in lines:
             state.tail.append(line)
             self.on_line(state, line)

@@ -453,6 +453,9 @@ class StepBroker:
                   "display": display}
         if refused:
             result["process_limit"] = {"limit": cgroup.limit, "refused_forks": refused}
+        if log.truncated:  # the run shows it: the log stops at its cap, the step ran on
+            result["log_truncated"] = {"cap_bytes": log.max_bytes,
+                                       "dropped_bytes": log.dropped_bytes}
         return result
 
     def _check_untrusted(self, name: str, secrets: list[str], network: bool | str) -> None:

@@ -1,6 +1,12 @@
 """A step's output on its way out, the same for every executor: decoded as UTF-8,
 masked (secrets split across writes included), handed to the sink, and its tail kept
-for the step's result."""
+for the step's result.
+
+Everything here is linear in the output's size and bounded in memory, however long
+its lines: a step may print 500 MB without a newline. The sink gets pieces of at
+most ``SINK_CHUNK`` characters, the tail keeps a few thousand characters, and the
+masker holds back less than its longest pattern.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,11 @@ from ci_runner.executors.masking import Masker
 
 TAIL_LINES = 20
 TAIL_CHARS = 4000
+# The most the sink receives in one call: what a pipe read gives at most, so the log
+# file, the pipeline process and the live view never handle one giant string.
+SINK_CHUNK = 64 * 1024
+# One spare character: the tail's last line break is dropped by tail().
+_KEEP = TAIL_CHARS + 1
 
 
 class MaskedOutput:
@@ -22,7 +33,11 @@ class MaskedOutput:
         self._sink = sink
         self._on_sink_error = on_sink_error
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tail = ""
+        # The end of the output, as the pieces it came in: joining them on every write
+        # would copy the whole tail per write (quadratic in tiny writes), so they are
+        # joined only when they add up to twice what is kept.
+        self._tail_pieces: list[str] = []
+        self._tail_size = 0
         self.sink_error: BaseException | None = None
 
     def feed(self, data: bytes) -> None:
@@ -37,19 +52,31 @@ class MaskedOutput:
 
     def tail(self) -> str:
         """The last 20 lines (at most 4000 characters), already masked."""
-        lines = self._tail.splitlines()[-TAIL_LINES:]
+        kept = "".join(self._tail_pieces)[-_KEEP:]
+        lines = kept.splitlines()[-TAIL_LINES:]
         return "\n".join(lines)[-TAIL_CHARS:]
 
     def _emit(self, text: str) -> None:
         if not text or self.sink_error is not None:
             return
-        # One spare character: the tail's last line break is dropped by tail().
-        keep = TAIL_CHARS + 1
-        self._tail = text[-keep:] if len(text) >= keep else (self._tail + text)[-keep:]
+        self._keep_tail(text)
         try:
-            self._sink(text)
+            for start in range(0, len(text), SINK_CHUNK):
+                self._sink(text[start:start + SINK_CHUNK] if len(text) > SINK_CHUNK else text)
         except BaseException as exc:
             # Raised from a loop callback it would only be logged; the executor re-raises it.
             self.sink_error = exc
             if self._on_sink_error is not None:
                 self._on_sink_error()
+
+    def _keep_tail(self, text: str) -> None:
+        if len(text) >= _KEEP:
+            self._tail_pieces = [text[-_KEEP:]]
+            self._tail_size = _KEEP
+            return
+        self._tail_pieces.append(text)
+        self._tail_size += len(text)
+        if self._tail_size > 2 * _KEEP:
+            kept = "".join(self._tail_pieces)[-_KEEP:]
+            self._tail_pieces = [kept]
+            self._tail_size = len(kept)
