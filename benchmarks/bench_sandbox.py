@@ -9,6 +9,9 @@ Sides, interleaved in every round (the order rotates):
   bare bwrap    subprocess.run(argv + ["true"]) N times, where argv is exactly the
                 bubblewrap argv the broker gives that run's steps (dispatch.confine's
                 step_wrap for a real worktree in the same CI_RUNNER_HOME).
+  bare bwrap+cg the same, each call in a fresh pids cgroup it joins first and that is
+                removed after: what a step with its own `pids=` pays (the kernel's
+                cgroup migration and removal); other steps are born in their run's.
   bare          subprocess.run(["true"]) N times.
   start bwrap / start off   a whole `ci-runner run` of the same pipeline with N=0: the
                 difference is what starting the pipeline process in its sandbox costs.
@@ -94,6 +97,20 @@ def loop(argv: list[str], n: int, cwd: Path) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def loop_cgroups(argv: list[str], n: int, cwd: Path) -> float:
+    from ci_runner.executors.limits import StepCgroup
+
+    t0 = time.perf_counter()
+    for i in range(n):
+        cgroup = StepCgroup(f"bench-{i}", 512)
+        cgroup.create()
+        subprocess.run(cgroup.wrap(argv), check=True, cwd=cwd, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       start_new_session=True)
+        cgroup.remove(wait_s=1.0)
+    return (time.perf_counter() - t0) / n
+
+
 def spread(values: list[float]) -> str:
     return f"{ms(min(values))}..{ms(max(values))}"
 
@@ -110,36 +127,44 @@ def main() -> None:
         workspace = home / "worktrees" / "bench-bare"
 
         got: dict[str, list[float]] = {k: [] for k in (
-            "ci_bwrap", "ci_off", "bare_bwrap", "bare", "start_bwrap", "start_off")}
+            "ci_bwrap", "ci_off", "bare_bwrap", "bare_bwrap_cg", "bare", "start_bwrap",
+            "start_off")}
         sides: dict[str, Callable[[], Any]] = {
             "ci_bwrap": lambda: cli_run(repo, home, N, "bwrap")[1] / N,
             "ci_off": lambda: cli_run(repo, home, N, "off")[1] / N,
             "bare_bwrap": lambda: loop(wrapped, N, workspace),
+            "bare_bwrap_cg": lambda: loop_cgroups(wrapped, N, workspace),
             "bare": lambda: loop(["true"], N, workspace),
             "start_bwrap": lambda: cli_run(repo, home, 0, "bwrap")[0],
             "start_off": lambda: cli_run(repo, home, 0, "off")[0],
         }
         names = list(sides)
-        over_bwrap, over_off = [], []
+        over_bwrap, over_cg, over_off = [], [], []
         for r in range(ROUNDS):
             order = names[r % len(names):] + names[:r % len(names)]
             results = {name: sides[name]() for name in order}
             for name, value in results.items():
                 got[name].append(value)
             over_bwrap.append(results["ci_bwrap"] - results["bare_bwrap"])
+            over_cg.append(results["ci_bwrap"] - results["bare_bwrap_cg"])
             over_off.append(results["ci_off"] - results["bare"])
             print(f"  round {r + 1}/{ROUNDS}: step bwrap {ms(results['ci_bwrap'])}, bare bwrap"
-                  f" {ms(results['bare_bwrap'])}, step off {ms(results['ci_off'])}, bare"
+                  f" {ms(results['bare_bwrap'])}, in a cgroup {ms(results['bare_bwrap_cg'])},"
+                  f" step off {ms(results['ci_off'])}, bare"
                   f" {ms(results['bare'])}, start bwrap {ms(results['start_bwrap'])}, start"
                   f" off {ms(results['start_off'])}", flush=True)
 
     m = {k: median(v) for k, v in got.items()}
-    o_bwrap = median(over_bwrap)
+    o_bwrap, o_cg = median(over_bwrap), median(over_cg)
+    del o_cg  # a default step is born in its run's cgroup: bare bwrap is its peer
     rows = [
+        Row("bare bwrap in a fresh pids cgroup", ms(m["bare_bwrap_cg"]),
+            ms(m["bare_bwrap"]) + " bare bwrap", f"{m['bare_bwrap_cg'] / m['bare_bwrap']:.2f}x",
+            "reference (pids=)", "info"),
         Row("sandboxed light step", ms(m["ci_bwrap"]), ms(m["bare_bwrap"]) + " bare bwrap",
             f"{m['ci_bwrap'] / m['bare_bwrap']:.2f}x", "-", "info"),
-        Row("overhead above the sandbox/step", ms(o_bwrap), spread(over_bwrap) + " spread",
-            "-", "<= 2 ms", verdict(o_bwrap <= GOAL_OVERHEAD_S)),
+        Row("overhead above the sandbox/step", ms(o_bwrap),
+            spread(over_bwrap) + " spread", "-", "<= 2 ms", verdict(o_bwrap <= GOAL_OVERHEAD_S)),
         Row("sandboxed vs unsandboxed step", ms(m["ci_bwrap"]), ms(m["ci_off"]) + " off",
             f"{m['ci_bwrap'] / m['ci_off']:.2f}x", "-", "info"),
         Row("unsandboxed overhead/step", ms(median(over_off)), ms(m["bare"]) + " bare",

@@ -22,6 +22,7 @@ class CI(Pipeline):
         # 300 background sleeps against a limit of 40: most forks must be refused.
         await step.run("bomb", "i=0; while [ $i -lt 300 ]; do (sleep 20 &) 2>/dev/null;"
                        " i=$((i+1)); done; echo tried", pids=40, check=False, timeout=60)
+        # The run's own cgroup (512 by default) for every other step.
         # A daemon that leaves the step's process group and session.
         await step.run("daemon", ["sh", "-c", "setsid sleep 321 & echo started"])
 '''

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from ci_runner import paths
 from ci_runner.errors import CIRunnerError, UsageError, from_record, to_record
+from ci_runner.executors.limits import DEFAULT_PIDS, RunCgroup, StepCgroup
 
 if TYPE_CHECKING:
     from ci_runner.dispatch.confine import Confinement
     from ci_runner.dispatch.redact import Redactor
     from ci_runner.executors import Executor
-    from ci_runner.executors.limits import StepCgroup
 
 BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
 _HEADER = struct.Struct("!I")
@@ -220,6 +220,8 @@ class StepBroker:
         self._db: Any = None
         self._wraps: dict[bool, list[str]] = {}  # built once per run: ~2 ms each
         self._swept = False
+        self._cgroups: list[StepCgroup] = []  # removed when their last process is gone
+        self._run_cgroup: RunCgroup | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="ci-runner-broker",
@@ -290,6 +292,11 @@ class StepBroker:
             if tasks:
                 await asyncio.wait(list(tasks.values()), timeout=30)
             writer.close()
+            for cgroup in self._cgroups:
+                cgroup.remove(wait_s=2.0)
+            self._cgroups = []
+            if self._run_cgroup is not None:
+                self._run_cgroup.leave()  # and what the run's steps left running dies
 
     async def _answer(
         self, writer: asyncio.StreamWriter, call_id: int, op: str, args: Any
@@ -388,8 +395,6 @@ class StepBroker:
         display = masker.mask(argv if isinstance(argv, str) else _join(argv))
         log_path = paths.run_logs(ctx.run_id) / paths.step_log_name(name, occurrence)
         labels = {"ci-runner.run": ctx.run_id, "ci-runner.step": label}
-        from ci_runner.executors.limits import DEFAULT_PIDS, StepCgroup
-
         limit = _pids(name, pids)
         if not self._swept:
             # A request comes only once the driver holds the run's lease: step cgroups of
@@ -398,9 +403,8 @@ class StepBroker:
 
             self._swept = True
             remove_leftovers(f"{ctx.run_id}-")
-        cgroup = StepCgroup(f"{ctx.run_id}-{label}-{attempt}", limit or DEFAULT_PIDS)
-        if image is None:
-            cgroup.create()
+        cgroup = self._cgroup_for(f"{ctx.run_id}-{label}-{attempt}", limit, image is None)
+        refused_before = cgroup.refused()
         executor = self._executor(name, label, attempt, image, network, services, cache,
                                   memory, cpus, labels, cgroup)
         with StepLog(log_path) as log:
@@ -440,8 +444,9 @@ class StepBroker:
                 try:
                     outcome = await executor.run(spec, on_output, on_start=on_start)
                 finally:
-                    refused = cgroup.refused()
-                    cgroup.remove()
+                    refused = cgroup.refused() - refused_before
+                    if cgroup is not self._run_cgroup:
+                        self._remove_cgroups(cgroup)
             else:
                 refused = 0
             if refused:
@@ -457,6 +462,25 @@ class StepBroker:
             result["log_truncated"] = {"cap_bytes": log.max_bytes,
                                        "dropped_bytes": log.dropped_bytes}
         return result
+
+    def _cgroup_for(self, name: str, limit: int | None, light: bool) -> StepCgroup:
+        """The pids cgroup a light step is born in: the run's (joined once by this
+        thread), or one of its own when it sets ``pids=``."""
+        if light and limit is not None:
+            own = StepCgroup(name, limit)
+            own.create()
+            return own
+        if self._run_cgroup is None:
+            self._run_cgroup = RunCgroup(f"{self.context.run_id}-run", DEFAULT_PIDS)
+            if not self._run_cgroup.join():
+                self._run_cgroup.path = None  # nowhere to make it: no limit (where() says)
+        return self._run_cgroup
+
+    def _remove_cgroups(self, done: StepCgroup | None = None) -> None:
+        """Remove step cgroups whose processes are gone; those still exiting are tried
+        again after the next step (waiting here would cost every step ~10 ms)."""
+        pending = [*self._cgroups, *([done] if done is not None else [])]
+        self._cgroups = [c for c in pending if not c.remove()]
 
     def _check_untrusted(self, name: str, secrets: list[str], network: bool | str) -> None:
         if not self.context.untrusted:

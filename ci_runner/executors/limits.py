@@ -1,15 +1,19 @@
-"""A light step's process limit, with the kernel's pids cgroup controller.
+"""Light steps' process limit, with the kernel's pids cgroup controller.
 
 A fork bomb in a step reached 15,813 processes and a load of 2,000 before its
-timeout. Each light step therefore runs in a pids cgroup of its own whose
-``pids.max`` is the step's limit (512 by default, like a heavy step's container):
-a fork past it fails with EAGAIN inside the step, and afterwards the step's log and
-result say in one line how many forks were refused.
+timeout. A run's light steps therefore run in a pids cgroup whose ``pids.max`` is
+the limit (512 by default, like a heavy step's container): a fork past it fails with
+EAGAIN inside the step, and afterwards the step's log and result say in one line how
+many forks were refused.
 
-The step joins its cgroup before anything of it runs: its argv is prefixed with a
-two-word shell that writes its own pid into ``cgroup.procs`` and execs the rest
-(``preexec_fn`` is unsafe in the broker's thread), so everything the step starts,
-sandbox included, is counted.
+Moving a process into a cgroup costs the kernel milliseconds (an RCU sync), so a
+run's steps do not each move: the broker's thread joins the run's cgroup once
+(``RunCgroup.join``; under cgroup v1 a single thread can, under v2 the driver's
+process does) and every step it starts is born inside. A step that sets its own
+``pids=`` gets a cgroup of its own instead (``StepCgroup``): its argv is prefixed with
+a two-word shell that writes its pid into ``cgroup.procs`` and execs the rest
+(``preexec_fn`` is unsafe in the broker's thread), so everything it starts, sandbox
+included, is counted.
 
 Where no pids hierarchy can be written (a user without a delegated cgroup), steps
 run without a process limit and ``where()`` says why; ``RLIMIT_NPROC`` is no
@@ -24,6 +28,7 @@ import functools
 import os
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -102,23 +107,27 @@ class StepCgroup:
                     return int(value)
         return 0
 
-    def remove(self) -> None:
+    def remove(self, *, wait_s: float = 0.0) -> bool:
         """Stop what is left in the cgroup (a daemon that left the step's process group
-        is still counted here) and remove it."""
+        is still counted here) and remove it; False while its processes are still on
+        their way out (try again later, or wait up to ``wait_s``)."""
         if self.path is None:
-            return
-        for _ in range(50):
+            return True
+        deadline = time.monotonic() + wait_s
+        while True:
             try:
                 pids = (self.path / "cgroup.procs").read_text().split()
             except OSError:
-                return
+                return True  # gone already
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             try:
                 self.path.rmdir()
-                return
+                return True
             except OSError:
+                if time.monotonic() >= deadline:
+                    return False
                 time.sleep(0.01)
 
 
@@ -130,4 +139,51 @@ def remove_leftovers(prefix: str) -> None:
     for folder in base.glob(f"{_UNSAFE.sub('_', prefix)}*"):
         cgroup = StepCgroup.__new__(StepCgroup)
         cgroup.path, cgroup.limit = folder, 0
-        cgroup.remove()
+        cgroup.remove(wait_s=2.0)
+
+
+class RunCgroup(StepCgroup):
+    """The cgroup a run's light steps are born in: the calling thread (v1) or process
+    (v2) joins it once; ``leave`` puts it back where it was."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(name, limit)
+        self._back: Path | None = None
+
+    def join(self) -> bool:
+        """Move the calling thread (cgroup v1) or process (v2) in; False if it cannot."""
+        if self.path is None or not self.create():
+            return False
+        assert self.path is not None
+        v1 = (self.path / "tasks").exists()
+        target = self.path / ("tasks" if v1 else "cgroup.procs")
+        me = threading.get_native_id() if v1 else os.getpid()
+        self._back = _current(self.path.parent.parent, v1)
+        try:
+            target.write_text(str(me))
+        except OSError:
+            self._back = None
+            return False
+        return True
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return argv  # born inside: nothing to join
+
+    def leave(self) -> None:
+        """Back to the cgroup the caller came from, then remove this one."""
+        if self._back is not None:
+            v1 = (self._back / "tasks").exists()
+            me = threading.get_native_id() if v1 else os.getpid()
+            with contextlib.suppress(OSError):
+                (self._back / ("tasks" if v1 else "cgroup.procs")).write_text(str(me))
+            self._back = None
+        self.remove(wait_s=2.0)
+
+
+def _current(root: Path, v1: bool) -> Path:
+    """The cgroup folder the caller is in now, in the hierarchy mounted at ``root``."""
+    for line in Path("/proc/thread-self/cgroup").read_text().splitlines():
+        _, controllers, where = line.split(":", 2)
+        if (v1 and "pids" in controllers.split(",")) or (not v1 and controllers == ""):
+            return root / where.lstrip("/")
+    return root
