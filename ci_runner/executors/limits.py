@@ -120,6 +120,8 @@ class StepCgroup:
             except OSError:
                 return True  # gone already
             for pid in pids:
+                if pid == str(os.getpid()):
+                    continue  # a thread of ours still inside (RunCgroup.leave moves them)
                 with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             try:
@@ -171,11 +173,16 @@ class RunCgroup(StepCgroup):
 
     def leave(self) -> None:
         """Back to the cgroup the caller came from, then remove this one."""
-        if self._back is not None:
+        if self._back is not None and self.path is not None:
             v1 = (self._back / "tasks").exists()
-            me = threading.get_native_id() if v1 else os.getpid()
-            with contextlib.suppress(OSError):
-                (self._back / ("tasks" if v1 else "cgroup.procs")).write_text(str(me))
+            ours = [str(os.getpid())]
+            if v1:  # every thread of ours: those the joined one started followed it in
+                with contextlib.suppress(OSError):
+                    ours = [t for t in (self.path / "tasks").read_text().split()
+                            if Path(f"/proc/self/task/{t}").exists()]
+            for me in ours:
+                with contextlib.suppress(OSError):
+                    (self._back / ("tasks" if v1 else "cgroup.procs")).write_text(me)
             self._back = None
         self.remove(wait_s=2.0)
 
