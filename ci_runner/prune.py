@@ -91,6 +91,11 @@ def _remove_run_files(row: Any, problems: list[str]) -> int:
 
     freed = _size(paths.run_logs(row["id"]))
     shutil.rmtree(paths.run_logs(row["id"]), ignore_errors=True)
+    from ci_runner.dispatch.confine import remove_scratch
+    from ci_runner.executors.limits import remove_leftovers
+
+    remove_scratch(str(row["id"]))  # a killed driver's private /tmp and HOME
+    remove_leftovers(f"{row['id']}-")  # and the pids cgroups it left (empty by now)
     try:
         metadata, _ = unwrap_params(json.loads(row["payload"]))
     except (ValueError, TypeError, KeyError):

@@ -223,3 +223,9 @@ def test_encoded_forms_mask_like_brute_force_however_chunked(
         assert masker.held < masker.longest
     assert "".join(streamed) + masker.flush() == expected
     assert Masker(secrets).mask("".join(chunks)) == expected
+
+
+def test_lower_case_percent_encoding_is_masked_too() -> None:
+    secret = "p@ss/w0rd?x"
+    lower = "p%40ss%2fw0rd%3fx"
+    assert Masker([secret]).mask(f"url={lower}&a=1") == "url=***&a=1"

@@ -52,12 +52,16 @@ def encoded_forms(value: str) -> set[str]:
         return set()
     import base64
     import json
+    import re
     from urllib.parse import quote, quote_plus
 
     # A value from the environment may hold undecodable bytes (surrogateescape).
     raw = value.encode("utf-8", "surrogateescape")
+    percent = {quote(raw, safe=""), quote(raw), quote_plus(raw)}
     forms = {
-        quote(raw, safe=""), quote(raw), quote_plus(raw),
+        *percent,
+        # Some encoders write the hex digits in lower case (%2f): RFC 3986 allows both.
+        *(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), p) for p in percent),
         json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
     }
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
