@@ -386,7 +386,7 @@ def toolchain_paths(path_env: str, *, forbidden: Sequence[Path]) -> list[Path]:
         if not raw or not Path(raw).expanduser().is_absolute():
             continue  # a relative entry means the cwd, which is the worktree's business
         entry = Path(raw).expanduser().resolve()
-        if not entry.is_dir() or _covered(entry):
+        if not _is_dir(entry) or _covered(entry):
             continue
         prefix = _prefix_for(entry)
         if _exposes(prefix, banned):
@@ -395,6 +395,22 @@ def toolchain_paths(path_env: str, *, forbidden: Sequence[Path]) -> list[Path]:
             continue
         found.append(prefix)
     return _dedupe(found)
+
+
+def _is_dir(path: Path) -> bool:
+    """Like ``Path.is_dir``, but a path we may not look at (another user's PATH entry
+    left in the environment) is simply not one."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def python_paths(*, forbidden: Sequence[Path]) -> list[Path]:
@@ -437,7 +453,7 @@ def python_paths(*, forbidden: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for candidate in candidates:
         path = candidate.resolve()
-        if path == cwd or not path.exists() or _covered(path) or _exposes(path, banned):
+        if path == cwd or not _exists(path) or _covered(path) or _exposes(path, banned):
             continue
         found.append(path)
     return _dedupe(found)

@@ -1032,3 +1032,18 @@ def test_without_namespaces_bwrap_fails_and_probe_picks_landlock(bwrap_works: No
         assert result["kind"] == "landlock"
         assert result["reason"].startswith("user namespaces are refused here (bwrap:")
     assert "user namespaces" in result["insisted"] and "--sandbox landlock" in result["insisted"]
+
+
+def test_a_path_entry_we_may_not_look_at_is_skipped(monkeypatch, tmp_path: Path) -> None:
+    """Another user's PATH entry left in the environment (su without -l, say) must not
+    stop the run: found as a real bug, where /root/.cargo/bin raised PermissionError."""
+    closed = tmp_path / "closed" / "bin"
+    real_is_dir = Path.is_dir
+
+    def is_dir(self: Path) -> bool:
+        if self == closed:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert toolchain_paths(f"{closed}:/usr/bin", forbidden=[]) == []
