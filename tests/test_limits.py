@@ -77,3 +77,30 @@ def test_a_fork_bomb_is_stopped_at_the_steps_limit_and_said_so(cli, home, tmp_pa
 
     base, _ = where()
     assert base is not None and not list(base.glob(f"{run_id}-*"))  # cgroups removed
+
+
+def test_without_a_cgroup_a_sandboxed_step_gets_rlimit_nproc(cli, home, tmp_path):
+    """Where no pids cgroup can be made (simulated: CI_RUNNER_PIDS_CGROUP=off), a step in
+    a bubblewrap sandbox is still limited, by RLIMIT_NPROC inside its sandbox."""
+    from tests.test_isolation_cli import _require
+
+    _require("bwrap")
+    repo = make_repo(tmp_path / "bomb", {".ci/pipeline.py": """
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("bomb", "i=0; while [ $i -lt 60 ]; do (sleep 20 >/dev/null &) 2>/dev/null"
+                       " || echo refused; i=$((i+1)); done | grep -c refused",
+                       pids=20, check=False, timeout=60)
+"""})
+    done = cli("run", "-C", str(repo), "--sandbox", "bwrap", "--json", timeout=120,
+               env={"CI_RUNNER_PIDS_CGROUP": "off"})
+    assert done.code == 0, done.err + done.out
+    log = (home / "logs" / done.json()["run_id"] / "bomb.log").read_text()
+    refused = int(log.split("\n")[1])  # the line after the attempt's header
+    assert 30 <= refused <= 60, log  # at most ~20 of 60 forks got through
+    deadline = time.monotonic() + 30
+    while _count(b"sleep\x0020\x00"):  # the sandbox's processes died with it
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

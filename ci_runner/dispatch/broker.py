@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -518,8 +519,13 @@ class StepBroker:
             wants_net = network is not False and not ctx.untrusted
             if wants_net not in self._wraps:
                 self._wraps[wants_net] = ctx.confinement.step_wrap(network=wants_net)
-            return HostExecutor(wrap=cgroup.wrap(self._wraps[wants_net]),
-                                user=ctx.confinement.user)
+            wrap = self._wraps[wants_net]
+            if cgroup.path is None and ctx.confinement.kind == "bwrap":
+                # No cgroup to be had: the sandbox's own RLIMIT_NPROC (see limits.py).
+                # An absolute path: the step's own PATH must not choose what sets its limit.
+                prlimit = shutil.which("prlimit", path="/usr/bin:/bin") or "/usr/bin/prlimit"
+                wrap = [*wrap, prlimit, f"--nproc={cgroup.limit}", "--"]
+            return HostExecutor(wrap=cgroup.wrap(wrap), user=ctx.confinement.user)
         from ci_runner.dispatch.pipeline import cache_volume
         from ci_runner.executors import ContainerExecutor
 

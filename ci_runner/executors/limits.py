@@ -15,10 +15,12 @@ a two-word shell that writes its pid into ``cgroup.procs`` and execs the rest
 (``preexec_fn`` is unsafe in the broker's thread), so everything it starts, sandbox
 included, is counted.
 
-Where no pids hierarchy can be written (a user without a delegated cgroup), steps
-run without a process limit and ``where()`` says why; ``RLIMIT_NPROC`` is no
-substitute there, since it counts every process of the uid, the user's own
-desktop included.
+Where no pids hierarchy can be written (a user without a delegated cgroup), a step
+in a bubblewrap sandbox gets ``RLIMIT_NPROC`` instead (``prlimit`` inside it): in
+the sandbox's own user namespace the kernel counts only that sandbox's processes.
+Elsewhere (Landlock, no sandbox) ``RLIMIT_NPROC`` would count every process of the
+user, their desktop included, so steps there have no process limit and ``where()``
+says why.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ _V2 = Path("/sys/fs/cgroup")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+OFF_ENV = "CI_RUNNER_PIDS_CGROUP"  # "off": no cgroups (the sandbox's RLIMIT_NPROC only)
+
+
 @functools.cache
 def where() -> tuple[Path | None, str]:
-    """(ci-runner's pids cgroup folder, "") or (None, why steps have no process limit)."""
+    """(ci-runner's pids cgroup folder, "") or (None, why steps have no cgroup limit)."""
+    if os.environ.get(OFF_ENV) == "off":
+        return None, f"pids cgroups are turned off ({OFF_ENV}=off)"
     candidates: list[Path] = []
     if (_V2 / "cgroup.controllers").is_file() and "pids" in (
             _V2 / "cgroup.controllers").read_text().split():
