@@ -245,3 +245,27 @@ def test_a_step_that_floods_its_log_is_capped_and_keeps_running(
     # The run shows it: the step's result says its log stopped at the cap, and how much.
     truncated = json.loads(result)["log_truncated"]
     assert truncated["cap_bytes"] == 64 << 20 and truncated["dropped_bytes"] > 0
+
+
+def test_a_steps_own_log_cap(cli, home, tmp_path):
+    """step.run(log_cap=N) caps that step's log at N bytes; the run shows it."""
+    from tests.gitrepos import make_repo
+
+    repo = make_repo(tmp_path / "cap", {".ci/pipeline.py": """
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("chatty", "yes line | head -n 20000; echo done", log_cap=4096)
+"""})
+    done = cli("run", "-C", str(repo), "--json")
+    assert done.code == 0, done.err
+    run_id = done.json()["run_id"]
+    log = home / "logs" / run_id / "chatty.log"
+    assert log.stat().st_size < 4096 + 1024
+    assert "--- output truncated" in log.read_text()
+    with sqlite3.connect(home / "ci-runner.db") as db:
+        (result,) = db.execute("SELECT result FROM steps WHERE instance_id = ?",
+                               (run_id,)).fetchone()
+    assert json.loads(result)["log_truncated"]["cap_bytes"] == 4096
+    assert json.loads(result)["output_tail"].endswith("done")

@@ -377,7 +377,7 @@ class StepBroker:
         cwd: str, timeout_s: float, image: str | None = None, network: bool | str = False,
         services: dict[str, str] | None = None, cache: dict[str, str] | None = None,
         memory: str = "2g", cpus: float = 2.0, previous: dict[str, Any] | None = None,
-        pids: int | None = None,
+        pids: int | None = None, log_cap: int | None = None,
     ) -> dict[str, Any]:
         from ci_runner.dispatch.seal import seal
         from ci_runner.dispatch.steplog import StepLog
@@ -408,7 +408,7 @@ class StepBroker:
         refused_before = cgroup.refused()
         executor = self._executor(name, label, attempt, image, network, services, cache,
                                   memory, cpus, labels, cgroup)
-        with StepLog(log_path) as log:
+        with StepLog(log_path, max_bytes=_log_cap(name, log_cap)) as log:
 
             def on_output(text: str) -> None:
                 log.write(text)
@@ -602,6 +602,16 @@ class _PipelineOutput:
             self._pending = b""
         os.close(self._fd)  # ours since the broker took it from the ChildProcess
         self._fd = None
+
+
+def _log_cap(name: str, cap: int | None) -> int:
+    from ci_runner.dispatch.steplog import DEFAULT_LOG_CAP
+
+    if cap is None:
+        return DEFAULT_LOG_CAP
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1024:
+        raise UsageError(f"step {name!r}: log_cap is a number of bytes, at least 1024")
+    return cap
 
 
 def _pids(name: str, pids: int | None) -> int | None:

@@ -224,6 +224,7 @@ class PipelineStep:
         inputs: Sequence[str] | None = None,
         artifacts: Sequence[str] = (),
         pids: int | None = None,
+        log_cap: int | None = None,
     ) -> dict[str, Any]:
         """Run ``cmd`` in the worktree; returns ``{exit_code, duration_s, output_tail}``.
 
@@ -235,7 +236,8 @@ class PipelineStep:
         (globs of files at the run's sha), an earlier successful run of the same
         command on the same inputs in this repo is reused instead of running.
         ``artifacts`` (globs in the worktree) are kept with the run. ``pids`` is a
-        light step's process limit (512 by default; forks past it fail).
+        light step's process limit (512 by default; forks past it fail). ``log_cap``
+        is the most bytes its log keeps (64 MiB by default; the step runs on).
         """
         from ci_runner.engine import policy as defaults
 
@@ -249,7 +251,7 @@ class PipelineStep:
                        else defaults.DEFAULT_TIMEOUT_S),
             image=image, network=network, services=dict(services or {}),
             cache=_cache_mounts(name, cache), memory=memory, cpus=cpus,
-            artifacts=list(artifacts), pids=pids,
+            artifacts=list(artifacts), pids=pids, log_cap=log_cap,
         )
         policy = RetryPolicy.parse(retries)
         skipped = self._left_out_step(name, "run", dict(SKIPPED_RUN))
@@ -315,7 +317,7 @@ class PipelineStep:
             "timeout_s": command.timeout_s, "image": command.image,
             "network": command.network, "services": command.services,
             "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
-            "previous": previous, "pids": command.pids,
+            "previous": previous, "pids": command.pids, "log_cap": command.log_cap,
         }, on_event)
         display = str(outcome.pop("display"))
         timed_out = bool(outcome.pop("timed_out"))
@@ -366,6 +368,7 @@ class Command:
     cpus: float = 2.0
     artifacts: list[str] = field(default_factory=list)
     pids: int | None = None
+    log_cap: int | None = None
 
 
 _CACHE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
