@@ -92,3 +92,19 @@ def test_a_fetch_writes_one_pack_never_loose_objects(source: Path):
     fetch(mirror, str(source), sha, into="refs/ci-runner/heads/main")
     counts = dict(line.split(": ") for line in git(mirror.root, "count-objects", "-v").splitlines())
     assert counts["count"] == "0" and int(counts["in-pack"]) >= 8, counts
+
+
+def test_a_commit_left_without_its_files_is_fetched_again(source: Path, tmp_path: Path):
+    """A mirror damaged by a fetch killed half way, before fetches were one pack: the
+    commit is there, a file of it is not. The next delivery of it repairs the mirror."""
+    sha = commit(source, {"b.txt": "world\n"}, "two files")
+    mirror = ensure_mirror(mirror_path("github", "octo/damaged"))
+    git(mirror.root, "-c", "fetch.unpackLimit=1000", "fetch", "-q", str(source),
+        f"+{sha}:refs/ci-runner/heads/main")  # loose objects, as old fetches left them
+    blob = git(source, "rev-parse", f"{sha}:b.txt")
+    (mirror.root / "objects" / blob[:2] / blob[2:]).unlink()
+    assert has_commit(mirror, sha)
+    fetch(mirror, str(source), sha, into="refs/ci-runner/pull/1")
+    dest = tmp_path / "wt"
+    fork(mirror, sha, dest)
+    assert (dest / "b.txt").read_text() == "world\n"

@@ -218,6 +218,15 @@ def _shown(url: str) -> str:
 
 def _fetch_into(mirror: RepoInfo, url: str, sha: str, *, into: str, source: str | None) -> None:
     if has_commit(mirror, sha):
+        if not _complete(mirror, sha):
+            # Left by a fetch killed half way before fetches were one pack: the commit is
+            # here, some of its files are not, and git would never fetch them again.
+            log.warning("mirror %s holds %s without all its files: fetching it again",
+                        mirror.root, sha[:12])
+            _fetch(mirror, url, f"+{sha}:{into}", refetch=True)
+            if not _complete(mirror, sha):
+                raise WorkspaceError(f"could not repair {sha[:12]} in {mirror.root}: fetch"
+                                     f" it again from {url} failed; remove the mirror", sha=sha)
         _run(mirror.root, "update-ref", "--end-of-options", into, sha, doing="hold the commit")
         return
     first = _fetch(mirror, url, f"+{sha}:{into}")
@@ -241,7 +250,23 @@ def check_sha(sha: str) -> None:
         raise UsageError(f"{sha!r} is not a full commit sha (40 or 64 hex digits)", sha=sha)
 
 
-def _fetch(mirror: RepoInfo, url: str, refspec: str) -> GitResult:
+def _complete(mirror: RepoInfo, sha: str) -> bool:
+    """Whether every file of ``sha``'s tree is in the mirror (one ls-tree, one batch check)."""
+    tree = run_git(mirror.root, "ls-tree", "-r", "-z", "--full-tree", "--end-of-options", sha)
+    if tree.status != 0:
+        return False
+    blobs = [entry.split(b"\t", 1)[0].split()[2] for entry in tree.stdout.split(b"\0")
+             if entry and entry.split()[1] == b"blob"]
+    if not blobs:
+        return True
+    found = run_git(mirror.root, "cat-file", "--batch-check=%(objectname)",
+                    stdin=b"\n".join(blobs) + b"\n")
+    return found.status == 0 and b" missing" not in found.stdout
+
+
+def _fetch(
+    mirror: RepoInfo, url: str, refspec: str, *, refetch: bool = False,
+) -> GitResult:
     # Objects always arrive as one pack, renamed into place whole: a fetch killed half
     # way (a SIGKILL of the server) leaves nothing, never a commit without its blobs,
     # which git would then count as present and never fetch again (small fetches are
@@ -249,6 +274,7 @@ def _fetch(mirror: RepoInfo, url: str, refspec: str) -> GitResult:
     try:
         return run_git(mirror.root, "-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1",
                        "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                       *(["--refetch"] if refetch else []),
                        "--end-of-options", url, refspec, timeout=FETCH_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise WorkspaceError(
