@@ -144,6 +144,17 @@ def to_record(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": message, "fields": {"type": type(exc).__name__}}
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "disk is full" in str(exc) or "disk I/O error" in str(exc))
+
+
 def from_record(record: dict[str, Any]) -> CIRunnerError:
     """Rebuild a stored error. Unknown types come back as ``StepFailed``."""
     cls = _BY_NAME.get(record.get("type", ""), StepFailed)

@@ -1,6 +1,7 @@
 """A step that fills the disk: one clear line and a non-zero exit, nothing committed lost,
-the run left resumable, and `cancel` works on the full disk (it frees the run's worktree
-before it writes). CI_RUNNER_HOME is a small tmpfs the test mounts (root only)."""
+the run's worktree freed and the run failed (so no driver runs it into the same wall
+again), and `cancel` works on a full disk (it frees the run's worktree before it
+writes). CI_RUNNER_HOME is a small tmpfs the test mounts (root only)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ class CI(Pipeline):
         await step.run("after", ["echo", "after"])
 '''
 
+WAITS = '''
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("ok", ["echo", "fine"])
+        await step.wait_for_approval("gate")
+'''
+
 
 @pytest.fixture
 def small_home(tmp_path: Path):
@@ -48,22 +58,41 @@ def _cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Complete
              "PYTHONPATH": str(ROOT)})
 
 
-def test_a_full_disk_is_one_line_and_cancel_still_works(small_home: Path, tmp_path: Path):
+def test_a_step_that_fills_the_disk_fails_its_run_and_frees_the_space(
+    small_home: Path, tmp_path: Path,
+):
     repo = make_repo(tmp_path / "fills", {".ci/pipeline.py": FILLS})
     done = _cli(small_home, "run", "--sandbox", "off", cwd=repo)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "the disk is full" in errors[0], done.stderr
+    assert len(errors) == 1 and "the disk filled up" in errors[0], done.stderr
     db = sqlite3.connect(small_home / "ci-runner.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    run_id, status = db.execute("SELECT id, status FROM instances").fetchone()
-    assert status == "running"  # resumable: its driver is gone
+    status, error = db.execute("SELECT status, error FROM instances").fetchone()
+    assert status == "errored" and "its worktree was removed" in error
     assert db.execute("SELECT status FROM steps WHERE name = 'ok'").fetchone()[0] == "complete"
+    assert not list((small_home / "worktrees").iterdir())  # the space is back
+    again = _cli(small_home, "run", "--sandbox", "off", "--only", "ok", cwd=repo)
+    assert again.returncode == 0, again.stderr  # and the next run has room
+
+
+def test_cancel_works_on_a_full_disk(small_home: Path, tmp_path: Path):
+    repo = make_repo(tmp_path / "waits", {".ci/pipeline.py": WAITS})
+    waiting = _cli(small_home, "run", "--sandbox", "off", "--keep-workspace", cwd=repo)
+    assert waiting.returncode == 3, waiting.stderr
+    db = sqlite3.connect(small_home / "ci-runner.db")
+    (run_id,) = db.execute("SELECT id FROM instances").fetchone()
     db.close()
+    (workspace,) = (small_home / "worktrees").iterdir()
+    with (workspace / "filler").open("wb") as f:  # the run's worktree takes the rest
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+        except OSError:
+            pass
     cancelled = _cli(small_home, "cancel", run_id)
     assert cancelled.returncode == 0, cancelled.stderr
     db = sqlite3.connect(small_home / "ci-runner.db")
     assert db.execute("SELECT status FROM instances").fetchone()[0] == "terminated"
-    assert db.execute("SELECT status FROM steps WHERE name = 'ok'").fetchone()[0] == "complete"
-    assert not list((small_home / "worktrees").iterdir())  # the space is back
+    assert not list((small_home / "worktrees").iterdir())

@@ -347,12 +347,9 @@ def main() -> None:
 
 def disk_full(exc: BaseException) -> CIRunnerError | None:
     """The one line a full disk deserves, or None when ``exc`` is something else."""
-    import errno
+    from ci_runner.errors import disk_full as is_full
 
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        isinstance(exc, sqlite3.OperationalError)
-        and ("disk is full" in str(exc) or "disk I/O error" in str(exc)))
-    if not full:
+    if not is_full(exc):
         return None
     return CIRunnerError(
         f"the disk is full ({paths.home()}): nothing committed is lost; free space (`ci-runner"

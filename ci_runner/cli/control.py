@@ -115,10 +115,22 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def cancel(run_id: RunArg) -> None:
         """Terminate a run: its processes stop and it is recorded as terminated."""
-        from ci_runner.dispatch.control import cancel as do_cancel
-        from ci_runner.dispatch.runs import open_engine
+        import sqlite3
 
-        with open_engine() as engine:
+        from ci_runner.dispatch.control import cancel as do_cancel
+        from ci_runner.dispatch.control import free_space_of
+        from ci_runner.dispatch.runs import open_engine
+        from ci_runner.errors import disk_full
+
+        try:
+            engine = open_engine()
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not disk_full(exc) or not free_space_of(run_id):
+                raise
+            # A disk so full that the database cannot open: the run's worktree (found
+            # by its id, the database unread) went first; now there is room.
+            engine = open_engine()
+        with engine:
             full = do_cancel(engine, run_id)
         typer.echo(f"run {full} terminated")
 

@@ -59,6 +59,27 @@ def cancel(engine: Engine, run_id: str) -> str:
     return str(row["id"])
 
 
+def free_space_of(run_id: str) -> bool:
+    """Stop what runs in the run's worktree and delete it, knowing only its id (a unique
+    prefix): for a disk too full to open the database. Git's record of the worktree is
+    pruned later, when the cancel removes it properly. True if something was freed."""
+    import shutil
+
+    from ci_runner import paths
+    from ci_runner.dispatch.confine import remove_scratch
+    from ci_runner.executors import stop_processes_in
+
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        return False
+    found = [p for p in paths.worktrees().glob(f"{run_id}*") if p.is_dir()]
+    if len(found) != 1:
+        return False
+    stop_processes_in(found[0])
+    shutil.rmtree(found[0], ignore_errors=True)
+    remove_scratch(found[0].name)
+    return True
+
+
 def retry(engine: Engine, run_id: str, step: str | None) -> str:
     """Keep results before ``step`` and make the run runnable again (its worktree is
     forked again when it was removed)."""

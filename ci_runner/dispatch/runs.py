@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,10 +284,18 @@ def drive_run(
     child.output = None  # the broker's now: it reads it to the end, then closes it
     broker.start()
     try:
-        status = engine.drive(run_id, observer=observer, child=child, redactor=redactor,
-                              timeout_s=metadata.get("timeout_s"))
-    finally:
-        broker.close()
+        try:
+            status = engine.drive(run_id, observer=observer, child=child, redactor=redactor,
+                                  timeout_s=metadata.get("timeout_s"))
+        finally:
+            broker.close()
+    except (OSError, sqlite3.OperationalError) as exc:
+        from ci_runner.errors import disk_full
+
+        if not disk_full(exc):
+            raise
+        _out_of_space(engine, metadata, exc)
+        raise
     if status in ("terminated", "errored"):
         # Cancelled or crashed: a command started just before may not have had its
         # process group recorded, so the engine could not stop it. Find it by where
@@ -298,6 +307,32 @@ def drive_run(
     if status in TERMINAL:
         finish_workspace(metadata)
     return status
+
+
+def _out_of_space(engine: Engine, metadata: dict[str, Any], exc: BaseException) -> None:
+    """The disk filled up while the run ran (its own output, most likely): free what the
+    run holds (its processes, worktree and private folders), then record it as failed,
+    so that it is not driven again into the same wall and the machine's other runs go on.
+    Raises the one line to show; nothing committed before is lost."""
+    from ci_runner.dispatch.confine import remove_scratch
+    from ci_runner.errors import CIRunnerError
+    from ci_runner.executors import stop_processes_in
+    from ci_runner.store import journal as j
+
+    run_id, workspace = str(metadata["run_id"]), Path(metadata["workspace"])
+    stop_processes_in(workspace)
+    finish_workspace(metadata, even_kept=True)
+    remove_scratch(run_id)
+    why = (f"the disk filled up while the run ran ({exc}); its worktree was removed to free"
+           " the space")
+    try:
+        j.terminate(engine.conn, run_id, status="errored",
+                    error={"type": "StepFailed", "message": why, "fields": {}})
+    except Exception:
+        raise CIRunnerError(
+            f"run {run_id}: the disk is full ({paths.home()}); nothing committed is lost:"
+            f" free space, then `ci-runner resume {run_id}`") from exc
+    raise CIRunnerError(f"run {run_id} failed: {why}") from exc
 
 
 def _same_sandbox(started: Any, wanted: Any) -> bool:

@@ -208,13 +208,17 @@ def terminate(
     *,
     error: dict[str, Any] | None = None,
     only_if: tuple[str, ...] | None = None,
+    status: str = "terminated",
 ) -> list[dict[str, Any]]:
     """Cancel the instance; a live driver loses its lease. Returns the details of steps
     that were running, so their processes can be stopped.
 
     ``error`` says why (default: cancelled by the user); ``only_if`` cancels only from
-    those statuses, checked in the same transaction (else ``InvalidState``).
+    those statuses, checked in the same transaction (else ``InvalidState``); ``status``
+    is what it ends as ('errored' when it is not the user's doing).
     """
+    if status not in ("terminated", "errored"):
+        raise ValueError(f"a run is ended as terminated or errored, not {status!r}")
     t = now()
     why = error or {"type": "Cancelled", "message": "cancelled by the user", "fields": {}}
     with immediate(conn):
@@ -224,10 +228,10 @@ def terminate(
         if only_if is not None and row["status"] not in only_if:
             raise InvalidState(f"run {row['id']} is {row['status']}; it was left alone")
         conn.execute(
-            "UPDATE instances SET status = 'terminated', lease_epoch = lease_epoch + 1,"
+            "UPDATE instances SET status = ?, lease_epoch = lease_epoch + 1,"
             " owner = NULL, lease_expires_at = NULL, wake_at = NULL, control = NULL,"
             " finished_at = ?, updated_at = ?, error = ? WHERE id = ?",
-            (t, t, dumps(why), row["id"]),
+            (status, t, t, dumps(why), row["id"]),
         )
         steps = conn.execute(
             "SELECT detail FROM steps WHERE instance_id = ? AND status = 'running'",
@@ -236,8 +240,8 @@ def terminate(
         conn.execute(
             "UPDATE steps SET status = 'failed', finished_at = ?, error = ?"
             " WHERE instance_id = ? AND status IN ('running', 'waiting', 'retrying')",
-            (t, dumps({"type": "Cancelled", "message": "the run was cancelled", "fields": {}}),
-             row["id"]),
+            (t, dumps({"type": "Cancelled", "message": "the run was cancelled", "fields": {}}
+                      if status == "terminated" else why), row["id"]),
         )
     return [loads(s[0]) for s in steps if s[0]]
 
