@@ -96,3 +96,44 @@ def test_cancel_works_on_a_full_disk(small_home: Path, tmp_path: Path):
     db = sqlite3.connect(small_home / "ci-runner.db")
     assert db.execute("SELECT status FROM instances").fetchone()[0] == "terminated"
     assert not list((small_home / "worktrees").iterdir())
+
+
+def test_the_server_keeps_serving_the_tenants_that_do_not_fill_the_disk(
+    small_home: Path, tmp_path: Path,
+):
+    from tests import serverkit as kit
+    from tests.gitrepos import git
+
+    filler = make_repo(tmp_path / "filler", {".ci/pipeline.py": FILLS})
+    other = make_repo(tmp_path / "other", {".ci/pipeline.py": (
+        "from ci_runner import Pipeline\n"
+        "class CI(Pipeline):\n"
+        "    async def run(self, event, step):\n"
+        "        await step.run('ok', ['echo', 'fine'])\n")})
+    config = kit.write_config(tmp_path / "c.yml", [
+        kit.repo_entry("github", "Codertocat/Hello-World", filler),
+        kit.repo_entry("gitea", "gogits/hello-world", other)], sandbox="off")
+    server = kit.Server(config, small_home).start()
+    try:
+        assert server.post("github", kit.github_push(git(filler, "rev-parse", "HEAD")),
+                           event="push", delivery="fills").status_code == 202
+
+        def failed() -> list[dict]:
+            found = [r for r in kit.runs(small_home) if r["status"] == "errored"]
+            return found
+
+        (run,) = kit.wait_for(failed, timeout=60, what="the filling run to fail")
+        (error,) = kit.rows(small_home, "SELECT error FROM instances WHERE id = ?", run["id"])[0]
+        assert "the disk filled up" in error
+        assert server.http.get("/health").status_code == 200
+        assert server.post("gitea", kit.gitea_push(git(other, "rev-parse", "HEAD")),
+                           event="push", delivery="other").status_code == 202
+        done = kit.wait_for(lambda: [r for r in kit.runs(small_home)
+                                     if r["status"] == "complete"], timeout=60,
+                            what="the other tenant's run")
+        assert done[0]["meta"]["repo_name"] == "gogits/hello-world"
+        # The failed run is not driven again into the same wall.
+        assert [r["status"] for r in kit.runs(small_home)].count("errored") == 1
+    finally:
+        server.stop()
+        server.close()
