@@ -155,6 +155,11 @@ def _start_child(
     try:
         env = confinement.child_env(os.environ)
         env[BROKER_FD_ENV] = str(theirs.fileno())
+        # What a CI run's pipeline process needs, imported while git forks the worktree.
+        env["CI_RUNNER_PRELOAD"] = ",".join((
+            "ci_runner.dispatch.dispatcher", "ci_runner.dispatch.loader",
+            "ci_runner.dispatch.pipeline", "ci_runner.dispatch.broker",
+            "ci_runner.dispatch.steplog", "ci_runner.engine.policy"))
         with os.fdopen(out_w, "wb", closefd=True) as stdio:
             child = start_child(stdio=stdio, env=env, fork=fork,
                                 confinement=confinement.process((theirs.fileno(),)))

@@ -7,7 +7,9 @@ A pipeline that crashes, hangs or calls ``os._exit`` takes down only this proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import importlib
 import json
 import os
 import resource
@@ -20,6 +22,7 @@ from typing import Any
 from ci_runner.errors import from_record, to_record
 
 _PR_SET_PDEATHSIG = 1
+PRELOAD_ENV = "CI_RUNNER_PRELOAD"  # modules to import while waiting for the run
 
 
 class PipeHost:
@@ -84,9 +87,15 @@ def main(fd: int, *, parent: int | None = None, confined: bool = False) -> None:
     conn = Connection(fd)
     if not confined and (os.getppid() == 1 or (parent is not None and os.getppid() != parent)):
         os._exit(1)  # the driver died before we set the death signal
-    # Import the runtime before the driver has work for us: it may start us early.
+    # Import the runtime before the driver has work for us: it may start us early. So
+    # are the modules the caller names (PRELOAD_ENV), which its workflow will need.
     from ci_runner.engine.runtime import execute, import_path
     from ci_runner.engine.step import Step, WorkflowEvent
+
+    for name in filter(None, os.environ.pop(PRELOAD_ENV, "").split(",")):
+        # A module that fails here fails again, saying why, when the workflow needs it.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
     try:
         init = json.loads(conn.recv_bytes())

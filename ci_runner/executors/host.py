@@ -224,6 +224,8 @@ class HostExecutor:
 
 def _missing(program: str, cwd: Path, path: str) -> OSError | None:
     """Why ``program`` cannot be started from ``cwd`` with ``path``, or None."""
+    if "/" not in program and (program, path) in _FOUND:
+        return None  # found before: a run's steps mostly run the same few programs
     import shutil
 
     if not cwd.is_dir():
@@ -233,7 +235,14 @@ def _missing(program: str, cwd: Path, path: str) -> OSError | None:
         if not target.exists():
             return FileNotFoundError(program)
         return None if os.access(target, os.X_OK) else PermissionError(program)
-    return None if shutil.which(program, path=path) else FileNotFoundError(program)
+    if shutil.which(program, path=path) is None:
+        return FileNotFoundError(program)
+    if len(_FOUND) < 4096:
+        _FOUND.add((program, path))
+    return None
+
+
+_FOUND: set[tuple[str, str]] = set()
 
 
 def _user_args(user: tuple[int, int] | None) -> dict[str, Any]:
