@@ -602,7 +602,12 @@ def test_interrupted_run_resumes(
     (record,) = cli("runs", "--json").json()
     assert f"ci-runner resume {record['run_id']}" in err
     assert wait_gone(mark) == []  # Ctrl-C stopped the step's command too
-    assert record["status"] not in ("complete", "errored")
+    assert record["status"] == "interrupted"
+    # Ctrl-C means stop: a worker does not drive the run on behind the user's back.
+    assert cli("worker", "--once", "--poll", "0.1", timeout=60).code == 0
+    (record,) = cli("runs", "--json").json()
+    assert record["status"] == "interrupted"
+    assert not builds.read_text().count("b") > 1
 
     resumed = cli("resume", record["run_id"], "--json", timeout=60)
 

@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Drive a hibernated or orphaned run on from its last committed step."""
+        """Drive a hibernated, orphaned or interrupted run on from its last committed step."""
         if (run_id is None) == (not all_runs):
             raise UsageError("give a RUN_ID or --all")
         if run_id is not None:
@@ -207,6 +207,10 @@ def register(app: typer.Typer) -> None:
 
         with open_engine() as engine:
             ids = needs_driver(engine)
+            # Runs a Ctrl-C stopped: no worker takes them, but --all is the user asking.
+            from ci_runner.store import journal as j
+
+            ids += [i for i in j.with_status(engine.conn, "interrupted") if i not in ids]
         if not ids:
             typer.echo("no run needs resuming")
             return

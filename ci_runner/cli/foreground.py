@@ -27,7 +27,9 @@ def drive_in_foreground(
             drive_run(engine, run_id, observer=view, child=child)
         except KeyboardInterrupt:
             view.close(run_record(engine.conn, run_id))
-            typer.echo(f"interrupted; `ci-runner resume {run_id}` picks it up again", err=True)
+            typer.echo(f"interrupted: nothing of it runs now, and nothing drives it again until"
+                       f" `ci-runner resume {run_id}` (or `ci-runner cancel {run_id}`)",
+                       err=True)
             return 130
         record = run_record(engine.conn, run_id)
     view.close(record)

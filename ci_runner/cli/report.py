@@ -22,6 +22,8 @@ def exit_code(record: dict[str, Any]) -> int:
         return EXIT_OK
     if status in WAITING:
         return EXIT_WAITING
+    if status == "interrupted":
+        return 130
     error = record.get("error") or {}
     if status == "errored" and error.get("type") in USAGE_ERRORS:
         return EXIT_USAGE

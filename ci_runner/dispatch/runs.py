@@ -96,9 +96,18 @@ def _metadata(instance: Mapping[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+# A driver started by a worker or the server is interrupted to hand its run back
+# (shutdown): it says so with this variable, and the run is queued for the next one.
+# Anyone else's Ctrl-C means stop: the run is 'interrupted', driven again only by resume.
+REQUEUE_ENV = "CI_RUNNER_ON_INTERRUPT"
+
+
 def open_engine() -> Engine:
-    return Engine(paths.database(), reap_orphan=reap_orphan, fork_children=True,
-                  rules=RunRules())
+    engine = Engine(paths.database(), reap_orphan=reap_orphan, fork_children=True,
+                    rules=RunRules())
+    if os.environ.get(REQUEUE_ENV) != "requeue":
+        engine.interrupted_status = "interrupted"
+    return engine
 
 
 def warm_child(

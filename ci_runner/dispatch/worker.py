@@ -16,7 +16,7 @@ from types import FrameType
 
 from ci_runner import paths
 from ci_runner.dispatch.control import needs_driver
-from ci_runner.dispatch.runs import open_engine
+from ci_runner.dispatch.runs import REQUEUE_ENV, open_engine
 
 GRACE_S = 30.0
 
@@ -57,6 +57,8 @@ class Worker:
             self.running[run_id] = subprocess.Popen(
                 [sys.executable, "-m", "ci_runner", "resume", run_id],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                # Our SIGINT at shutdown hands the run back for the next worker.
+                env={**os.environ, REQUEUE_ENV: "requeue"},
             )
         print(f"driving {run_id}", flush=True)
 

@@ -84,6 +84,10 @@ class Engine:
         self.owner = leases.owner_id()
         self._reap_orphan = reap_orphan
         self.rules = rules
+        # What an interrupted drive leaves the instance as: 'queued' (any worker takes it
+        # on, as after a server's shutdown) or a status of the application's that only an
+        # explicit resume drives again (a person's Ctrl-C).
+        self.interrupted_status = "queued"
 
     def close(self) -> None:
         self.conn.close()
@@ -188,7 +192,7 @@ class Engine:
         except KeyboardInterrupt:
             # Stop the steps' own process groups too: they are not in our terminal's group.
             self._reap(journal)
-            journal.release("queued")
+            journal.release(self.interrupted_status)
             raise
         try:
             outcome = service.redact("outcome", outcome)

@@ -76,6 +76,8 @@ def driver_environment(config: Config, environ: Mapping[str, str]) -> dict[str, 
     env["CI_RUNNER_HOME"] = str(paths.home())
     # Which of these a sandboxed pipeline process still gets (see dispatch.confine).
     env[PASS_ENV] = ",".join(config.server.pass_env)
+    # The server's SIGINT at shutdown hands a run back for its next start.
+    env["CI_RUNNER_ON_INTERRUPT"] = "requeue"
     return env
 
 

@@ -337,6 +337,12 @@ def runnable(conn: sqlite3.Connection, *, at: float | None = None) -> list[sqlit
     return rows
 
 
+def with_status(conn: sqlite3.Connection, status: str) -> list[str]:
+    """Ids of the instances in ``status``, oldest first."""
+    return [str(r[0]) for r in conn.execute(
+        "SELECT id FROM instances WHERE status = ? ORDER BY created_at", (status,))]
+
+
 def pending(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     rows: list[sqlite3.Row] = conn.execute(
         "SELECT * FROM instances WHERE status = 'waiting_for_event' ORDER BY updated_at"
