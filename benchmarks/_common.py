@@ -124,3 +124,21 @@ def print_table(title: str, rows: list[Row], notes: Sequence[str] = ()) -> None:
             print("  ".join("-" * w for w in widths))
     for note in notes:
         print(f"  * {note}")
+
+
+# A pipeline that runs event.payload["n"] light steps of `true` in a row and returns
+# how long its own loop took (no start-up inside): bench_light_step and bench_sandbox.
+STEP_LOOP = '''\
+import time
+
+from ci_runner import Pipeline
+
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        n = int(event.payload.get("n", 0))
+        t0 = time.perf_counter()
+        for i in range(n):
+            await step.run(f"s{i}", ["true"])
+        return {"loop_s": time.perf_counter() - t0}
+'''

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    STEP_LOOP,
     Row,
     cli,
     make_repo,
@@ -46,20 +47,7 @@ N = 200
 ROUNDS = 7
 GOAL_OVERHEAD_S = 0.002
 
-PIPELINE = '''\
-import time
-
-from ci_runner import Pipeline
-
-
-class CI(Pipeline):
-    async def run(self, event, step):
-        n = int(event.payload.get("n", 0))
-        t0 = time.perf_counter()
-        for i in range(n):
-            await step.run(f"s{i}", ["true"])
-        return {"loop_s": time.perf_counter() - t0}
-'''
+PIPELINE = STEP_LOOP
 
 
 def cli_run(repo: Path, home: Path, n: int) -> tuple[float, float]:

@@ -32,26 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import Row, cli, git, make_repo, median, ms, print_table, run_env, verdict
+from _common import STEP_LOOP, Row, cli, git, make_repo, median, ms, print_table, run_env, verdict
 
 N = 100
 ROUNDS = 7
 GOAL_OVERHEAD_S = 0.002
 
-PIPELINE = '''\
-import time
-
-from ci_runner import Pipeline
-
-
-class CI(Pipeline):
-    async def run(self, event, step):
-        n = int(event.payload.get("n", 0))
-        t0 = time.perf_counter()
-        for i in range(n):
-            await step.run(f"s{i}", ["true"])
-        return {"loop_s": time.perf_counter() - t0}
-'''
+PIPELINE = STEP_LOOP
 
 
 def cli_run(repo: Path, home: Path, n: int, mode: str) -> tuple[float, float]:
