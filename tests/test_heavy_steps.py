@@ -130,3 +130,47 @@ def test_no_engine_gives_a_clear_error_and_light_steps_still_work(cli, repo_with
     assert done.code == 1
     error = done.json()["error"]["message"]
     assert "a Docker engine is needed" in error and "DOCKER_HOST" in error
+
+
+HANGS_IN_A_BOX = """
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("slow", ["sleep", "60"], image="busybox")
+        await step.run("deploy", ["echo", "deployed"])
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "off"])
+def test_ctrl_c_during_a_heavy_step_stops_its_container_and_the_run(
+    cli, repo_with, home: Path, mode: str,
+):
+    """Ctrl-C means stop: the container goes, the run is 'interrupted', and a worker
+    does not drive it on (a worker used to, deploy included)."""
+    client = require_engine()
+    repo = repo_with(HANGS_IN_A_BOX, name=f"ctrlc-{mode}")
+    env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", "run", "--sandbox", mode],
+                            cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not client.containers.list(filters={"label": "ci-runner.step=slow"}):
+            assert time.time() < deadline, "the step's container never started"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        (record,) = cli("runs", "--json").json()
+        assert record["status"] == "interrupted"
+        assert client.containers.list(
+            all=True, filters={"label": f"ci-runner.run={record['run_id']}"}) == []
+        assert cli("worker", "--once", "--poll", "0.1", timeout=60).code == 0
+        (record,) = cli("runs", "--json").json()
+        assert record["status"] == "interrupted"
+        assert [s["name"] for s in record["steps"]] == ["slow"]  # no deploy
+    finally:
+        if proc.poll() is None:
+            proc.kill()
