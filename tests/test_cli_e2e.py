@@ -1209,3 +1209,31 @@ def test_plain_def_pipeline_failure(cli: Cli, repo_with: RepoWith) -> None:
     assert step_of(record, "bad")["exit_code"] == 4
     assert step_of(record, "bad")["status"] == "failed"
     assert "never" not in step_names(record)
+
+
+PARALLEL_FAILS = """
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.parallel(
+            step.run("fails", ["sh", "-c", "sleep 0.2; exit 1"]),
+            step.run("slow", ["sleep", "30"]),
+        )
+"""
+
+
+def test_a_sibling_of_a_failed_parallel_step_ends_cancelled_not_running(
+    cli: Cli, repo_with: RepoWith,
+) -> None:
+    repo = repo_with(PARALLEL_FAILS)
+    done = cli("run", "--json", cwd=repo)
+    assert done.code == 1, done.err
+    record = done.json()
+    assert record["status"] == "errored"
+    assert {s["name"]: s["status"] for s in record["steps"]} == {
+        "fails": "failed", "slow": "cancelled"}
+    shown = cli("show", record["run_id"], "--json").json()
+    assert {s["name"]: s["status"] for s in shown["steps"]}["slow"] == "cancelled"
+    plain = cli("run", cwd=repo)
+    assert "⊗ slow cancelled" in plain.out

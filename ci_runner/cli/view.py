@@ -15,9 +15,10 @@ from typing import Any
 from ci_runner.cli.report import WAITING, step_label
 
 ICONS = {"pending": "·", "running": "▶", "complete": "✓", "failed": "✗", "retrying": "↻",
-         "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡"}
+         "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡", "cancelled": "⊗"}
 STYLES = {"running": "bold cyan", "complete": "green", "failed": "bold red",
-          "retrying": "yellow", "skipped": "dim", "waiting": "magenta", "sleeping": "blue",
+          "retrying": "yellow", "skipped": "dim", "cancelled": "dim", "waiting": "magenta",
+          "sleeping": "blue",
           "cached": "green"}
 TAIL_LINES = 12
 

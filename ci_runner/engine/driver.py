@@ -198,7 +198,7 @@ class Engine:
             outcome = service.redact("outcome", outcome)
         except CIRunnerError as exc:
             outcome = {"kind": "errored", "error": to_record(exc)}
-        status = self._commit(journal, outcome)
+        status = self._commit(journal, outcome, service)
         service.observe({"type": "instance", "status": status, "id": instance_id,
                          "error": outcome.get("error"), "waiting_for": outcome.get("waiting_for")})
         return status
@@ -233,7 +233,7 @@ class Engine:
         for detail in journal.running_details():
             self._reap_orphan(detail)
 
-    def _commit(self, journal: j.Journal, outcome: Outcome) -> str:
+    def _commit(self, journal: j.Journal, outcome: Outcome, service: StepService) -> str:
         kind = outcome["kind"]
         if kind == "hibernate":
             journal.hibernate(
@@ -242,13 +242,19 @@ class Engine:
             )
             return str(outcome["status"])
         if kind == "complete":
-            journal.finish("complete", output=outcome.get("output"))
-            return "complete"
-        if kind == "terminated":
-            journal.finish("terminated")
-            return "terminated"
-        journal.finish("errored", error=outcome.get("error"))
-        return "errored"
+            cancelled = journal.finish("complete", output=outcome.get("output"))
+            status = "complete"
+        elif kind == "terminated":
+            cancelled, status = journal.finish("terminated"), "terminated"
+        else:
+            cancelled = journal.finish("errored", error=outcome.get("error"))
+            status = "errored"
+        for name, occurrence in cancelled:  # the view shows them ended, as the journal does
+            service.observe({"type": "step", "name": name, "occurrence": occurrence,
+                             "status": "cancelled", "error": {
+                                 "type": "Cancelled", "message": "cancelled: the run ended",
+                                 "fields": {}}})
+        return status
 
     def _drive_child(
         self, row: Any, service: StepService, beat: _Heartbeat, child: ChildProcess

@@ -710,7 +710,8 @@ class Journal:
 
     def finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
-    ) -> None:
+    ) -> list[tuple[str, int]]:
+        """End the instance; returns the (name, occurrence) of steps it cancelled."""
         t = now()
         with immediate(self.conn):
             self._fence()
@@ -721,6 +722,17 @@ class Journal:
                 (status, dumps(output), None if error is None else dumps(error), t, t,
                  self.instance_id),
             )
+            # A step still running when the run ends (the sibling of a failed one in a
+            # parallel group) did not finish: it was cancelled, not left 'running'.
+            cancelled = self.conn.execute(
+                "UPDATE steps SET status = 'cancelled', finished_at = ?,"
+                " duration_s = ? - started_at, error = ? WHERE instance_id = ?"
+                " AND status IN ('running', 'retrying') RETURNING name, occurrence",
+                (t, t, dumps({"type": "Cancelled", "message": "cancelled: the run ended"
+                              " while it ran (a step beside it failed)", "fields": {}}),
+                 self.instance_id),
+            ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in cancelled]
 
     def status(self) -> str:
         row = self.conn.execute(
