@@ -124,7 +124,7 @@ def unavailable(reason: str) -> None:
 
 def need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("only a root ci-runner drops to a sandbox user")
+        unavailable("only a root ci-runner drops to a sandbox user (CI runs as root)")
 
 
 # ---------------------------------------------------------------------------
