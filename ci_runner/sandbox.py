@@ -51,7 +51,6 @@ __all__ = [
     "Level",
     "Policy",
     "bwrap_argv",
-    "drop_privileges",
     "etc_allowlist",
     "landlock_abi",
     "landlock_defaults",
@@ -60,7 +59,6 @@ __all__ = [
     "python_paths",
     "sandbox_ids",
     "toolchain_paths",
-    "unreachable",
 ]
 
 
@@ -68,9 +66,9 @@ __all__ = [
 class Policy:
     """What a sandboxed process may see. Paths are mounted where given (not resolved).
 
-    ``uid``/``gid`` are the ids inside the sandbox; bubblewrap maps them onto the
-    uid that starts it, so a root caller runs bwrap as that uid (``drop_privileges``
-    in the child) rather than relying on ``--uid`` alone.
+    ``uid``/``gid``: who the sandbox runs as. Not root: the ids inside its user
+    namespace (mapped onto the caller's). Root: the unprivileged user ``setpriv``
+    drops to inside, for real (see ``bwrap_argv``).
     """
 
     ro: tuple[Path, ...] = ()  # bind read-only at the same path
@@ -134,7 +132,7 @@ def etc_allowlist() -> list[Path]:
     return [p for p in found if os.path.lexists(p)]
 
 
-def bwrap_argv(policy: Policy, *, bwrap: str | None = None, fds_keep: bool = True) -> list[str]:
+def bwrap_argv(policy: Policy, *, bwrap: str | None = None) -> list[str]:
     """Pure: the argv prefix ending in '--' ; the caller appends the command.
 
     bubblewrap mounts left to right, so the order below is the design: the system
@@ -143,10 +141,8 @@ def bwrap_argv(policy: Policy, *, bwrap: str | None = None, fds_keep: bool = Tru
     writable home works, and the reverse), and last the root made read-only so
     nothing can be written outside the policy's writable paths, /tmp and /dev/shm.
 
-    Inherited descriptors pass through bwrap to the command: bwrap has no option
-    to close them and none is added. ``fds_keep`` records that contract for the
-    caller; with False the caller closes them (``close_fds=True``), the argv is
-    the same.
+    Inherited descriptors pass through bwrap to the command (bwrap has no option to
+    close them): the pipeline process's pipe and broker socket rely on that.
 
     bwrap (``bwrap=None``: found on this process's PATH) and, as root, setpriv (found
     in /usr/bin, /bin, /usr/sbin, /sbin) are absolute paths: a step's environment
@@ -154,7 +150,6 @@ def bwrap_argv(policy: Policy, *, bwrap: str | None = None, fds_keep: bool = Tru
     launcher for bwrap and by root's bwrap inside the sandbox for setpriv, and run as
     root with every capability.
     """
-    del fds_keep  # bwrap keeps descriptors either way; see the docstring
     if bwrap is None:
         bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
     mounts = _policy_mounts(policy)
@@ -280,54 +275,6 @@ def _check_mountable(path: Path, role: str) -> None:
         _within(normal, system) for system in _KERNEL_DIRS
     ):
         raise ValueError(f"sandbox mount destination {path} would replace a system directory")
-
-
-def unreachable(paths: Iterable[Path], uid: int, gid: int) -> list[Path]:
-    """The existing ``paths`` that ``uid``/``gid`` (with no other groups) cannot reach
-    because a parent directory denies it search permission, as a 0700 /root does.
-
-    bubblewrap opens mount sources as the user that runs it, so a root ci-runner
-    whose sandbox user is nobody cannot mount /root/.pyenv. Mode bits only: ACLs
-    and capabilities are not considered.
-    """
-    searchable: dict[Path, bool] = {}  # the sources share most of their parents
-    found = []
-    for path in paths:
-        try:
-            real = path.resolve(strict=True)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # missing sources are skipped by --bind-try anyway
-        except PermissionError:  # closed even to us
-            found.append(path)
-            continue
-        for parent in real.parents:
-            if parent not in searchable:
-                searchable[parent] = _may_search(parent.stat(), uid, gid)
-            if not searchable[parent]:
-                found.append(path)
-                break
-    return found
-
-
-def _may_search(info: os.stat_result, uid: int, gid: int) -> bool:
-    if uid == 0:
-        return True
-    if info.st_uid == uid:
-        return bool(info.st_mode & stat.S_IXUSR)
-    if info.st_gid == gid:
-        return bool(info.st_mode & stat.S_IXGRP)
-    return bool(info.st_mode & stat.S_IXOTH)
-
-
-def _check_reachable(sources: Sequence[Path], uid: int, gid: int) -> None:
-    blocked = unreachable(sources, uid, gid)
-    if blocked:
-        shown = ", ".join(str(p) for p in blocked[:3]) + (" ..." if len(blocked) > 3 else "")
-        raise UsageError(
-            f"the sandbox user (uid {uid}) cannot reach {shown}: a parent directory is "
-            "closed to it; install the toolchain elsewhere, open the parent (chmod o+x), "
-            "or set CI_RUNNER_SANDBOX_UID to a user who can"
-        )
 
 
 def _within(path: Path, parent: Path) -> bool:
@@ -669,7 +616,7 @@ def landlock_defaults() -> tuple[list[Path], list[Path]]:
     cmdline and status remain readable: keep secrets off command lines. That holds
     only without privileges: the kernel lets a reader with CAP_PERFMON (root) open
     another process's environ and maps before it asks Landlock, so a root caller
-    must ``drop_privileges`` before it confines a child.
+    must ``drop_capabilities`` before it confines a child.
     """
     ro = [Path("/usr")]
     ro += [Path("/") / name for name in _ROOT_LINKS if os.path.lexists(Path("/") / name)]
@@ -750,14 +697,6 @@ def _add_path_rule(ruleset: int, path: Path, rights: int) -> None:
 
 # ---------------------------------------------------------------------------
 # Who sandboxed processes run as when ci-runner is root
-
-
-def drop_privileges(uid: int, gid: int) -> None:
-    """Become ``uid``/``gid`` for good, with no supplementary groups: for a forked
-    child of a root ci-runner, before it execs bwrap or confines itself."""
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
 
 
 _PR_CAPBSET_DROP = 24

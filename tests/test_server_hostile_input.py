@@ -6,6 +6,7 @@ in count and time, and every test asserts what was answered and what was stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -249,7 +250,10 @@ async def _slow_client(port: int, request: bytes, *, at_once: int = 0,
             answer += chunk
             if not chunk:  # closed by the server
                 break
-            answer += await asyncio.wait_for(reader.read(), timeout=give_up_s)
+            # A socket closed with our unread bytes in it ends in a reset: what came
+            # before it (the 408) is the answer.
+            with contextlib.suppress(OSError):
+                answer += await asyncio.wait_for(reader.read(), timeout=give_up_s)
             break
     finally:
         writer.close()
@@ -258,8 +262,9 @@ async def _slow_client(port: int, request: bytes, *, at_once: int = 0,
 
 def test_slow_clients_are_cut_off_and_health_still_answers(served: dict[str, Any]):
     """200 connections sending a byte a second (half still in their headers, half in
-    their body): /health answers within 2 s meanwhile, and the server closes every one
-    of them with a 408 once the request deadline passes."""
+    their body): /health answers while they hold their connections (before the first
+    is cut off: no wall-clock bound, which a loaded machine would break), and the
+    server closes every one of them with a 408 once the request deadline passes."""
     server, sha = served["server"], served["sha"]
     headers = b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
     in_headers = headers + b"X-Padding: " + b"p" * 200 + b"\r\n\r\n"
@@ -268,28 +273,29 @@ def test_slow_clients_are_cut_off_and_health_still_answers(served: dict[str, Any
 
     async def flood() -> tuple[list[tuple[float, bytes]], list[float]]:
         loop = asyncio.get_running_loop()
+        start = time.monotonic()
         clients = [loop.create_task(_slow_client(server.port, in_headers, give_up_s=give_up_s))
                    for _ in range(100)]
         # A body can only be slow once its headers are in: send those at once.
         clients += [loop.create_task(_slow_client(server.port, in_body, give_up_s=give_up_s,
                                                   at_once=in_body.index(b"\r\n\r\n") + 4))
                     for _ in range(100)]
-        health: list[float] = []
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        health: list[float] = []  # when each answer came, from the flood's start
+        async with httpx.AsyncClient(timeout=give_up_s) as client:
             for _ in range(3):
-                await asyncio.sleep(0.4)
-                began = time.monotonic()
+                await asyncio.sleep(0.3)
                 answer = await client.get(f"http://{kit.LOOPBACK}:{server.port}/health")
                 assert answer.status_code == 200
-                health.append(time.monotonic() - began)
+                health.append(time.monotonic() - start)
         return list(await asyncio.gather(*clients)), health
 
     ended, health = asyncio.run(flood())
-    assert max(health) < 2.0, health
     assert len(ended) == 200
+    # /health did not wait for the slow clients: it answered before any was cut off.
+    assert max(health) < min(took for took, _ in ended), (health, min(ended)[0])
     for took, answer in ended:
         # Cut off by the server once the deadline passed, not by the test giving up.
-        assert took < TIMEOUT_S + 1.5, (took, answer[:80])
+        assert TIMEOUT_S - 0.5 <= took < give_up_s, (took, answer[:80])  # at its deadline
         assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
     assert "did not send a whole request" in server.output()
     # A request that takes longer than the deadline but keeps coming at a working rate

@@ -420,7 +420,7 @@ class StepBroker:
                 detail: dict[str, Any] = {
                     "cmd": display, "attempt": attempt, "log": str(log_path),
                     "host": socket.gethostname(), "image": image,
-                    "sandbox": ctx.confinement.level.kind if image is None else "docker",
+                    "sandbox": ctx.confinement.kind if image is None else "docker",
                     **started,
                 }
                 if isinstance(started.get("pgid"), int):
@@ -525,7 +525,7 @@ class StepBroker:
                 # An absolute path: the step's own PATH must not choose what sets its limit.
                 prlimit = shutil.which("prlimit", path="/usr/bin:/bin") or "/usr/bin/prlimit"
                 wrap = [*wrap, prlimit, f"--nproc={cgroup.limit}", "--"]
-            return HostExecutor(wrap=cgroup.wrap(wrap), user=ctx.confinement.user)
+            return HostExecutor(wrap=cgroup.wrap(wrap))
         from ci_runner.dispatch.pipeline import cache_volume
         from ci_runner.executors import ContainerExecutor
 

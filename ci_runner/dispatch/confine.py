@@ -63,17 +63,6 @@ class Confinement:
     ids: tuple[int, int] | None = None  # when ci-runner is root: who the sandbox runs as
     env: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def level(self) -> Confinement:
-        return self  # ``level.kind`` reads as in the broker's records
-
-    @property
-    def user(self) -> tuple[int, int] | None:
-        """Who a step's launcher starts as: always the driver's user; each sandbox
-        drops root's powers itself (setpriv in bubblewrap, no capabilities under
-        Landlock)."""
-        return None
-
     # -- the pipeline process ------------------------------------------------------
 
     def process(self, keep_fds: tuple[int, ...]) -> Any:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -122,15 +122,12 @@ class Forked:
 class Confinement:
     """How to put a pipeline process in a sandbox, decided by the caller (the engine
     knows nothing of sandboxes): ``wrap`` is an argv prefix for a spawned child (it
-    must keep inherited descriptors, as bubblewrap does), ``enter`` is called in a
-    forked child before it runs anything of the workflow's, ``fork`` says whether a
-    forked child can be confined at all, and ``user`` is the (uid, gid) a spawned
-    child starts as. ``keep_fds`` are passed to the child besides its pipe."""
+    must keep inherited descriptors, as bubblewrap does); ``fork`` says whether the
+    child may be a fork of the caller (a fork carries the caller's memory, so a
+    sandboxed child never is). ``keep_fds`` are passed to the child besides its pipe."""
 
     wrap: tuple[str, ...] = ()
-    enter: Callable[[], None] | None = None
     fork: bool = True
-    user: tuple[int, int] | None = None
     keep_fds: tuple[int, ...] = ()
 
 
@@ -154,7 +151,6 @@ def start_child(
     argv = [sys.executable, "-m", "ci_runner.engine.child", str(theirs.fileno())]
     if confined.wrap:
         argv = [*confined.wrap, *argv, "--confined"]
-    user = confined.user
     try:
         proc = subprocess.Popen(
             argv,
@@ -164,9 +160,6 @@ def start_child(
             stderr=subprocess.STDOUT if stdio is not None else None,
             env=dict(env) if env is not None else None,
             cwd=cwd,
-            user=user[0] if user else None,
-            group=user[1] if user else None,
-            extra_groups=[] if user else None,
         )
     finally:
         theirs.close()
@@ -188,8 +181,6 @@ def _fork(
         try:
             fd = _become_child(theirs.detach(), stdio=stdio, env=env, cwd=cwd,
                                keep=confinement.keep_fds)
-            if confinement.enter is not None:
-                confinement.enter()  # before any of the workflow's code is imported
             from ci_runner.engine.child import main
 
             main(fd, parent=parent)

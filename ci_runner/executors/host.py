@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ci_runner.errors import ExecutorError
 from ci_runner.executors.base import CommandResult
@@ -117,16 +117,11 @@ class HostExecutor:
     and SIGKILL.
     """
 
-    def __init__(
-        self, *, kill_grace_s: float = 2.0, wrap: Sequence[str] = (),
-        user: tuple[int, int] | None = None,
-    ) -> None:
+    def __init__(self, *, kill_grace_s: float = 2.0, wrap: Sequence[str] = ()) -> None:
         """``wrap``: an argv prefix the command runs under (a sandbox such as
-        ``bwrap ... --``); ``user``: the (uid, gid) it starts as (ci-runner as root
-        never runs a step as root)."""
+        ``bwrap ... --``, which drops root's powers itself)."""
         self.kill_grace_s = kill_grace_s
         self.wrap = list(wrap)
-        self.user = user
 
     async def run(
         self,
@@ -158,7 +153,7 @@ class HostExecutor:
         transport: _PidfdProcess | asyncio.SubprocessTransport
         try:
             if _HAVE_PIDFD:
-                transport = _PidfdProcess(loop, protocol, argv, spec.cwd, env, self.user)
+                transport = _PidfdProcess(loop, protocol, argv, spec.cwd, env)
             else:
                 transport, _ = await loop.subprocess_exec(
                     lambda: protocol,
@@ -169,7 +164,6 @@ class HostExecutor:
                     cwd=spec.cwd,
                     env=env,
                     start_new_session=True,
-                    **_user_args(self.user),
                 )
         except OSError as exc:
             raise _start_error(exc, program, spec.cwd, masker) from exc
@@ -245,12 +239,6 @@ def _missing(program: str, cwd: Path, path: str) -> OSError | None:
 _FOUND: set[tuple[str, str]] = set()
 
 
-def _user_args(user: tuple[int, int] | None) -> dict[str, Any]:
-    if user is None:
-        return {}
-    return {"user": user[0], "group": user[1], "extra_groups": []}
-
-
 def _pidfd_works() -> bool:
     if not hasattr(os, "pidfd_open"):
         return False
@@ -274,13 +262,13 @@ class _PidfdProcess:
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, protocol: _StepProtocol, argv: list[str],
-        cwd: Path, env: dict[str, str], user: tuple[int, int] | None = None,
+        cwd: Path, env: dict[str, str],
     ) -> None:
         self._loop = loop
         self._protocol = protocol
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=cwd, env=env, start_new_session=True, **_user_args(user),
+            cwd=cwd, env=env, start_new_session=True,
         )
         assert self._proc.stdout is not None
         self._out = self._proc.stdout.fileno()
