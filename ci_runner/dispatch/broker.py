@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -339,10 +338,9 @@ class StepBroker:
             # (git would call it dubious), and the commit's tree is the same.
             self._tree = await asyncio.to_thread(TreeIndex, self.context.repo,
                                                  self.context.sha)
-        blobs = self._tree.match(list(inputs))
-        text = json.dumps({"v": 1, "inputs": inputs, "blobs": blobs, **material},
-                          sort_keys=True, default=str)
-        return sha256(text.encode()).hexdigest()
+        from ci_runner.workspace.inputs import input_key
+
+        return input_key(self._tree, list(inputs), material)
 
     async def _op_artifacts(
         self, _event: Callable[[dict[str, Any]], None], *, step: str,
