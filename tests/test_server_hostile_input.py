@@ -340,7 +340,8 @@ def test_a_reused_delivery_id_with_another_body_is_refused(served: dict[str, Any
     assert "reused-1" in reason and "another body" in reason and "\n" not in reason
     (row,) = _deliveries(home, "delivery_id = 'reused-1'")
     assert row["pr"] == 41 and len(row["body_sha256"]) == 64
-    assert "delivery reused-1 of Codertocat/Hello-World on github refused" in server.output()
+    assert ("delivery reused-1 (github pull_request, Codertocat/Hello-World, pull request 42"
+            in server.output() and ": refused (409): " in server.output())
 
     # At once: ten bodies under one new id; one is stored, nine are refused.
     async def burst() -> list[httpx.Response]:

@@ -32,20 +32,26 @@ def drive_in_foreground(
                        err=True)
             return 130
         record = run_record(engine.conn, run_id)
-    view.close(record)
+    said_apart = usage_error(record)
+    # A configuration error is said once, on its own `error:` line (below), not also in
+    # the summary; any other error is in the summary, with the pipeline's lines.
+    view.close({**record, "error": None} if said_apart else record)
     if json_out:
         typer.echo(json.dumps(record))
-    return finish(record)
+    if said_apart:
+        from ci_runner.errors import error_line as one_line
+
+        error_line(one_line(record["error"]))
+    from ci_runner.cli.report import exit_code
+
+    return exit_code(record)
 
 
-def finish(record: dict[str, Any]) -> int:
-    """The run's exit code; a configuration error also gets its one `error:` line."""
+def usage_error(record: dict[str, Any]) -> bool:
+    """Whether the run ended on a usage or configuration error (exit code 2)."""
     from ci_runner.cli.report import EXIT_USAGE, exit_code
 
-    code = exit_code(record)
-    if code == EXIT_USAGE and record.get("error"):
-        error_line(str(record["error"].get("message", "")))
-    return code
+    return exit_code(record) == EXIT_USAGE and bool(record.get("error"))
 
 
 def error_line(message: str) -> None:

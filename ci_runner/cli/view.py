@@ -250,7 +250,9 @@ def summary(record: dict[str, Any]) -> str:
     lines = [head]
     error = record.get("error")
     if record["status"] == "errored" and error:
-        lines.append(f"error: {error.get('message')}")
+        from ci_runner.errors import error_lines  # with the pipeline's line, when its own
+
+        lines.extend(error_lines(error))
         lines.append(f"logs: ci-runner logs {rid}")
     for approval in record.get("approvals") or []:
         comment = f": {approval['comment']}" if approval.get("comment") else ""

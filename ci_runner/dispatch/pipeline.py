@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ci_runner import paths
 from ci_runner.engine.policy import RetryPolicy, seconds
-from ci_runner.engine.step import Step
+from ci_runner.engine.step import Step, watched
 from ci_runner.errors import CommandFailed, StepTimeout, UsageError
 
 if TYPE_CHECKING:
@@ -75,6 +75,11 @@ class PipelineStep:
         self._broker_client: BrokerClient | None = None
         self.parallel = step.parallel
 
+    def _watch(self, name: object, coro: Coroutine[Any, Any, Any],
+               site: tuple[str, int, str]) -> Coroutine[Any, Any, Any]:
+        """For ``@watched``: a step called and never awaited fails the run."""
+        return self._step._watch(name, coro, site)
+
     @property
     def _broker(self) -> BrokerClient:
         """The run's step broker: commands, secrets, caches and artifacts go through it."""
@@ -86,6 +91,7 @@ class PipelineStep:
 
     # -- the engine's steps, with step selection -----------------------------------
 
+    @watched
     async def do(
         self,
         name: str,
@@ -104,20 +110,24 @@ class PipelineStep:
                                   lambda: self._step.do(name, fn, retries=retries,
                                                         timeout=timeout))
 
+    @watched
     async def sleep(self, name: str, duration: float | str) -> None:
         if self._left_out_step(name, "sleep", None) is None:
             await self._step.sleep(name, duration)
 
+    @watched
     async def sleep_until(self, name: str, when: Any) -> None:
         if self._left_out_step(name, "sleep", None) is None:
             await self._step.sleep_until(name, when)
 
+    @watched
     async def wait_for_event(self, name: str, event_type: str, **options: Any) -> Any:
         skipped = self._left_out_step(name, "event", None, gate=True)
         if skipped is not None:
             return skipped.result
         return await self._step.wait_for_event(name, event_type, **options)
 
+    @watched
     async def wait_for_approval(self, name: str, **options: Any) -> Any:
         skipped = self._left_out_step(name, "event", {"approved_by": None, "skipped": True},
                                       gate=True)
@@ -125,6 +135,7 @@ class PipelineStep:
             return skipped.result
         return await self._step.wait_for_approval(name, **options)
 
+    @watched
     async def save_artifact(self, name: str, path: str) -> dict[str, Any]:
         """Keep one file of the worktree as an artifact of this run, under ``name``."""
         async def save() -> dict[str, Any]:
@@ -204,6 +215,7 @@ class PipelineStep:
         return result
 
 
+    @watched
     async def run(
         self,
         name: str,

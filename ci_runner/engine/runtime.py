@@ -45,7 +45,7 @@ class SyncStep:
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._step, name)
-        if not inspect.iscoroutinefunction(target):
+        if not inspect.iscoroutinefunction(inspect.unwrap(target)):  # under @watched too
             return target
 
         def call(*args: Any, **kwargs: Any) -> Any:

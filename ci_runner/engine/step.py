@@ -9,15 +9,18 @@ through a ``Host`` (a pipe to the driver, or a direct call when embedded).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import re
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from ci_runner.engine import policy
 from ci_runner.engine.policy import RetryPolicy, seconds
@@ -31,6 +34,7 @@ from ci_runner.errors import (
     StepTimeout,
     UsageError,
     from_record,
+    note_site,
     to_record,
 )
 
@@ -68,6 +72,73 @@ class _Hibernate(BaseException):
     pass
 
 
+class _Watching(Protocol):
+    def _watch(self, name: object, coro: Coroutine[Any, Any, Any],
+               site: tuple[str, int, str]) -> Any: ...
+
+
+_F = TypeVar("_F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+
+def watched(method: _F) -> _F:
+    """For a step method (``async def run(self, name, ...)``): its calls are watched,
+    so that one never awaited (``step.run("x", ...)`` without ``await``) fails the run
+    naming the step, instead of the step being silently skipped."""
+
+    @functools.wraps(method)
+    def call(self: _Watching, /, *args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1)  # the line to fix, should it never be awaited
+        site = (caller.f_code.co_filename, caller.f_lineno, caller.f_code.co_name)
+        name = args[0] if args else kwargs.get("name")
+        return self._watch(name, method(self, *args, **kwargs), site)
+
+    return cast(_F, call)
+
+
+class _Call(Coroutine[Any, Any, Any]):
+    """One step call's coroutine, as asyncio takes any coroutine (``await``,
+    ``gather``, ``create_task``, ``wait_for``, ``step.parallel``), that tells its Step
+    when it is dropped without ever being awaited or scheduled."""
+
+    __slots__ = ("__weakref__", "_coro", "_dropped", "name", "site", "started")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], name: str, site: tuple[str, int, str],
+                 dropped: list[tuple[str, tuple[str, int, str]]]) -> None:
+        self._coro = coro
+        self._dropped = dropped
+        self.name = name
+        self.site = site
+        self.started = False
+
+    @property
+    def running(self) -> bool:
+        """Begun and not ended (inside a task no one awaits, say)."""
+        return self.started and inspect.getcoroutinestate(self._coro) != inspect.CORO_CLOSED
+
+    def send(self, value: Any) -> Any:
+        self.started = True
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self.started = True  # cancelled before it began: scheduled, not forgotten
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self.started = True
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        self.started = True
+        return self._coro.__await__()
+
+    def __del__(self) -> None:
+        if not self.started:
+            self._coro.close()  # the step's own coroutine is not warned about: this is
+            self._dropped.append((self.name, self.site))  # appending is atomic
+
+
 class Step:
     """Durable steps. Step results are keyed by (name, occurrence): the same name
     called twice in a loop is two steps, replayed in the same order."""
@@ -90,9 +161,13 @@ class Step:
         self._waits: list[tuple[Hibernation, asyncio.Future[None]]] = []
         self._main: asyncio.Task[Any] | None = None
         self.hibernation: Hibernation | None = None
+        # Step calls not awaited yet, and those dropped without ever being awaited.
+        self._calls: weakref.WeakSet[_Call] = weakref.WeakSet()
+        self._dropped: list[tuple[str, tuple[str, int, str]]] = []
 
     # -- the author's API ------------------------------------------------------
 
+    @watched
     async def do(
         self,
         name: str,
@@ -115,14 +190,17 @@ class Step:
             policy=RetryPolicy.parse(retries), timeout_s=_timeout(timeout),
         )
 
+    @watched
     async def sleep(self, name: str, duration: float | str) -> None:
         """Sleep durably: the wake time is committed before sleeping."""
         await self._sleep_until(name, time.time() + seconds(duration, what="sleep duration"))
 
+    @watched
     async def sleep_until(self, name: str, when: datetime | float) -> None:
         wake_at = when.timestamp() if isinstance(when, datetime) else float(when)
         await self._sleep_until(name, wake_at)
 
+    @watched
     async def wait_for_event(
         self,
         name: str,
@@ -165,6 +243,7 @@ class Step:
                   "deadline": deadline, **(describe or {})}],
             ))
 
+    @watched
     async def wait_for_approval(
         self,
         name: str,
@@ -204,6 +283,8 @@ class Step:
 
     def occurrence(self, name: str) -> int:
         """Claim the next occurrence of ``name`` (in call order, so replays line up)."""
+        if self._dropped:  # no step begins after one was skipped by a missing await
+            raise self._not_awaited()
         if not isinstance(name, str) or not name or len(name) > 200:
             raise UsageError(
                 f"a step name must be a non-empty string of at most 200 chars: {name!r}"
@@ -284,6 +365,30 @@ class Step:
                 raise failure from error
             await asyncio.sleep(delay)
 
+    # -- step calls never awaited ------------------------------------------------
+
+    def _watch(self, name: object, coro: Coroutine[Any, Any, Any],
+               site: tuple[str, int, str]) -> _Call:
+        call = _Call(coro, str(name), site, self._dropped)
+        self._calls.add(call)
+        return call
+
+    def check_awaited(self) -> None:
+        """Raise, naming them, if a step was called and never awaited, or still runs
+        (in a task or gather no one awaited) now that ``run()`` returned."""
+        if self._dropped or any(not call.started for call in list(self._calls)):
+            raise self._not_awaited()
+        running = [(call.name, call.site) for call in list(self._calls) if call.running]
+        if running:
+            raise _unawaited(running, "still running when run() returned (missing await on"
+                                      " {it}, or on the asyncio.gather or step.parallel"
+                                      " holding {it}?)")
+
+    def _not_awaited(self) -> UsageError:
+        forgotten = [*self._dropped,
+                     *((c.name, c.site) for c in list(self._calls) if not c.started)]
+        return _unawaited(forgotten, "never awaited (missing await?)")
+
     def _may_begin_ahead(self, name: str, occurrence: int) -> bool:
         """Whether this attempt is the step's first ever, with no pause requested."""
         if self._recorded is None or self._pause_requested:
@@ -356,11 +461,13 @@ class Step:
         """Run the workflow's ``run()``; returns its output or raises ``_Hibernate``."""
         self._main = asyncio.ensure_future(coro)
         try:
-            return await self._main
+            output = await self._main
         except asyncio.CancelledError:
             if self.hibernation is not None:
                 raise _Hibernate() from None
             raise
+        self.check_awaited()  # a step left behind would otherwise pass for complete
+        return output
 
 
 def valid_event_type(event_type: str) -> str:
@@ -393,6 +500,26 @@ def check_size(name: str, text: str) -> None:
             f" is limited to {policy.MAX_RESULT_BYTES >> 20} MiB: write big data to a file"
             " (save it as an artifact) and return its path"
         )
+
+
+def _unawaited(calls: list[tuple[str, tuple[str, int, str]]], what: str) -> UsageError:
+    """The error for step calls that were skipped for want of an ``await``; where the
+    first was made is its origin (the line to fix, not where it was found out)."""
+    names = list(dict.fromkeys(name for name, _ in calls))
+    which = (f"step {names[0]!r} was" if len(names) == 1
+             else f"steps {', '.join(map(repr, names))} were")
+    error = UsageError(f"{which} {what.format(it='it' if len(names) == 1 else 'them')}",
+                       steps=names)
+    note_site(error, [_frame(calls[0][1])])
+    return error
+
+
+def _frame(site: tuple[str, int, str]) -> dict[str, Any]:
+    import linecache
+
+    file, line, function = site
+    return {"file": file, "line": line, "function": function,
+            "code": linecache.getline(file, line).strip()[:240]}
 
 
 def _label(name: str, occurrence: int) -> str:

@@ -318,19 +318,28 @@ def create_app(config: Config, intake: Intake, *,
         who: Caller, repo: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> list[dict[str, Any]]:
-        """Recent webhook deliveries and what became of them; a user's token gets those
-        of the repos its user approves."""
+        """Recent webhook deliveries, newest first, and what became of each: ``outcome``
+        is accepted (its run will start), started (``run_id``), superseded, failed,
+        ignored (authenticated, starts nothing) or refused (``http_status``), with a
+        ``reason``. A refused delivery is kept from its headers only, never its body.
+        A user's token gets those of the repos its user approves (so no unsigned ones)."""
         from ci_runner.store import deliveries as store
 
+        conn = db.conn()
         if access.sees_all(who):
-            rows = store.recent(db.conn(), repo=repo, limit=limit)
+            stored = store.recent(conn, repo=repo, limit=limit)
+            noted = store.recent_log(conn, repos=None if repo is None else [repo],
+                                     limit=limit)
         else:
-            names = {r.name for r in access.readable_repos(who) if repo in (None, r.name)}
-            rows = [d for name in names for d in store.recent(db.conn(), repo=name, limit=limit)
-                    if access.may_read_delivery(who, d)]
-            rows = sorted(rows, key=lambda d: int(d["id"]), reverse=True)[:limit]
-        return [{k: (j.loads(r[k]) if k == "error" else r[k]) for k in r.keys()}  # noqa: SIM118
-                for r in rows]
+            names = sorted({r.name for r in access.readable_repos(who)
+                            if repo in (None, r.name)})
+            stored = [d for name in names for d in store.recent(conn, repo=name, limit=limit)]
+            noted = store.recent_log(conn, repos=names, limit=limit)
+            stored = [d for d in stored if access.may_read_delivery(who, d)]
+            noted = [d for d in noted if access.may_read_delivery(who, d)]
+        found = [_stored_delivery(r) for r in stored] + [_noted_delivery(r) for r in noted]
+        found.sort(key=lambda d: float(d["received_at"]), reverse=True)
+        return found[:limit]
 
     return app
 
@@ -362,8 +371,13 @@ Caller = Annotated[Principal, Depends(_principal)]
 def _hook_endpoint(forge: str, intake: Intake,
                    limit: int) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def receive(request: Request) -> JSONResponse:
-        body = await _read_body(request, limit)
-        status, answer = await intake.receive(forge, request.headers, body)
+        client = request.client.host if request.client is not None else None
+        try:
+            body = await _read_body(request, limit)
+        except HookRejected as exc:  # too big, or not whole: refused before it is read
+            intake.refused(forge, request.headers, exc, client=client)
+            raise
+        status, answer = await intake.receive(forge, request.headers, body, client=client)
         return JSONResponse(answer, status_code=status)
 
     receive.__name__ = f"hook_{forge}"
@@ -586,6 +600,36 @@ def _with_webhook(conn: sqlite3.Connection, record: dict[str, Any]) -> dict[str,
     record["webhook"] = {k: meta.get(k) for k in ("forge", "delivery", "repo_name", "event",
                                                   "branch", "pr", "sender", "untrusted")}
     return record
+
+
+# What a stored delivery's state says, for /api/deliveries.
+_STATE_REASONS = {
+    "accepted": "stored: its run starts as soon as the repo's concurrency allows",
+    "started": None,
+    "superseded": "a newer delivery of the same branch or pull request came before its"
+                  " run started",
+}
+
+
+def _stored_delivery(row: sqlite3.Row) -> dict[str, Any]:
+    """A row of ``deliveries`` (taken in for a run) as /api/deliveries shows it."""
+    entry = {k: (j.loads(row[k]) if k == "error" else row[k]) for k in row.keys()}  # noqa: SIM118
+    state = str(row["state"])
+    error = entry.get("error")
+    reason = (error.get("message") if isinstance(error, dict) and error.get("message")
+              else _STATE_REASONS.get(state))
+    return {**entry, "outcome": state, "reason": reason, "http_status": 202, "signed": True,
+            "client": None}
+
+
+def _noted_delivery(row: sqlite3.Row) -> dict[str, Any]:
+    """A row of ``delivery_log`` (ignored or refused) in the same shape; ``id`` is None:
+    it names a row of ``deliveries`` only."""
+    entry = {k: row[k] for k in row.keys()}  # noqa: SIM118
+    entry["id"] = None
+    entry["signed"] = bool(row["signed"])
+    return {"state": row["outcome"], "run_id": None, "error": None, "lane": None,
+            "source_ref": None, "is_fork": None, **entry}
 
 
 def _tenant(forge: str, name: str) -> str:

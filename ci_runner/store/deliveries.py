@@ -8,6 +8,10 @@ the same one, and a different body under a used id is a conflict, not a duplicat
 The run id is written to the row before the run is created, so a server killed
 between the two finds the run (or creates it) on its next start instead of starting
 a second one.
+
+Deliveries that store nothing to run (ignored or refused) go to ``delivery_log``,
+capped at ``LOG_KEEP`` rows for signed ones and as many for unsigned ones, so a flood
+of unsigned requests can neither fill the disk nor push out what the forges sent.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ci_runner.store.db import BUSY_TIMEOUT_S, connect, immediate, now
 from ci_runner.store.journal import TERMINAL, dumps
@@ -25,9 +29,14 @@ from ci_runner.store.journal import TERMINAL, dumps
 _COLUMNS = ("forge", "delivery_id", "repo", "event", "action", "sha", "ref", "branch", "tag",
             "pr", "is_fork", "sender", "lane", "source_ref", "body_sha256")
 PROBE_BUSY_TIMEOUT_S = 2.0
+_T = TypeVar("_T")
 # What ``accept`` says of each delivery: stored now, stored before with the same body,
 # or stored before with another body (the id was reused).
 Outcome = Literal["new", "duplicate", "conflict"]
+LOG_KEEP = 500  # delivery_log rows kept per kind (signed, unsigned), newest first
+_LOG_COLUMNS = ("forge", "delivery_id", "repo", "event", "action", "sha", "ref", "branch",
+                "tag", "pr", "sender", "outcome", "http_status", "reason", "signed", "client",
+                "received_at")
 
 
 def intake_connection(path: Path) -> sqlite3.Connection:
@@ -45,15 +54,45 @@ def accept(conn: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> list[
     # Only column names and placeholders are formatted in; the values are bound.
     sql = (f"INSERT OR IGNORE INTO deliveries ({', '.join(_COLUMNS)}, state, received_at,"  # noqa: S608
            f" updated_at) VALUES ({', '.join('?' * len(_COLUMNS))}, 'accepted', ?, ?)")
+    def write() -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        with immediate(conn):
+            for record in records:
+                cur = conn.execute(sql, (*(record.get(c) for c in _COLUMNS), t, t))
+                outcomes.append("new" if cur.rowcount == 1 else _seen(conn, record))
+        return outcomes
+
+    return _polling(conn, write)
+
+
+def note(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], *,
+         keep: int = LOG_KEEP) -> None:
+    """Add deliveries that stored nothing to run to the capped ``delivery_log``; the
+    oldest rows of each kind past ``keep`` go in the same transaction. Not fsync'd:
+    a line of this log lost to a power cut costs nothing."""
+    # Only column names and placeholders are formatted in; the values are bound.
+    sql = (f"INSERT INTO delivery_log ({', '.join(_LOG_COLUMNS)})"  # noqa: S608
+           f" VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
+
+    def write() -> None:
+        with immediate(conn, durable=False):
+            conn.executemany(sql, [tuple(r.get(c) for c in _LOG_COLUMNS) for r in rows])
+            for signed in {int(r["signed"]) for r in rows}:
+                conn.execute(
+                    "DELETE FROM delivery_log WHERE signed = ? AND id <= (SELECT id FROM"
+                    " delivery_log WHERE signed = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (signed, signed, keep))
+
+    _polling(conn, write)
+
+
+def _polling(conn: sqlite3.Connection, write: Callable[[], _T]) -> _T:
+    """``write()``, tried again every 0.5 ms while another writer holds the lock, for up
+    to ``BUSY_TIMEOUT_S`` (see ``intake_connection``)."""
     deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
         try:
-            outcomes: list[Outcome] = []
-            with immediate(conn):
-                for record in records:
-                    cur = conn.execute(sql, (*(record.get(c) for c in _COLUMNS), t, t))
-                    outcomes.append("new" if cur.rowcount == 1 else _seen(conn, record))
-            return outcomes
+            return write()
         except Exception as exc:
             _abandon(conn)
             if not is_busy(exc) or time.monotonic() > deadline:
@@ -220,3 +259,20 @@ def recent(conn: sqlite3.Connection, *, repo: str | None = None,
         "SELECT * FROM deliveries WHERE repo = ? ORDER BY id DESC LIMIT ?", (repo, limit)
     ).fetchall()
     return rows
+
+
+def recent_log(conn: sqlite3.Connection, *, repos: Sequence[str] | None = None,
+               limit: int = 50) -> list[sqlite3.Row]:
+    """The newest rows of ``delivery_log``; with ``repos``, only theirs (so never an
+    unsigned one, which names no repo)."""
+    if repos is None:
+        sql, args = "SELECT * FROM delivery_log ORDER BY id DESC LIMIT ?", (limit,)
+        found: list[sqlite3.Row] = conn.execute(sql, args).fetchall()
+        return found
+    if not repos:
+        return []
+    marks = ", ".join("?" * len(repos))  # placeholders only; the values are bound
+    sql = (f"SELECT * FROM delivery_log WHERE repo IN ({marks})"  # noqa: S608
+           " ORDER BY id DESC LIMIT ?")
+    found = conn.execute(sql, (*repos, limit)).fetchall()
+    return found

@@ -164,9 +164,41 @@ def _crash_restarts(db: sqlite_utils.Database) -> None:
     db.table("instances").add_column("crashes", int, not_null_default=0)
 
 
+def _delivery_log(db: sqlite_utils.Database) -> None:
+    # Deliveries that stored nothing to run: ignored (a ping, a branch not configured)
+    # and refused (a bad signature, a malformed body). Never a body, only what the
+    # headers and, once authenticated, the parsed delivery say. Capped per ``signed``:
+    # a flood of unsigned requests cannot push out what the forges really sent.
+    db.table("delivery_log").create(
+        {
+            "id": int,
+            "forge": str,
+            "delivery_id": str,     # as its header gave it (shortened), or None
+            "repo": str,            # the configured repo, when known
+            "event": str,
+            "action": str,
+            "sha": str,
+            "ref": str,
+            "branch": str,
+            "tag": str,
+            "pr": int,
+            "sender": str,
+            "outcome": str,         # ignored | refused
+            "http_status": int,
+            "reason": str,
+            "signed": int,          # 1: authenticated by a configured secret
+            "client": str,          # the address it came from
+            "received_at": float,
+        },
+        pk="id",
+        not_null={"forge", "outcome", "http_status", "reason", "signed", "received_at"},
+    )
+    db.table("delivery_log").create_index(["signed", "id"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _engine_tables, _ci_tables, _control, _cache_and_artifacts, _deliveries,
-    _delivery_bodies_and_probe, _crash_restarts,
+    _delivery_bodies_and_probe, _crash_restarts, _delivery_log,
 ]
 
 
