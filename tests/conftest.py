@@ -52,14 +52,18 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def cli(home: Path) -> Callable[..., Result]:
-    """Run `python -m ci_runner ARGS` for real; returns its exit code and output."""
+    """Run `python -m ci_runner ARGS` for real; returns its exit code and output.
+
+    In ``cwd``, else in the test's tmp folder: a command run inside a git repository
+    (this one) would see only that repository's runs (`runs`, `latest`)."""
 
     def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             timeout: float = 120) -> Result:
         full_env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
                     "PYTHONPATH": str(ROOT), **(env or {})}
         proc = subprocess.run(
-            [sys.executable, "-m", "ci_runner", *args], check=False, cwd=cwd, env=full_env,
+            [sys.executable, "-m", "ci_runner", *args], check=False,
+            cwd=home.parent if cwd is None else cwd, env=full_env,
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)

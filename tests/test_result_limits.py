@@ -53,7 +53,8 @@ def _listing_peak_kib(home: Path) -> int:
              " stdout=subprocess.DEVNULL); print(resource.getrusage("
              "resource.RUSAGE_CHILDREN).ru_maxrss)")
     done = subprocess.run(
-        [sys.executable, "-c", probe, sys.executable, "-m", "ci_runner", "runs", "--json"],
+        [sys.executable, "-c", probe, sys.executable, "-m", "ci_runner", "runs", "--all",
+         "--json"],
         env={**os.environ, "CI_RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, check=True, timeout=60)
     return int(done.stdout.strip())

@@ -16,8 +16,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ci_runner import paths
+from ci_runner.cli.control import LatestArg, Scope, ScopeOpt, no_runs, resolve_run, scope_of
 from ci_runner.cli.foreground import drive_in_foreground
 from ci_runner.errors import CIRunnerError, UsageError
+from ci_runner.statuses import USER_RUN_STATUSES
 
 app = typer.Typer(
     name="ci-runner",
@@ -30,6 +32,28 @@ app = typer.Typer(
 
 RepoOpt = Annotated[Path, typer.Option("--repo", "-C", help="The git repository (default: here).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object.")]
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("ci-runner")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        number = "unknown (not installed: `python3 -m pip install .`)"
+    typer.echo(f"ci-runner {number}")
+    raise typer.Exit
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True,
+        help="Print ci-runner's version and exit.")] = False,
+) -> None:
+    """Durable CI pipelines from .ci/pipeline.py, run in a git worktree at a sha."""
 
 
 def _params(values: list[str]) -> dict[str, Any]:
@@ -174,9 +198,11 @@ def demo(
 
 @app.command("send-event")
 def send_event(
-    run_id: Annotated[str, typer.Argument(help="The run to send to.")],
+    run_id: Annotated[str, typer.Argument(
+        metavar="RUN", help="The run: an id, a unique prefix of one, or `latest`.")],
     event_type: Annotated[str, typer.Argument(metavar="TYPE", help="The event type.")],
     payload: Annotated[Optional[str], typer.Option(help="JSON payload.")] = None,  # noqa: UP045
+    repo: ScopeOpt = None,
 ) -> None:
     """Send an event to a run; it is kept until the run waits for it."""
     from ci_runner.dispatch.runs import open_engine
@@ -188,36 +214,49 @@ def send_event(
         raise UsageError(f"--payload is not valid JSON: {exc}") from exc
     valid_event_type(event_type)
     with open_engine() as engine:
-        row = engine.get(run_id)
-        engine.send_event(row["id"], event_type, data)
-    typer.echo(
-        f"sent {event_type!r} to run {row['id']}; `ci-runner resume {row['id']}` wakes it"
-    )
+        full = resolve_run(engine.conn, run_id, repo)
+        engine.send_event(full, event_type, data)
+    typer.echo(f"sent {event_type!r} to run {full}; `ci-runner resume {full}` wakes it")
 
 
 @app.command()
 def runs(
     repo: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        "--repo", "-C", help="Only this repository's runs.")] = None,
+        "--repo", "-C", show_default=False,
+        help="Only this repository's runs (default: the git repo here; outside one, all).")]
+    = None,
+    all_repos: Annotated[bool, typer.Option("--all", help="Every repository's runs.")] = False,
+    status: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="STATUS", show_default=False,
+        help="Only runs in this status (comma-separated): " + ", ".join(USER_RUN_STATUSES)
+             + ".")] = None,
+    branch: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="NAME", show_default=False, help="Only runs of this branch.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     json_out: JsonOpt = False,
 ) -> None:
-    """List recent runs, newest first."""
+    """List recent runs of this repo (--all: of every repo), newest first."""
     from ci_runner.cli.report import list_records
     from ci_runner.dispatch.runs import open_engine
 
-    tenant = None
-    if repo is not None:
-        from ci_runner.workspace import open_repo, tenant_key
-
-        tenant = tenant_key(open_repo(repo))
+    if all_repos and repo is not None:
+        raise UsageError("--all lists every repository's runs: give --repo or --all, not both")
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {limit}")
+    if branch is not None and not branch.strip():
+        raise UsageError("--branch needs a branch name")
+    statuses = _statuses(status)
+    scope = Scope(None, None) if all_repos else scope_of(repo)
     with open_engine() as engine:
-        records = list_records(engine.conn, tenant=tenant, limit=limit)
+        records = list_records(engine.conn, tenant=scope.tenant, limit=limit,
+                               statuses=statuses, branch=branch)
+        empty = "" if records or json_out else _nothing_listed(
+            engine.conn, scope, filtered=status is not None or branch is not None)
     if json_out:
         typer.echo(json.dumps(records))
         return
-    if not records:
-        typer.echo("no runs yet: `ci-runner run` in a repo with .ci/pipeline.py")
+    if empty:
+        typer.echo(empty)
         return
     for r in records:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
@@ -228,10 +267,35 @@ def runs(
                    f"{ok}/{len(r['steps'])} steps  {took:>7}  {when}")
 
 
+def _statuses(words: str | None) -> tuple[str, ...] | None:
+    """``--status failed,cancelled`` -> the engine's words for them."""
+    if words is None:
+        return None
+    from ci_runner.statuses import engine_words
+
+    found: list[str] = []
+    for word in words.split(","):
+        try:
+            found += [w for w in engine_words(word) if w not in found]
+        except ValueError as exc:
+            raise UsageError(f"--status: {exc}") from exc
+    return tuple(found)
+
+
+def _nothing_listed(conn: Any, scope: Scope, *, filtered: bool) -> str:
+    from ci_runner.store import journal as j
+
+    if not filtered or not j.count_instances(conn, tenant=scope.tenant):
+        return no_runs(conn, scope)
+    wider = " (`--all` looks in every repo)" if scope.tenant is not None else ""
+    return f"no run{scope.of()} matches{wider}"
+
+
 @app.command()
 def show(
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
+    run_id: LatestArg = None,
     json_out: JsonOpt = False,
+    repo: ScopeOpt = None,
 ) -> None:
     """Show one run: its commit, status, and every step."""
     from ci_runner.cli.report import run_record
@@ -239,7 +303,7 @@ def show(
     from ci_runner.dispatch.runs import open_engine
 
     with open_engine() as engine:
-        record = run_record(engine.conn, run_id)
+        record = run_record(engine.conn, resolve_run(engine.conn, run_id, repo))
     if json_out:
         typer.echo(json.dumps(record))
         return
@@ -262,15 +326,22 @@ def show(
 
 @app.command()
 def logs(
-    run_id: Annotated[str, typer.Argument(help="The run (a unique prefix is enough).")],
-    step: Annotated[Optional[str], typer.Argument(help="One step's log.")] = None,  # noqa: UP045
+    run_id: LatestArg = None,
+    step: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        metavar="[STEP]", show_default=False,
+        help="One step's log (`pipeline`: the pipeline's own output).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output.")]
     = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Only the failed steps' logs.")]
+    = False,
+    repo: ScopeOpt = None,
 ) -> None:
-    """Print a run's step logs (secrets are already masked in them)."""
+    """Print a run's step logs and the pipeline's own output (secrets are masked)."""
     from ci_runner.cli.logs import print_logs
 
-    print_logs(run_id, step, follow=follow)
+    if failed and step is not None:
+        raise UsageError("give a STEP or --failed, not both")
+    print_logs(run_id, step, follow=follow, failed=failed, repo=repo)
 
 
 @app.command()

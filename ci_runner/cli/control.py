@@ -1,5 +1,13 @@
 """Commands that act on existing runs: pending, approve, reject, cancel, pause, unpause,
-retry, resume and the worker."""
+retry, resume and the worker; and how a command line names a run (``resolve_run``).
+
+A run is named by its id, a unique prefix of it, or ``latest``: the newest run of the
+repository the command runs in (``--repo``/``-C`` names another; outside a repository,
+the newest run of any). Commands that read a run or drive it on (show, logs, resume,
+retry, unpause) default to ``latest``; ``approve``/``reject`` default to the one run
+waiting for an approval. Commands that stop a run (cancel, pause) want it named, if
+only as ``latest``: a stray command must not stop a run nobody meant.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +17,151 @@ import os
 import subprocess
 import sys
 import time
-from typing import Annotated, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from ci_runner import paths
 from ci_runner.cli.foreground import drive_in_foreground
-from ci_runner.errors import UsageError
+from ci_runner.errors import RunNotFound, UsageError
 
-RunArg = Annotated[str, typer.Argument(
-    metavar="RUN_ID", help="The run (a unique prefix is enough).")]
+if TYPE_CHECKING:
+    import sqlite3
+
+    from ci_runner.engine.driver import Engine
+
+LATEST = "latest"
+
+RunArg = Annotated[Optional[str], typer.Argument(  # noqa: UP045 - typer needs Optional
+    metavar="RUN", show_default=False,
+    help="The run: an id, a unique prefix of one, or `latest` (must be given).")]
+LatestArg = Annotated[Optional[str], typer.Argument(  # noqa: UP045
+    metavar="[RUN]", show_default=False,
+    help="The run: an id, a unique prefix of one, or `latest` (the default: the newest"
+         " run of this repo).")]
+ApprovalArg = Annotated[Optional[str], typer.Argument(  # noqa: UP045
+    metavar="[RUN]", show_default=False,
+    help="The run: an id, a unique prefix of one, or `latest` (the default: the one run"
+         " of this repo waiting for an approval).")]
+ScopeOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--repo", "-C", show_default=False,
+    help="The repo whose runs `latest` means (default: the git repo here; outside one,"
+         " every repo).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DetachOpt = Annotated[bool, typer.Option(
     "--detach", help="Resume in the background instead of in this terminal.")]
 CommentOpt = Annotated[Optional[str], typer.Option(help="Why; recorded on the run.")]  # noqa: UP045
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose runs a command means: one repository's (``tenant``), or every one's."""
+
+    tenant: str | None
+    name: str | None
+    """The repository's name, for messages (None: every repository)."""
+
+    def of(self) -> str:
+        return f" of {self.name}" if self.name else ""
+
+
+def scope_of(repo: Path | None) -> Scope:
+    """``--repo`` when given, else the git repository the command runs in, else all."""
+    from ci_runner.errors import NotAGitRepository
+    from ci_runner.workspace import open_repo, tenant_key
+
+    if repo is None:
+        try:
+            info = open_repo(Path.cwd())
+        except NotAGitRepository:
+            return Scope(None, None)
+    else:
+        info = open_repo(repo)
+    return Scope(tenant_key(info), info.name)
+
+
+def resolve_run(conn: sqlite3.Connection, ref: str | None, repo: Path | None = None) -> str:
+    """The full id of the run ``ref`` names: an id, a unique prefix, or ``latest`` (also
+    what None means). An ambiguous prefix is an error that lists its candidates."""
+    from ci_runner.store import journal as j
+
+    if ref is None or ref == LATEST:
+        scope = scope_of(repo)
+        found = j.newest_instance(conn, tenant=scope.tenant)
+        if found is None:
+            raise RunNotFound(no_runs(conn, scope))
+        return found
+    try:
+        return str(j.get_instance(conn, ref)["id"])
+    except RunNotFound:
+        candidates = j.instances_with_prefix(conn, ref, limit=1000)
+        if len(candidates) < 2:
+            raise
+    shown = ", ".join(_candidate(r) for r in candidates[:5])
+    more = f" and {len(candidates) - 5} more" if len(candidates) > 5 else ""
+    raise UsageError(
+        f"run {ref!r} is ambiguous: {len(candidates)} runs start with it: {shown}{more};"
+        " give more of the id"
+    )
+
+
+def no_runs(conn: sqlite3.Connection, scope: Scope) -> str:
+    """What to say when a scope holds no run at all."""
+    from ci_runner.store import journal as j
+
+    if scope.tenant is not None and j.count_instances(conn):
+        return (f"no run{scope.of()} yet: `ci-runner run` starts one (`ci-runner runs --all`"
+                " lists other repos' runs)")
+    return "no runs yet: `ci-runner run` in a repo with .ci/pipeline.py starts one"
+
+
+def _candidate(row: sqlite3.Row) -> str:
+    from ci_runner.statuses import run_word
+    from ci_runner.store import journal as j
+
+    meta = (j.loads(row["payload"]) or {}).get("__dispatcherMetadata") or {}
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))
+    repo = f"{meta['repo_name']}, " if meta.get("repo_name") else ""
+    return f"{row['id']} ({repo}{run_word(str(row['status']))}, {when})"
+
+
+def awaiting_approval(engine: Engine, repo: Path | None) -> str:
+    """The one run waiting for an approval (in the repo here, else anywhere): what
+    ``approve`` and ``reject`` act on when no run is named."""
+    from ci_runner.dispatch.control import pending_records
+
+    scope = scope_of(repo)
+    waiting = _approvals(pending_records(engine, tenant=scope.tenant))
+    if len(waiting) == 1:
+        return str(waiting[0]["run_id"])
+    if waiting:
+        listed = ", ".join(f"{r['run_id']} ({r['repo']}, step {r['step']!r})" for r in waiting)
+        raise UsageError(f"{len(waiting)} runs{scope.of()} wait for an approval: {listed};"
+                         " name one (`ci-runner pending` lists them)")
+    elsewhere = _approvals(pending_records(engine)) if scope.tenant is not None else []
+    n = len(elsewhere)
+    hint = (f"; {n} run{'s' if n > 1 else ''} of other repos {'do' if n > 1 else 'does'}"
+            " (`ci-runner pending` lists them): name one" if n else "")
+    raise UsageError(f"no run{scope.of()} waits for an approval{hint}")
+
+
+def _approvals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per run that waits for an approval."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["what"] == "approval":
+            seen.setdefault(str(r["run_id"]), r)
+    return list(seen.values())
+
+
+def named(run_id: str | None, verb: str) -> str:
+    """``run_id``, which a command that stops runs must be given."""
+    if run_id is None:
+        raise UsageError(f"name the run to {verb}: `ci-runner {verb} RUN` (an id, a unique"
+                         f" prefix, or `latest`)")
+    return run_id
 
 
 def drive_detached(run_id: str) -> int:
@@ -44,13 +183,16 @@ def register(app: typer.Typer) -> None:
         """List runs waiting for an approval or an event."""
         from ci_runner.dispatch.control import pending_records
         from ci_runner.dispatch.runs import open_engine
+        from ci_runner.store import journal as j
 
         with open_engine() as engine:
             records = pending_records(engine)
+            # Not waiting for anything but the user: said here so nobody forgets them.
+            stopped = [] if json_out else j.with_status(engine.conn, "interrupted")
         if json_out:
             typer.echo(json.dumps(records))
             return
-        if not records:
+        if not records and not stopped:
             typer.echo("nothing is waiting")
             return
         for r in records:
@@ -60,17 +202,22 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{r['run_id']}  {r['repo']}@{(r['sha'] or '')[:10]}  step "
                        f"{r['step']!r} waits for {r['what']} since {since} (times out "
                        f"{until}){message}")
+        for rid in stopped:
+            typer.echo(f"{rid}  interrupted: `ci-runner resume {rid}` drives it on,"
+                       f" `ci-runner cancel {rid}` ends it")
 
-    def _decide(run_id: str, comment: str | None, who: str | None, detach: bool,
-                json_out: bool, *, reject: bool) -> None:
+    def _decide(run_id: str | None, repo: Path | None, comment: str | None, who: str | None,
+                detach: bool, json_out: bool, *, reject: bool) -> None:
         from ci_runner.dispatch.control import decide
         from ci_runner.dispatch.runs import open_engine, warm_child
-        from ci_runner.store import journal as j
 
         by = who or getpass.getuser()
         verb = "rejected" if reject else "approved"
         with open_engine() as engine:
-            full = str(j.get_instance(engine.conn, run_id)["id"])
+            if run_id is None:
+                full = awaiting_approval(engine, repo)
+            else:
+                full = resolve_run(engine.conn, run_id, repo)
             # The pipeline process starts while the approval is being stored.
             child = None if detach else warm_child(full)
             try:
@@ -90,30 +237,32 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def approve(
-        run_id: RunArg,
+        run_id: ApprovalArg = None,
         comment: CommentOpt = None,
         who: Annotated[Optional[str], typer.Option(  # noqa: UP045
             "--as", help="Approve as this name (default: your user name).")] = None,
         detach: DetachOpt = False,
         json_out: JsonOpt = False,
+        repo: ScopeOpt = None,
     ) -> None:
         """Approve a run waiting at wait_for_approval, and resume it."""
-        _decide(run_id, comment, who, detach, json_out, reject=False)
+        _decide(run_id, repo, comment, who, detach, json_out, reject=False)
 
     @app.command()
     def reject(
-        run_id: RunArg,
+        run_id: ApprovalArg = None,
         comment: CommentOpt = None,
         who: Annotated[Optional[str], typer.Option(  # noqa: UP045
             "--as", help="Reject as this name (default: your user name).")] = None,
         detach: DetachOpt = False,
         json_out: JsonOpt = False,
+        repo: ScopeOpt = None,
     ) -> None:
         """Reject a run waiting at wait_for_approval (it fails unless it catches Rejected)."""
-        _decide(run_id, comment, who, detach, json_out, reject=True)
+        _decide(run_id, repo, comment, who, detach, json_out, reject=True)
 
     @app.command()
-    def cancel(run_id: RunArg) -> None:
+    def cancel(run_id: RunArg = None, repo: ScopeOpt = None) -> None:
         """Terminate a run: its processes stop and it is recorded as terminated."""
         import sqlite3
 
@@ -122,38 +271,40 @@ def register(app: typer.Typer) -> None:
         from ci_runner.dispatch.runs import open_engine
         from ci_runner.errors import disk_full
 
+        ref = named(run_id, "cancel")
         try:
             engine = open_engine()
         except (OSError, sqlite3.OperationalError) as exc:
-            if not disk_full(exc) or not free_space_of(run_id):
+            if not disk_full(exc) or ref == LATEST or not free_space_of(ref):
                 raise
             # A disk so full that the database cannot open: the run's worktree (found
             # by its id, the database unread) went first; now there is room.
             engine = open_engine()
         with engine:
-            full = do_cancel(engine, run_id)
+            full = do_cancel(engine, resolve_run(engine.conn, ref, repo))
         typer.echo(f"run {full} terminated")
 
     @app.command()
-    def pause(run_id: RunArg) -> None:
+    def pause(run_id: RunArg = None, repo: ScopeOpt = None) -> None:
         """Pause a run (a running one pauses before its next step)."""
         from ci_runner.dispatch.runs import open_engine
         from ci_runner.store import journal as j
 
         with open_engine() as engine:
-            full = j.get_instance(engine.conn, run_id)["id"]
+            full = resolve_run(engine.conn, named(run_id, "pause"), repo)
             state = j.request_pause(engine.conn, full)
         typer.echo(f"run {full} {state}; `ci-runner unpause {full}` continues it")
 
     @app.command()
-    def unpause(run_id: RunArg, detach: DetachOpt = False, json_out: JsonOpt = False) -> None:
+    def unpause(run_id: LatestArg = None, detach: DetachOpt = False,
+                json_out: JsonOpt = False, repo: ScopeOpt = None) -> None:
         """Continue a paused run, in the foreground unless --detach."""
         from ci_runner.dispatch.control import needs_driver
         from ci_runner.dispatch.runs import open_engine
         from ci_runner.store import journal as j
 
         with open_engine() as engine:
-            full = j.get_instance(engine.conn, run_id)["id"]
+            full = resolve_run(engine.conn, run_id, repo)
             status = j.unpause(engine.conn, full)
             due = full in needs_driver(engine)
         if status == "running":
@@ -171,18 +322,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def retry(
-        run_id: RunArg,
+        run_id: LatestArg = None,
         from_step: Annotated[Optional[str], typer.Option(  # noqa: UP045
             "--from", help="Keep the results of the steps before this one.")] = None,
         detach: DetachOpt = False,
         json_out: JsonOpt = False,
+        repo: ScopeOpt = None,
     ) -> None:
         """Run a run again, keeping the results before --from STEP (none without it)."""
         from ci_runner.dispatch.control import retry as do_retry
         from ci_runner.dispatch.runs import open_engine
 
         with open_engine() as engine:
-            full = do_retry(engine, run_id, from_step)
+            full = do_retry(engine, resolve_run(engine.conn, run_id, repo), from_step)
         if detach:
             typer.echo(f"run {full} retrying in the background (pid {drive_detached(full)})")
             return
@@ -190,21 +342,24 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def resume(
-        run_id: Annotated[Optional[str], typer.Argument(  # noqa: UP045
-            metavar="[RUN_ID]", help="The run to resume.")] = None,
+        run_id: LatestArg = None,
         all_runs: Annotated[bool, typer.Option(
             "--all", help="Every run that needs a driver: dead runners, due timers, events.")]
         = False,
         json_out: JsonOpt = False,
+        repo: ScopeOpt = None,
     ) -> None:
         """Drive a hibernated, orphaned or interrupted run on from its last committed step."""
-        if (run_id is None) == (not all_runs):
-            raise UsageError("give a RUN_ID or --all")
-        if run_id is not None:
-            raise typer.Exit(drive_in_foreground(run_id, json_out=json_out))
         from ci_runner.dispatch.control import needs_driver
         from ci_runner.dispatch.runs import open_engine
 
+        if all_runs and (run_id is not None or repo is not None):
+            raise UsageError("--all resumes every run that needs it: give RUN or --all, not"
+                             " both")
+        if not all_runs:
+            with open_engine() as engine:
+                full = resolve_run(engine.conn, run_id, repo)
+            raise typer.Exit(drive_in_foreground(full, json_out=json_out))
         with open_engine() as engine:
             ids = needs_driver(engine)
             # Runs a Ctrl-C stopped: no worker takes them, but --all is the user asking.

@@ -117,8 +117,9 @@ def known_steps(conn: sqlite3.Connection, tenant: str, pipeline: str | None) -> 
 
 
 def list_records(
-    conn: sqlite3.Connection, *, tenant: str | None, limit: int
+    conn: sqlite3.Connection, *, tenant: str | None, limit: int,
+    statuses: tuple[str, ...] | None = None, branch: str | None = None,
 ) -> list[dict[str, Any]]:
-    rows = j.list_instances(conn, tenant=tenant, limit=limit)
+    rows = j.list_instances(conn, tenant=tenant, limit=limit, statuses=statuses, branch=branch)
     # A listing never loads step results: a run's could be a MiB a step.
     return [_record(conn, r, with_steps=True, results=False) for r in rows]

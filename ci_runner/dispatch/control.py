@@ -107,10 +107,13 @@ def needs_driver(engine: Engine) -> list[str]:
     return ids
 
 
-def pending_records(engine: Engine) -> list[dict[str, Any]]:
-    """Runs hibernating for an event or approval, with what they wait for."""
+def pending_records(engine: Engine, *, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Runs hibernating for an event or approval (only ``tenant``'s, when given), with
+    what they wait for."""
     records = []
     for row in j.pending(engine.conn):
+        if tenant is not None and row["tenant"] != tenant:
+            continue
         metadata, _ = unwrap_params(json.loads(row["payload"]))
         for wait in j.loads(row["waiting_for"]) or []:
             if "event_type" not in wait:

@@ -79,18 +79,71 @@ _LISTED = ("id, tenant, workflow, payload, status, created_at, updated_at, start
            " finished_at, error, waiting_for, owner, lease_expires_at, NULL AS output")
 
 
+# Where a CI run's payload (the dispatcher's envelope) keeps the ref it ran at.
+_REF = "json_extract(payload, '$.__dispatcherMetadata.ref')"
+
+
 def list_instances(
-    conn: sqlite3.Connection, *, tenant: str | None = None, limit: int = 50
+    conn: sqlite3.Connection, *, tenant: str | None = None, limit: int = 50,
+    statuses: tuple[str, ...] | None = None, branch: str | None = None,
 ) -> list[sqlite3.Row]:
-    if tenant is None:
-        sql, args = (f"SELECT {_LISTED} FROM instances ORDER BY created_at DESC"  # noqa: S608
-                     " LIMIT ?", (limit,))
-        return conn.execute(sql, args).fetchall()
+    """The newest instances first, optionally only ``tenant``'s, only those in one of
+    ``statuses`` (engine words), or only runs at ``branch`` (a name, or a full ref)."""
+    where, args = _filters(tenant=tenant, statuses=statuses, branch=branch)
     return conn.execute(
-        f"SELECT {_LISTED} FROM instances WHERE tenant = ?"  # noqa: S608 - constant columns
+        f"SELECT {_LISTED} FROM instances{where}"  # noqa: S608 - constant columns, ? values
         " ORDER BY created_at DESC LIMIT ?",
-        (tenant, limit),
+        (*args, limit),
     ).fetchall()
+
+
+def count_instances(
+    conn: sqlite3.Connection, *, tenant: str | None = None,
+    statuses: tuple[str, ...] | None = None, branch: str | None = None,
+) -> int:
+    """How many instances ``list_instances`` would find with no limit."""
+    where, args = _filters(tenant=tenant, statuses=statuses, branch=branch)
+    row = conn.execute(f"SELECT count(*) FROM instances{where}", args).fetchone()  # noqa: S608
+    return int(row[0])
+
+
+def newest_instance(conn: sqlite3.Connection, *, tenant: str | None = None) -> str | None:
+    """The id of the newest instance (of ``tenant``), or None when there is none."""
+    rows = list_instances(conn, tenant=tenant, limit=1)
+    return str(rows[0]["id"]) if rows else None
+
+
+def instances_with_prefix(
+    conn: sqlite3.Connection, prefix: str, *, limit: int = 50
+) -> list[sqlite3.Row]:
+    """Instances whose id starts with ``prefix`` (listing columns), newest first: the
+    candidates of an id prefix that is not unique. None for an empty prefix."""
+    if not prefix:
+        return []
+    rows: list[sqlite3.Row] = conn.execute(
+        f"SELECT {_LISTED} FROM instances WHERE substr(id, 1, length(?)) = ?"  # noqa: S608
+        " ORDER BY created_at DESC, id DESC LIMIT ?",
+        (prefix, prefix, limit),
+    ).fetchall()
+    return rows
+
+
+def _filters(
+    *, tenant: str | None, statuses: tuple[str, ...] | None, branch: str | None,
+) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause (made of constant text) and its values."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if tenant is not None:
+        clauses.append("tenant = ?")
+        args.append(tenant)
+    if statuses is not None:
+        clauses.append(f"status IN ({', '.join('?' * len(statuses)) or 'NULL'})")
+        args.extend(statuses)
+    if branch is not None:
+        clauses.append(f"{_REF} IN ('refs/heads/' || ?, ?)")
+        args.extend((branch, branch))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
 
 def steps_of(
