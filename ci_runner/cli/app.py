@@ -359,7 +359,7 @@ def init(
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
 
 
-from ci_runner.cli import control, images, kept, prune, secrets, serve, watch  # noqa: E402
+from ci_runner.cli import control, images, kept, prune, secrets, serve, ui, watch  # noqa: E402
 
 control.register(app)
 serve.register(app)
@@ -368,6 +368,7 @@ kept.register(app)
 prune.register(app)
 secrets.register(app)
 watch.register(app)
+ui.register(app)
 
 
 def _narrowed(argv: list[str]) -> typer.Typer:

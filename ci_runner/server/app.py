@@ -341,6 +341,12 @@ def create_app(config: Config, intake: Intake, *,
         found.sort(key=lambda d: float(d["received_at"]), reverse=True)
         return found[:limit]
 
+    # The web view of runs (ci_runner/server/pages.py): sign-in, pages, live streams.
+    from ci_runner.server import pages
+    from ci_runner.server.pageaccess import TeamAccess
+
+    pages.mount(app, TeamAccess(access, on_change=on_decision),
+                public_url=config.server.public_url)
     return app
 
 

@@ -1,0 +1,138 @@
+"""What keeps the web view live: one Server-Sent Events stream per open page, told
+when to look again by ``ChangeFeed``, and the selected step's log read as it grows.
+
+Runs are written by other processes (each run's driver), so the server cannot be told
+of a change; it notices one. ``ChangeFeed`` holds one read-only connection, polled
+every ``POLL_S`` while a page is open, for ``PRAGMA data_version``, which moves
+whenever another connection commits: pages re-render only then, however many are
+open. Logs are files the steps append to; a stream checks its one log's size each
+``POLL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ci_runner.server.ansi import Renderer
+
+POLL_S = 0.05
+KEEPALIVE_S = 15.0  # a comment line now and then, so proxies keep the stream open
+RECONNECT_MS = 2000  # how soon a browser reconnects a stream that broke
+LOG_CHUNK = 256 * 1024  # bytes of log read and sent at once
+
+
+class ChangeFeed:
+    """Counts the database's commits by other connections, while anyone listens."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.version = 0
+        self._listeners = 0
+        self._changed: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[ChangeFeed]:
+        self._listeners += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll())
+        try:
+            yield self
+        finally:
+            self._listeners -= 1
+
+    async def wait(self, seen: int, timeout: float) -> int:
+        """The version once it differs from ``seen``, or after ``timeout`` seconds."""
+        if self.version == seen:
+            changed = self._event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+        return self.version
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _bump(self) -> None:
+        self.version += 1
+        old, self._changed = self._event(), asyncio.Event()
+        old.set()
+
+    async def _poll(self) -> None:
+        conn = await asyncio.to_thread(self._connect)
+        try:
+            last = None
+            while self._listeners > 0:
+                try:
+                    now = await asyncio.to_thread(_data_version, conn)
+                except sqlite3.Error:  # busy, or the file went: say "changed", look again
+                    now = None
+                if now != last or now is None:
+                    if last is not None:
+                        self._bump()
+                    last = now
+                await asyncio.sleep(POLL_S)
+        finally:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
+                               check_same_thread=False, timeout=1.0)
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+class LogTail:
+    """One log file from ``offset`` on, as HTML, in order, as it grows."""
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self._renderer = Renderer()
+
+    def read(self, *, final: bool = False) -> str:
+        """The HTML of what was written since the last read ('' if nothing was);
+        ``final``: the log is complete, hold nothing back."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read(LOG_CHUNK)
+        except FileNotFoundError:
+            data = b""
+        self.offset += len(data)
+        if not data and not final:
+            return ""
+        return self._renderer.feed(data, final=final and len(data) < LOG_CHUNK)
+
+    def grown(self) -> bool:
+        try:
+            return self.path.stat().st_size > self.offset
+        except FileNotFoundError:
+            return False
+
+    def shrunk(self) -> bool:
+        """Whether the file is shorter than what was read of it: written anew."""
+        try:
+            return self.path.stat().st_size < self.offset
+        except FileNotFoundError:
+            return self.offset > 0
+
+
+def event(name: str, data: str) -> bytes:
+    """One SSE event; each line of ``data`` on a ``data:`` line of its own."""
+    lines = data.split("\n")
+    return (f"event: {name}\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+
+
+def preamble() -> bytes:
+    return f"retry: {RECONNECT_MS}\n\n".encode()
+
+
+KEEPALIVE = b": keep-alive\n\n"
