@@ -40,7 +40,7 @@ server:
   # users: {alice: ALICE_CI_TOKEN}     # per-person API tokens: see only repos they approve
   # approvers: [root]                  # may approve runs of every repo
   grace_s: 30                # on SIGTERM, running steps get this long before being left
-  # public_url: https://ci.example.com # links in commit statuses point at its /api/runs/ID
+  # public_url: https://ci.example.com # commit statuses link to its run pages, /runs/ID
   # pass_env: [HTTP_PROXY]   # variables pipelines see besides PATH, HOME and the locale
   # retention: 90 days       # hourly `ci-runner prune` of what ended longer ago (default: keep)
   # sandbox: auto            # bwrap | landlock | off; runs of fork PRs always need bwrap

@@ -166,7 +166,7 @@ class StatusReporter:
     def _post(self, repo: RepoConfig, status: StatusConfig, row: sqlite3.Row,
               report: Report) -> bool:
         public = self.config.server.public_url
-        target = f"{public}/api/runs/{row['run_id']}" if public else None
+        target = f"{public}/runs/{row['run_id']}" if public else None
         request = request_for(repo.forge, repo.name, row["sha"], row["ref"], status, report,
                               target, pull_request=row["pr"] is not None)
         try:
