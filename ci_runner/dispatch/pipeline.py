@@ -49,6 +49,10 @@ class Pipeline(ABC):
     #: approval or event does not count). It can shorten the server's timeout, not
     #: lengthen it; past it the run fails and its processes are stopped.
     timeout: ClassVar[float | str | None] = None
+    #: Which submodules the run's worktree checks out: True, each one initialized in
+    #: your clone; False, none; or a list of their paths. Read from the class's source
+    #: before the pipeline is imported, so it must be written as such a literal.
+    submodules: ClassVar[bool | Sequence[str]] = True
 
     @abstractmethod
     def run(self, event: PipelineEvent, step: PipelineStep) -> Any:

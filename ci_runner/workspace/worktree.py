@@ -4,7 +4,8 @@ A run is pinned to a commit: either one that exists (``resolve_rev``) or one mad
 the fly from the uncommitted working tree (``snapshot_uncommitted``). ``fork`` checks
 that commit out as a detached linked worktree, ``remove`` takes it away again, and
 ``hold``/``release`` keep a ref on the commit so ``git gc`` cannot prune a snapshot
-while its run lives. Every git call goes through ``_git`` as an argument list, and so
+while its run lives. Submodules the user initialized are checked out too
+(``submodules.py``). Every git call goes through ``_git`` as an argument list, and so
 through ``gitcmd.run_git``: no hook, fsmonitor or ``ext::`` URL of the repository runs.
 """
 
@@ -25,6 +26,8 @@ from ci_runner.workspace.gitcmd import GitResult, run_git
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
+
+    from ci_runner.workspace.submodules import Wanted
 
 _RUN_REF_PREFIX = "refs/ci-runner/runs/"
 _SNAPSHOT_MESSAGE = "ci-runner snapshot of uncommitted changes"
@@ -183,18 +186,24 @@ def release(repo: RepoInfo, run_id: str) -> None:
     _git_ok(repo.root, f"release run {run_id}", "update-ref", "-d", _run_ref(run_id))
 
 
-def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False) -> None:
-    """Check out ``sha`` as a new detached worktree at ``dest``.
+def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
+         submodules: Wanted = True) -> list[str]:
+    """Check out ``sha`` as a new detached worktree at ``dest``, with its submodules
+    (``submodules``: True, every one the user initialized; False, none; or a list of
+    paths; see ``workspace.submodules``). Returns a line for the run's output about
+    each submodule left empty, and why.
 
-    One git call and nothing else: this sits on the start-up path of every run.
-    ``again``: ``dest`` was this run's worktree and its folder was deleted; git still
-    has it registered, and ``--force`` lets it be checked out there once more.
+    One git call and nothing else for a repo without submodules: this sits on the
+    start-up path of every run. ``again``: ``dest`` was this run's worktree and its
+    folder was deleted; git still has it registered, and ``--force`` lets it be
+    checked out there once more.
     """
     _check_rev(sha)
     target = Path(dest).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
+    bare = repo.root == repo.common_dir
     with _worktree_lock(repo):
-        if repo.root == repo.common_dir:  # bare: perhaps a mirror, which runs can write
+        if bare:  # perhaps a mirror, which runs can write
             from ci_runner.workspace.mirror import is_mirror, reset_foreign_config
 
             if is_mirror(repo):  # a filter it names would run during the checkout
@@ -203,13 +212,20 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False) -> None:
     if result.status != 0:
         raise _failure(f"could not create a worktree of {sha} at {target}", result,
                        "check that the path is free and the commit exists")
+    if not (target / ".gitmodules").is_file():
+        return []
+    from ci_runner.workspace.submodules import check_out
+
+    return check_out(repo.common_dir, sha, target, wanted=submodules, bare=bare)
 
 
 def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool) -> GitResult:
     for attempt in range(_FORK_ATTEMPTS):
+        # submodule.recurse (a user's setting) would clone from the commit's URLs:
+        # submodules are checked out apart, from the user's clones (submodules.py).
         result = _git(
-            repo.root, "worktree", "add", "--detach", "--quiet", *(["--force"] if again else []),
-            str(target), sha,
+            repo.root, "-c", "submodule.recurse=false", "worktree", "add", "--detach",
+            "--quiet", *(["--force"] if again else []), str(target), sha,
         )
         if result.status == 0 or not _RACING_ADD.search(result.stderr):
             break
