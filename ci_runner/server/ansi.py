@@ -2,9 +2,10 @@
 with classes, everything else is escaped, and the rest of the terminal's escapes
 (cursor moves, titles, hyperlinks) is dropped.
 
-``Renderer`` is fed a log in chunks as it grows, so it keeps what a chunk cannot
-finish: a UTF-8 character or an escape sequence cut in two, and a line rewritten
-with carriage returns (a progress bar), which is shown once finished, as its last
+``Renderer`` is fed a log in chunks as it grows: it keeps what a chunk cannot finish
+(a UTF-8 character or an escape sequence cut in two) and renders the line still being
+written apart from the finished ones, so that a page can show it now and replace it
+as it grows; a line rewritten with carriage returns (a progress bar) shows its last
 state. Colours are classes, never ``style=`` attributes, so the pages' Content
 Security Policy needs no ``unsafe-inline``: the 16 colours are exact, 256-colour
 and true-colour ones become the nearest of those 16.
@@ -17,13 +18,14 @@ import html
 import re
 from dataclasses import dataclass, replace
 
-# CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and two-character escapes.
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and the other escapes (ESC,
+# intermediate bytes, a final byte: charsets, keypad modes, cursor saves).
 _ESCAPE = re.compile(r"\x1b\[([0-?]*)[ -/]*([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
-                     r"|\x1b[@-Z\\-_]")
+                     r"|\x1b[ -/]*[0-~]")
 # An escape that may still be completed by the next chunk.
-_OPEN_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?)?\Z")
+_OPEN_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[ -/]+)?\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # a stray ESC too
-HELD_MAX = 64 * 1024  # a rewritten line longer than this is cut to its last state
+HELD_MAX = 64 * 1024  # an open line longer than this is cut to its last state
 
 # The xterm palette of the 16 colours, for mapping 256- and true-colour ones.
 _PALETTE = [(0, 0, 0), (205, 0, 0), (0, 205, 0), (205, 205, 0), (0, 0, 238), (205, 0, 205),
@@ -61,30 +63,44 @@ PLAIN = Style()
 
 
 class Renderer:
-    """Turns a log's bytes, fed in order in any chunks, into HTML."""
+    """Turns a log's bytes, fed in order in any chunks, into HTML: the lines they
+    complete, and the line still being written (shown as it is now, and sent again
+    whole as it grows: a carriage return may rewrite it)."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._held = ""  # text not rendered yet: an open escape, or a line with a \r
-        self.style = PLAIN
+        self._line = ""  # the line not ended yet, as written (escapes and \r included)
+        self.style = PLAIN  # at the start of that line
 
-    def feed(self, data: bytes, *, final: bool = False) -> str:
-        """HTML for ``data`` (and what earlier chunks held back); ``final``: nothing
-        follows, so nothing is held back."""
-        text = self._held + self._decoder.decode(data, final=final)
-        self._held = ""
-        if not final:
-            text, self._held = _split_unfinished(text)
-        return self._render(text)
-
-    def _render(self, text: str) -> str:
+    def feed(self, data: bytes, *, final: bool = False) -> tuple[str, str]:
+        """The HTML of the lines ``data`` completes (to append), and of the line still
+        open (to show in place of the one shown before). ``final``: nothing follows."""
+        text = self._line + self._decoder.decode(data, final=final)
+        cut = len(text) if final else text.rfind("\n") + 1
+        done, self._line = text[:cut], text[cut:]
+        if len(self._line) > HELD_MAX:
+            self._line = _last_state(self._line)
+            if len(self._line) > HELD_MAX:  # one endless line: shown in pieces
+                done, self._line = done + self._line + "\n", ""
         out: list[str] = []
+        self._render(done, out)
+        if not self._line:
+            return "".join(out), ""
+        start = self.style
+        shown: list[str] = []
+        line = _OPEN_ESCAPE.sub("", self._line)
+        self._render_line(_last_state(line) if "\r" in line else line, shown)
+        self.style = start  # the open line is rendered again from its start next time
+        return "".join(out), "".join(shown)
+
+    def _render(self, text: str, out: list[str]) -> None:
+        if not text:
+            return
         lines = text.split("\n")
         for i, line in enumerate(lines):
             self._render_line(_last_state(line) if "\r" in line else line, out)
             if i < len(lines) - 1:
                 out.append("\n")
-        return "".join(out)
 
     def _render_line(self, line: str, out: list[str]) -> None:
         at = 0
@@ -106,24 +122,7 @@ class Renderer:
 
 def render(data: bytes) -> str:
     """A whole log as HTML."""
-    return Renderer().feed(data, final=True)
-
-
-def _split_unfinished(text: str) -> tuple[str, str]:
-    """``text`` cut into what can be rendered now and what waits for more: an escape
-    sequence not yet complete, or a last line (not ended) that a \\r rewrites."""
-    cut = len(text)
-    tail_start = text.rfind("\n") + 1
-    if "\r" in text[tail_start:]:
-        cut = tail_start
-        if len(text) - tail_start > HELD_MAX:  # keep its last state only
-            line = text[tail_start:]
-            return text[:tail_start], _escapes_of(line) + line.rsplit("\r", 1)[1]
-    else:
-        opened = _OPEN_ESCAPE.search(text, max(tail_start, len(text) - 256))
-        if opened is not None:
-            cut = opened.start()
-    return text[:cut], text[cut:]
+    return Renderer().feed(data, final=True)[0]
 
 
 def _last_state(line: str) -> str:

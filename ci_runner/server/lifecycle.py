@@ -85,6 +85,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         # h11 with a deadline on each request: slow clients are cut off (see app.py).
         http=http_protocol(request_timeout_s(default=config.server.request_timeout_s)),
     ))
+    app.state.server = server  # the web view's live streams end as soon as it stops
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         # uvicorn handles the signal first (stops listening) and hands it on to us.

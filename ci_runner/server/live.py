@@ -96,10 +96,12 @@ class LogTail:
         self.path = path
         self.offset = offset
         self._renderer = Renderer()
+        self._finished = False
 
-    def read(self, *, final: bool = False) -> str:
-        """The HTML of what was written since the last read ('' if nothing was);
-        ``final``: the log is complete, hold nothing back."""
+    def read(self, *, final: bool = False) -> tuple[str, str] | None:
+        """What was written since the last read, as HTML: the lines it completed and the
+        line still open (see ``Renderer.feed``); None if nothing was. ``final``: the
+        log is complete, nothing is left open."""
         try:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
@@ -107,9 +109,10 @@ class LogTail:
         except FileNotFoundError:
             data = b""
         self.offset += len(data)
-        if not data and not final:
-            return ""
-        return self._renderer.feed(data, final=final and len(data) < LOG_CHUNK)
+        if not data and (not final or self._finished):
+            return None
+        self._finished = final and len(data) < LOG_CHUNK
+        return self._renderer.feed(data, final=self._finished)
 
     def grown(self) -> bool:
         try:

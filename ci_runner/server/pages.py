@@ -670,9 +670,10 @@ class _RunStream:
             events.append(("log-reset", json.dumps({"step": self.selected})))
             self._reset = False
         if self.tail is not None:
-            # Once the run ended, its logs are complete: nothing is held back.
-            while len(events) < 8 and (chunk := self.tail.read(final=self.ended)):
-                events.append(("log", json.dumps({"html": chunk})))
+            # Once the run ended, its logs are complete: nothing is left open.
+            while len(events) < 8 and (read := self.tail.read(final=self.ended)):
+                done, open_line = read
+                events.append(("log", json.dumps({"html": done, "open": open_line})))
         return events
 
 

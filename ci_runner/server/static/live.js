@@ -96,17 +96,32 @@
     fresh(replacement);
   });
 
+  // The log's last line, still being written: replaced whole by each "log" event.
+  function openLine() {
+    let line = document.getElementById("log-open");
+    if (!line && log) {
+      line = document.createElement("span");
+      line.id = "log-open";
+      log.appendChild(line);
+    }
+    return line;
+  }
+
   stream.addEventListener("log", function (event) {
     if (!log) return;
     const follow = atBottom();
-    log.insertAdjacentHTML("beforeend", JSON.parse(event.data).html);
+    const chunk = JSON.parse(event.data);
+    const line = openLine();
+    line.insertAdjacentHTML("beforebegin", chunk.html);
+    line.innerHTML = chunk.open;
     // Very long logs keep their last lines in the page; the raw log has them all.
-    while (log.childNodes.length > 20000) log.removeChild(log.firstChild);
+    while (log.childNodes.length > 20000 && log.firstChild !== line) log.removeChild(log.firstChild);
     if (follow) scrollDown();
   });
 
   stream.addEventListener("log-reset", function () {
     if (log) log.textContent = "";
+    openLine();
     const leftOut = document.getElementById("log-note");
     if (leftOut) leftOut.remove();
   });
