@@ -48,11 +48,15 @@ def engine_words(user_word: str) -> tuple[str, ...]:
 
 
 def phrase(status: str, *, waiting_for: str | None = None) -> str:
-    """A run's status as a sentence fragment: 'waiting for approval', 'failed', ...
+    """An engine run status as a sentence fragment: 'waiting for approval', 'failed', ...
 
     ``waiting_for`` names what a waiting run waits on: 'approval', or an event type.
     """
-    word = run_word(status)
+    return said(run_word(status), waiting_for=waiting_for)
+
+
+def said(word: str, *, waiting_for: str | None = None) -> str:
+    """``phrase`` for a user word (a record's ``status``): 'waiting' says on what."""
     if word == "waiting":
         if waiting_for == "approval":
             return "waiting for approval"
@@ -60,3 +64,47 @@ def phrase(status: str, *, waiting_for: str | None = None) -> str:
             return f"waiting for event {waiting_for}"
         return "waiting for an event"
     return word
+
+
+# Every word a step can show, in the order a listing explains them. The journal stores
+# most of them as they are; the others are said from what it stores (see step_word).
+USER_STEP_STATUSES: tuple[str, ...] = (
+    "pending", "running", "retrying", "sleeping", "waiting", "complete", "cached", "skipped",
+    "failed", "rejected", "cancelled", "interrupted",
+)
+
+
+def step_word(status: str, kind: str, *, run_status: str | None = None,
+              rejected: bool = False) -> str:
+    """The user word for a step as the journal stores it.
+
+    ``rejected``: the step is an approval gate whose answer was a rejection (the journal
+    keeps it 'complete': the wait did get its answer). ``run_status`` (the engine word):
+    a step left running in an interrupted run is stopped, not running.
+    """
+    if rejected:
+        return "rejected"
+    if status == "waiting" and kind == "sleep":
+        return "sleeping"
+    if status in ("running", "retrying") and run_status == "interrupted":
+        return "interrupted"
+    return status
+
+
+def waiting_for(status: str, waits: object) -> str | None:
+    """What a waiting run waits on: 'approval', an event type, or None (not waiting on
+    anyone: running, sleeping on a timer, ended). ``waits`` is the journal's list."""
+    if status != "waiting_for_event" or not isinstance(waits, list):
+        return None
+    items = [w for w in waits if isinstance(w, dict)]
+    if any(w.get("approval") for w in items):
+        return "approval"
+    for w in items:
+        if isinstance(w.get("event_type"), str):
+            return str(w["event_type"])
+    return None
+
+
+def decision_word(decision: str | None) -> str:
+    """'approve' -> 'approved', 'reject' -> 'rejected' (never 'rejectd')."""
+    return {"approve": "approved", "reject": "rejected"}.get(str(decision), str(decision))

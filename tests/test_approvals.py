@@ -71,7 +71,7 @@ def test_reject_fails_the_run(cli, repo_with, tmp_path: Path):
     result = cli("reject", run_id, "--comment", "not today", "--json", env=env)
     assert result.code == 1
     record = result.json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert record["error"]["type"] == "Rejected"
     assert "rejected by" in record["error"]["message"] and "not today" in record["error"]["message"]
     assert ledger(log) == ["build"]
@@ -109,18 +109,19 @@ def test_event_sent_early_is_kept_and_delivered(cli, repo_with, tmp_path: Path):
 from ci_runner import Pipeline
 class CI(Pipeline):
     async def run(self, event, step):
-        await step.sleep("nap", "61 seconds")
+        # Far enough past the 60 s inline limit that a slow resume still hibernates.
+        await step.sleep("nap", "5 minutes")
         got = await step.wait_for_event("go", "go-now", timeout=60)
         return got["payload"]
 """
     repo = repo_with(pipeline)
     first = cli("run", "--json", cwd=repo)
-    assert first.code == 3 and first.json()["status"] == "waiting"
+    assert first.code == 3 and first.json()["status"] == "sleeping"
     run_id = first.json()["run_id"]
     sent = cli("send-event", run_id, "go-now", "--payload", '{"n": 1}')
     assert sent.code == 0, sent.err
     still = cli("resume", run_id, "--json")  # woken early: the long sleep hibernates again
-    assert still.code == 3 and still.json()["status"] == "waiting"
+    assert still.code == 3 and still.json()["status"] == "sleeping"
 
 
 def test_cancel_pause_unpause_and_retry_from(cli, repo_with, tmp_path: Path):
@@ -135,7 +136,7 @@ def test_cancel_pause_unpause_and_retry_from(cli, repo_with, tmp_path: Path):
     assert cli("approve", run_id).code == 2  # a paused run takes no approval
     assert cli("unpause", run_id, "--detach", env=env).code == 0
     deadline = time.time() + 30
-    while cli("show", run_id, "--json").json()["status"] != "waiting_for_event":
+    while cli("show", run_id, "--json").json()["status"] != "waiting":
         assert time.time() < deadline
         time.sleep(0.1)
 
@@ -153,7 +154,7 @@ def test_cancel_pause_unpause_and_retry_from(cli, repo_with, tmp_path: Path):
     second = cli("pending", "--json").json()[0]["run_id"]
     assert cli("cancel", second).code == 0
     record = cli("show", second, "--json").json()
-    assert record["status"] == "terminated"
+    assert record["status"] == "cancelled"
     assert not Path(record["workspace"]).exists()
     assert cli("cancel", second).code == 2
 
@@ -181,7 +182,7 @@ class CI(Pipeline):
     assert cli("cancel", run_id).code == 0
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
-    assert '"status": "terminated"' in out
+    assert '"status": "cancelled"' in out
     deadline = time.time() + 10
     while alive(pid):
         assert time.time() < deadline, "the step's process outlived the cancel"
@@ -222,7 +223,7 @@ class CI(Pipeline):
         run_id = cli("runs", "--json").json()[0]["run_id"]
         assert cli("cancel", run_id).code == 0
         out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 1 and '"status": "terminated"' in out, (proc.returncode, err)
+        assert proc.returncode == 1 and '"status": "cancelled"' in out, (proc.returncode, err)
         deadline = time.time() + 10
         while alive(pid):
             assert time.time() < deadline, "a process in the run's worktree outlived the cancel"

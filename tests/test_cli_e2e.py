@@ -352,7 +352,7 @@ def test_failing_command_stops_the_run(cli: Cli, repo_with: RepoWith) -> None:
     assert "to-stdout-before-failing" in done.out
     assert "exit 7" in done.out
     (record,) = cli("runs", "--json").json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert step_names(record) == ["first", "boom"]  # "later" never started
     assert step_of(record, "first")["status"] == "complete"
     boom = step_of(record, "boom")
@@ -417,7 +417,7 @@ def test_python_exception_in_pipeline_fails_the_run(cli: Cli, repo_with: RepoWit
     assert done.code == 1, (done.out, done.err)
     no_traceback(done)
     record = done.json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert "kaboom from do" in record["error"]["message"]
     assert step_of(record, "explode")["status"] == "failed"
     assert "later" not in step_names(record)
@@ -630,7 +630,7 @@ def test_killed_runner_is_recovered_by_resume(
     runner.communicate()
 
     (record,) = cli("runs", "--json").json()
-    assert record["status"] not in ("complete", "errored")
+    assert record["status"] not in ("complete", "failed")
     resumed = cli("resume", record["run_id"], "--json", timeout=60)
 
     assert resumed.code == 0, (resumed.out, resumed.err)
@@ -671,8 +671,8 @@ def test_wait_for_event_hibernates_and_resume_finishes(
     no_traceback(first)
     waiting = first.json()
     run_id = waiting["run_id"]
-    assert waiting["status"] == "waiting_for_event"
-    assert [w["event_type"] for w in waiting["waiting_for"]] == ["approve"]
+    assert waiting["status"] == "waiting" and waiting["waiting_for"] == "approve"
+    assert [w["event_type"] for w in waiting["waits"]] == ["approve"]
     assert step_of(waiting, "build")["status"] == "complete"
     assert step_of(waiting, "count")["status"] == "complete"
     assert Path(waiting["workspace"]).is_dir()  # kept while the run waits
@@ -680,7 +680,7 @@ def test_wait_for_event_hibernates_and_resume_finishes(
 
     early = cli("resume", run_id, "--json")  # nothing sent yet: back to sleep
     assert early.code == 3, (early.out, early.err)
-    assert early.json()["status"] == "waiting_for_event"
+    assert early.json()["status"] == "waiting"
 
     sent = cli("send-event", run_id, "approve", "--payload", '{"who": "alice"}')
     assert sent.code == 0, sent.err
@@ -739,14 +739,14 @@ def test_event_timeout_fails_the_run_on_resume(cli: Cli, repo_with: RepoWith) ->
     repo = repo_with(pipeline(body))
     first = cli("run", "--json", cwd=repo)
     assert first.code == 3, (first.out, first.err)
-    (wait,) = first.json()["waiting_for"]
+    (wait,) = first.json()["waits"]
     time.sleep(max(0.0, wait["deadline"] - time.time()) + 0.05)  # past the event's deadline
 
     resumed = cli("resume", first.json()["run_id"], "--json")
 
     assert resumed.code == 1, (resumed.out, resumed.err)
     record = resumed.json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert step_of(record, "approval")["status"] == "failed"
     assert "approve" in record["error"]["message"]
 
@@ -768,8 +768,8 @@ def test_long_durable_sleep_hibernates(cli: Cli, repo_with: RepoWith, outside: P
 
     assert first.code == 3, (first.out, first.err)
     record = first.json()
-    assert record["status"] == "waiting"
-    (wait,) = record["waiting_for"]
+    assert record["status"] == "sleeping" and record["waiting_for"] is None
+    (wait,) = record["waits"]
     assert wait["step"] == "nap"
     assert wait["sleep_until"] > time.time() + 60
     assert "after" not in step_names(record)
@@ -809,7 +809,7 @@ def test_replay_of_changed_code_is_a_nondeterminism_error(
     assert resumed.code == 1, (resumed.out, resumed.err)
     no_traceback(resumed)
     record = resumed.json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert record["error"]["type"] == "NondeterminismError"
     assert "prepare" in record["error"]["message"]
 
@@ -911,7 +911,7 @@ def test_os_exit_in_step_errors_the_run_and_engine_survives(
     assert crashed.code == 1, (crashed.out, crashed.err)
     no_traceback(crashed)
     record = crashed.json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert record["error"]["type"] == "PipelineCrashed"
     assert "crash" in record["error"]["message"]
     assert step_of(record, "before")["status"] == "complete"
@@ -1230,7 +1230,7 @@ def test_a_sibling_of_a_failed_parallel_step_ends_cancelled_not_running(
     done = cli("run", "--json", cwd=repo)
     assert done.code == 1, done.err
     record = done.json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert {s["name"]: s["status"] for s in record["steps"]} == {
         "fails": "failed", "slow": "cancelled"}
     shown = cli("show", record["run_id"], "--json").json()

@@ -109,7 +109,7 @@ def test_broken_pipeline_is_a_usage_error_with_a_record(
     assert done.code == 2, (done.out, done.err)
     no_traceback(done)
     record = done.json()
-    assert record["status"] == "errored"
+    assert record["status"] == "failed"
     assert record["error"]["type"] in ("PipelineLoadError", "PipelineNotFound")
     assert all(n in record["error"]["message"] for n in needles), record["error"]
     assert cli("runs", "--json").json() == [record]

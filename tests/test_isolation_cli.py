@@ -233,7 +233,7 @@ def test_a_pipeline_cannot_pass_its_own_approval_gate(cli, home: Path, tmp_path:
                "--param", f"db={home / 'ci-runner.db'}")
     assert done.code == 3, done.err + done.out  # still waiting for a person
     record = done.json()
-    assert record["status"] == "waiting_for_event"
+    assert record["status"] == "waiting" and record["waiting_for"] == "approval"
     assert [s["name"] for s in record["steps"]] == ["tries", "gate"]
     with sqlite3.connect(home / "ci-runner.db") as db:
         tries = json.loads(db.execute(
@@ -329,7 +329,7 @@ def test_a_relayed_process_group_is_never_killed(cli, tmp_path: Path, mode: str)
         done = cli("run", "-C", str(repo), "--sandbox", mode, "--json",
                    "--param", f"victim={param}")
         record = done.json()
-        assert record["status"] == "errored", record
+        assert record["status"] == "failed", record
         assert "exited with code 1" in record["error"]["message"]
         assert victim.poll() is None, "the relayed process group was killed"
     finally:

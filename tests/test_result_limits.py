@@ -40,7 +40,7 @@ def test_a_step_result_over_the_limit_fails_the_step_naming_the_limit(cli, home,
         done = cli("run", "-C", str(repo), "--json", "--param", f"how={how}")
         assert done.code in (1, 2), done.out
         record = done.json()
-        assert record["status"] == "errored"
+        assert record["status"] == "failed"
         assert expected in record["error"]["message"], record["error"]
     with sqlite3.connect(home / "ci-runner.db") as db:
         (largest,) = db.execute("SELECT max(length(result)) FROM steps").fetchone()

@@ -48,7 +48,7 @@ def test_timeout_flag_stops_a_run_that_never_ends(cli, tmp_path):
                    "--param", f"where={where}", timeout=60)
         assert done.code == 1, done.out + done.err
         record = done.json()
-        assert record["status"] == "errored"
+        assert record["status"] == "failed"
         assert record["error"]["type"] == "RunTimeout"
         assert "timed out after 1.5s" in record["error"]["message"]
         assert time.monotonic() - t0 < 30  # not the 5-minute step timeout, nor forever

@@ -217,7 +217,7 @@ def test_a_change_during_a_run_supersedes_it(
     assert len(runs) == 2
     assert runs[0]["id"] == first
     old = cli("show", first, "--json").json()
-    assert old["status"] == "terminated"
+    assert old["status"] == "cancelled"
     assert old["error"]["fields"]["superseded"] is True
     assert "superseded" in old["error"]["message"]
     assert not alive(pid)
@@ -245,7 +245,7 @@ def test_ctrl_c_leaves_nothing_running_and_nothing_half_written(
     assert ci_processes(home) == []
     (run,) = w.runs()
     record = cli("show", run["id"], "--json").json()
-    assert record["status"] == "terminated"
+    assert record["status"] == "cancelled"
     assert "the watch was stopped (SIGINT)" in record["error"]["message"]
     assert record["error"]["fields"]["superseded"] is False
     assert not Path(record["workspace"]).exists()

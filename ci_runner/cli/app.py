@@ -161,22 +161,13 @@ def split_names(values: list[str] | None) -> tuple[str, ...]:
 
 
 def check_selection(engine: Any, request: Any) -> None:
-    """Unknown names in --only/--skip are an error listing the steps the last run of
-    this pipeline had (with no earlier run there is nothing to check against)."""
-    wanted = set(request.only) | set(request.skip)
-    if not wanted:
-        return
-    from ci_runner.cli.report import known_steps
-    from ci_runner.workspace import open_repo, tenant_key
+    """--only/--skip take any step name: a step may be one the last run never reached
+    (it failed early), or new in this commit. The run says at its end which selected
+    names it never reached. Refused: a name that cannot be a step's, or one both run
+    and skipped."""
+    from ci_runner.dispatch.runs import check_names
 
-    known = known_steps(engine.conn, tenant_key(open_repo(request.repo_path)),
-                        request.pipeline)
-    unknown = sorted(wanted - set(known) - {k.split("#")[0] for k in known})
-    if known and unknown:
-        raise UsageError(
-            f"no step named {', '.join(map(repr, unknown))} in the last run of this pipeline;"
-            f" its steps: {', '.join(known)}"
-        )
+    check_names(request.only, request.skip)
 
 
 @app.command()

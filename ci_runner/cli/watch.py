@@ -94,7 +94,7 @@ def history_line(record: dict[str, Any]) -> str:
     if status == "complete":
         return f"{ICONS['complete']} {head} complete{took}, {counts}"
     if status in WAITING:
-        if any(w.get("approval") for w in record.get("waiting_for") or []):
+        if record.get("waiting_for") == "approval":
             return (f"{ICONS['waiting']} {head} waits for approval: ci-runner approve {rid}"
                     " (a change does not cancel it)")
         return f"{ICONS['waiting']} {head} {status}: ci-runner resume {rid}"

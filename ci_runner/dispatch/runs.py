@@ -46,6 +46,21 @@ class RunRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def check_names(only: tuple[str, ...], skip: tuple[str, ...]) -> None:
+    """--only/--skip name steps: any name is taken (a step the last run never reached,
+    one new in this commit), and the run's record says at its end which of them it never
+    reached (``selection.unreached``). Refused: what cannot be a step's name (as
+    ``step.run`` refuses it), and a name both selected and skipped."""
+    for name in (*only, *skip):
+        if not name or len(name) > 200:
+            raise UsageError(f"--only/--skip: {name!r} cannot be a step's name (a step's"
+                             " name is 1-200 characters)")
+    both = [n for n in dict.fromkeys(only) if n in skip]
+    if both:
+        raise UsageError(f"{', '.join(map(repr, both))} is in both --only and --skip:"
+                         " say one of them")
+
+
 def reap_orphan(detail: dict[str, Any]) -> None:
     """Kill the process group a dead runner's light step left behind."""
     pgid = detail.get("pgid")
@@ -204,6 +219,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         raise UsageError(
             "--include-uncommitted runs the working tree; it cannot be combined with --rev"
         )
+    check_names(request.only, request.skip)
     if request.secrets_file is not None:
         from ci_runner.secrets import check_secrets_file
 

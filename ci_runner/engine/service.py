@@ -46,7 +46,7 @@ class Redactor(Protocol):
 
 # Requests whose arguments are stored or shown: masked before anything else sees them.
 _REDACTED = frozenset({"complete", "record", "fail", "output", "notice", "cache_put",
-                       "set_detail", "outcome"})
+                       "set_detail", "outcome", "cancelled"})
 
 
 class DefaultRules:
@@ -292,10 +292,26 @@ class StepService:
     ) -> dict[str, Any]:
         answer = self.journal.wait_event(name, occurrence, event_type, deadline)
         status = {"complete": "complete", "failed": "failed"}.get(answer["state"], "waiting")
+        error = answer.get("error")
+        rejection = _rejection(event_type, answer.get("result"))
+        if status == "complete" and rejection is not None:
+            # The wait got its answer (the journal keeps it complete), and it was no.
+            status, error = "rejected", {"type": "Rejected", "message": rejection,
+                                         "fields": {}}
         self.observe({"type": "step", "name": name, "occurrence": occurrence, "kind": "event",
                       "status": status, "event_type": event_type,
-                      "deadline": answer.get("deadline"), "result": answer.get("result")})
+                      "deadline": answer.get("deadline"), "result": answer.get("result"),
+                      "error": error})
         return answer
+
+    def op_cancelled(self, *, name: str, occurrence: int, why: str) -> dict[str, Any]:
+        """A step the workflow stopped waiting for (a sibling in ``step.parallel``
+        failed): it ends cancelled now, not 'running' until the run ends."""
+        error = {"type": "Cancelled", "message": f"cancelled: {why}", "fields": {}}
+        if self.journal.cancel_step(name, occurrence, error):
+            self.observe({"type": "step", "name": name, "occurrence": occurrence,
+                          "status": "cancelled", "error": error})
+        return {}
 
     def op_output(self, *, name: str, occurrence: int, text: str) -> dict[str, Any]:
         self.observe({"type": "output", "name": name, "occurrence": occurrence, "text": text})
@@ -305,3 +321,16 @@ class StepService:
         """Free-form news for the observer from an extension (e.g. 'cached')."""
         self.observe(event)
         return {}
+
+
+def _rejection(event_type: str, result: Any) -> str | None:
+    """'rejected by NAME: comment' when ``result`` is an approval gate's rejection."""
+    from ci_runner.engine.policy import APPROVAL_EVENT
+
+    if event_type != APPROVAL_EVENT or not isinstance(result, dict):
+        return None
+    decision = result.get("payload")
+    if not isinstance(decision, dict) or decision.get("decision") != "reject":
+        return None
+    comment = f": {decision['comment']}" if decision.get("comment") else ""
+    return f"rejected by {decision.get('by', 'unknown')}{comment}"

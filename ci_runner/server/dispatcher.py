@@ -66,6 +66,36 @@ class _RunInfo:
     untrusted: bool
 
 
+def driver_outcome(run_id: str, code: int) -> str:
+    """What became of a run whose driver process exited, for the server's log, in the
+    words `ci-runner show` uses ("failed: step 'test': ...", "waiting for approval")."""
+    from ci_runner.statuses import phrase, waiting_for
+    from ci_runner.store import connect
+    from ci_runner.store import journal as j
+
+    try:
+        conn = connect(paths.database())
+        try:
+            row = j.get_instance(conn, run_id)
+        finally:
+            conn.close()
+    except Exception:  # a log line must not take the loop down
+        return f"is no longer driven (its driver exited with code {code})"
+    status = str(row["status"])
+    said = phrase(status, waiting_for=waiting_for(status, j.loads(row["waiting_for"])))
+    if status in ("waiting", "waiting_for_event"):
+        return f"{said}: it holds no process until then"
+    if status == "queued":
+        return "handed back, queued for the next driver"
+    if status == "running":  # its driver died under it: the next pass takes it over
+        return f"lost its driver (exit code {code}); the next pass drives it again"
+    error = j.loads(row["error"])
+    message = str(error.get("message") or "") if isinstance(error, dict) else ""
+    if status == "errored" and message:
+        return f"{said}: {message.splitlines()[0]}"
+    return said
+
+
 def driver_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment of the processes that drive runs: an allowlist, not a denylist."""
     keep = set(_PASSED_ENV) | set(config.server.pass_env)
@@ -416,5 +446,5 @@ class Dispatcher:
             if code is not None:
                 del self.running[run_id]
                 self._info.pop(run_id, None)
-                log.info("run %s: driver exited %d", run_id, code)
+                log.info("run %s %s", run_id, driver_outcome(run_id, code))
                 self.on_change()

@@ -24,6 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 from ci_runner.server.config import Config, RepoConfig, StatusConfig
+from ci_runner.statuses import phrase, run_word
+from ci_runner.statuses import waiting_for as waits_on
 from ci_runner.store import deliveries as store
 from ci_runner.store import journal as j
 
@@ -47,18 +49,18 @@ class Report:
 
 
 def report_for(status: str, waiting_for: str | None) -> Report:
-    """What a run in ``status`` shows on its commit."""
-    if status == "complete":
+    """What a run in ``status`` (the engine's word; ``waiting_for``: the journal's list
+    of waits) shows on its commit, in the words `ci-runner show` uses."""
+    word = run_word(status)
+    if word == "complete":
         return Report("success", "ci-runner: passed", final=True)
-    if status == "errored":
+    if word == "failed":
         return Report("failure", "ci-runner: failed", final=True)
-    if status == "terminated":
+    if word == "cancelled":
         return Report("error", "ci-runner: cancelled", final=True)
-    if status == "waiting_for_event":
-        waits = j.loads(waiting_for) or []
-        if any(w.get("approval") for w in waits):
-            return Report("pending", "ci-runner: waiting for approval", final=False)
-    text = {"queued": "queued", "running": "running", "paused": "paused"}.get(status, "waiting")
+    if word == "interrupted":  # stopped, and driven again only if someone resumes it
+        return Report("error", "ci-runner: interrupted (resume or cancel it)", final=False)
+    text = phrase(status, waiting_for=waits_on(status, j.loads(waiting_for)))
     return Report("pending", f"ci-runner: {text}", final=False)
 
 

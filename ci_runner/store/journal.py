@@ -19,6 +19,7 @@ from ci_runner.errors import (
     RunNotFound,
     UsageError,
 )
+from ci_runner.statuses import run_word
 from ci_runner.store.db import immediate, now
 
 TERMINAL = ("complete", "errored", "terminated")
@@ -180,7 +181,7 @@ def acquire_lease(
         if row is None:
             raise RunNotFound(f"no run {instance_id!r}")
         if row["status"] in TERMINAL:
-            raise InvalidState(f"run {instance_id} is {row['status']}; nothing to drive")
+            raise InvalidState(f"run {instance_id} is {run_word(row['status'])}; nothing to drive")
         if row["status"] == "paused":
             raise InvalidState(f"run {instance_id} is paused: `ci-runner unpause {instance_id}`")
         held = row["owner"] is not None and (row["lease_expires_at"] or 0) > t
@@ -227,7 +228,8 @@ def send_event(
         if row is None:
             raise RunNotFound(f"no run {instance_id!r}: `ci-runner runs` lists the runs")
         if row["status"] in TERMINAL:
-            raise InvalidState(f"run {instance_id} is {row['status']}; it takes no more events")
+            raise InvalidState(
+                f"run {instance_id} is {run_word(row['status'])}; it takes no more events")
         if once:
             earlier = conn.execute(
                 "SELECT payload FROM events WHERE instance_id = ? AND type = ?"
@@ -245,7 +247,8 @@ def send_event(
                 w.get("event_type") == event_type for w in waits
             ):
                 raise InvalidState(
-                    f"run {instance_id} is {row['status']}, not waiting for {event_type!r}:"
+                    f"run {instance_id} is {run_word(row['status'])}, not waiting for"
+                    f" {event_type!r}:"
                     " `ci-runner pending` lists the runs that are"
                 )
         cur = conn.execute(
@@ -277,9 +280,9 @@ def terminate(
     with immediate(conn):
         row = get_instance(conn, instance_id)
         if row["status"] in TERMINAL:
-            raise InvalidState(f"run {row['id']} is already {row['status']}")
+            raise InvalidState(f"run {row['id']} is already {run_word(row['status'])}")
         if only_if is not None and row["status"] not in only_if:
-            raise InvalidState(f"run {row['id']} is {row['status']}; it was left alone")
+            raise InvalidState(f"run {row['id']} is {run_word(row['status'])}; it was left alone")
         conn.execute(
             "UPDATE instances SET status = ?, lease_epoch = lease_epoch + 1,"
             " owner = NULL, lease_expires_at = NULL, wake_at = NULL, control = NULL,"
@@ -290,11 +293,14 @@ def terminate(
             "SELECT detail FROM steps WHERE instance_id = ? AND status = 'running'",
             (row["id"],),
         ).fetchall()
+        # Cancelled by the user, its steps in flight are cancelled too; ended for a cause
+        # of its own (a full disk), they failed of it.
         conn.execute(
-            "UPDATE steps SET status = 'failed', finished_at = ?, error = ?"
+            "UPDATE steps SET status = ?, finished_at = ?, error = ?"
             " WHERE instance_id = ? AND status IN ('running', 'waiting', 'retrying')",
-            (t, dumps({"type": "Cancelled", "message": "the run was cancelled", "fields": {}}
-                      if status == "terminated" else why), row["id"]),
+            ("cancelled" if status == "terminated" else "failed", t,
+             dumps({"type": "Cancelled", "message": "the run was cancelled", "fields": {}}
+                   if status == "terminated" else why), row["id"]),
         )
     return [loads(s[0]) for s in steps if s[0]]
 
@@ -305,7 +311,7 @@ def request_pause(conn: sqlite3.Connection, instance_id: str) -> str:
         row = get_instance(conn, instance_id)
         status = row["status"]
         if status in TERMINAL or status == "paused":
-            raise InvalidState(f"run {row['id']} is {status}; it cannot be paused")
+            raise InvalidState(f"run {row['id']} is {run_word(status)}; it cannot be paused")
         if status == "running":
             conn.execute("UPDATE instances SET control = 'pause' WHERE id = ?", (row["id"],))
             return "pausing"
@@ -321,7 +327,7 @@ def unpause(conn: sqlite3.Connection, instance_id: str) -> str:
     with immediate(conn):
         row = get_instance(conn, instance_id)
         if row["status"] != "paused" and row["control"] != "pause":
-            raise InvalidState(f"run {row['id']} is {row['status']}, not paused")
+            raise InvalidState(f"run {row['id']} is {run_word(row['status'])}, not paused")
         if row["status"] != "paused":  # the pause had not taken effect yet: withdraw it
             conn.execute("UPDATE instances SET control = NULL WHERE id = ?", (row["id"],))
             return str(row["status"])
@@ -650,6 +656,20 @@ class Journal:
                  None if detail is None else dumps(detail), self.instance_id, name, occurrence),
             )
 
+    def cancel_step(self, name: str, occurrence: int, error: dict[str, Any]) -> bool:
+        """Record that a running step was cancelled (its workflow stopped waiting for it:
+        a sibling in a parallel group failed). False when it had ended already."""
+        t = now()
+        with immediate(self.conn):
+            self._fence()
+            cur = self.conn.execute(
+                "UPDATE steps SET status = 'cancelled', error = ?, finished_at = ?,"
+                " duration_s = ? - started_at WHERE instance_id = ? AND name = ?"
+                " AND occurrence = ? AND status IN ('running', 'retrying', 'waiting')",
+                (dumps(error), t, t, self.instance_id, name, occurrence),
+            )
+        return cur.rowcount > 0
+
     def set_detail(self, name: str, occurrence: int, detail: dict[str, Any]) -> None:
         with immediate(self.conn, durable=False):
             self._fence()
@@ -775,12 +795,12 @@ class Journal:
                 (status, dumps(output), None if error is None else dumps(error), t, t,
                  self.instance_id),
             )
-            # A step still running when the run ends (the sibling of a failed one in a
-            # parallel group) did not finish: it was cancelled, not left 'running'.
+            # A step still running (or waiting) when the run ends (the sibling of a failed
+            # one in a parallel group) did not finish: it was cancelled, not left 'running'.
             cancelled = self.conn.execute(
                 "UPDATE steps SET status = 'cancelled', finished_at = ?,"
                 " duration_s = ? - started_at, error = ? WHERE instance_id = ?"
-                " AND status IN ('running', 'retrying') RETURNING name, occurrence",
+                " AND status IN ('running', 'retrying', 'waiting') RETURNING name, occurrence",
                 (t, t, dumps({"type": "Cancelled", "message": "cancelled: the run ended"
                               " while it ran (a step beside it failed)", "fields": {}}),
                  self.instance_id),
