@@ -263,7 +263,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def cancel(run_id: RunArg = None, repo: ScopeOpt = None) -> None:
-        """Terminate a run: its processes stop and it is recorded as terminated."""
+        """Cancel a run: its processes and containers stop and it is recorded cancelled."""
         import sqlite3
 
         from ci_runner.dispatch.control import cancel as do_cancel
@@ -282,7 +282,7 @@ def register(app: typer.Typer) -> None:
             engine = open_engine()
         with engine:
             full = do_cancel(engine, resolve_run(engine.conn, ref, repo))
-        typer.echo(f"run {full} terminated")
+        typer.echo(f"run {full} cancelled")
 
     @app.command()
     def pause(run_id: RunArg = None, repo: ScopeOpt = None) -> None:
