@@ -32,10 +32,22 @@ def step_log(run_id: str, name: str, occurrence: int) -> Path:
     return run_logs(run_id) / step_log_name(name, occurrence)
 
 
+# The run's own files beside its steps' logs: the pipeline process's output (its prints,
+# warnings and tracebacks, masked) and, for a server's run, its driver's.
+PIPELINE_LOG = "pipeline.log"
+_NOT_A_STEP = {PIPELINE_LOG, "driver.log"}
+
+
+def pipeline_log(run_id: str) -> Path:
+    """The pipeline process's own output (masked, capped like a step's log)."""
+    return run_logs(run_id) / PIPELINE_LOG
+
+
 def step_log_name(name: str, occurrence: int) -> str:
-    """One log file per step; names that are not filename-safe get a hash suffix."""
+    """One log file per step; names that are not filename-safe, or that would be one of
+    the run's own files (a step named ``pipeline``), get a hash suffix."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
-    if safe != name:
+    if safe != name or (occurrence == 1 and f"{safe}.log" in _NOT_A_STEP):
         safe += "-" + sha256(name.encode()).hexdigest()[:8]
     if occurrence > 1:
         safe += f"#{occurrence}"

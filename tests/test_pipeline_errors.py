@@ -12,6 +12,7 @@ tracebacks travel through another process tree.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -216,7 +217,10 @@ def test_a_step_never_awaited_fails_the_run_naming_it_and_nothing_after_it_runs(
     screen = cli("run", *sandbox(mode), cwd=repo)
     assert_usage_error(screen, f"error: step 'x' was never awaited (missing await?) (at"
                                f" {user_file(repo, 7)})")
-    assert "never awaited" not in screen.out
+    assert "error:" not in screen.out  # said once, on stderr
+    # Python would warn about its coroutine; the pipeline's output names the step instead.
+    assert (f"  (pipeline) {user_file(repo, 7)}: RuntimeWarning: step 'x' was never awaited"
+            " (missing await?)") in screen.out.splitlines()
 
 
 def test_a_step_forgotten_last_or_left_in_an_unawaited_gather_fails_the_run(
@@ -305,3 +309,179 @@ def test_gather_parallel_tasks_and_plain_def_runs_do_not_trip_it(
     assert plain.code == 0, (plain.out, plain.err)
     assert sorted(step_names(plain.json())) == ["one", "three", "two"]
 
+
+
+# -- the pipeline's own output ---------------------------------------------------------
+
+SECRET = "tok-51d0c1a7e2"
+
+TALKS = pipeline("""
+    import warnings
+    from ci_runner import Pipeline
+
+    class CI(Pipeline):
+        async def run(self, event, step):
+            await step.run("write", ["sh", "-c", 'printf %s "$TOKEN" > tok'], secrets=["TOKEN"])
+            print("the pipeline says", open("tok").read())
+            warnings.warn("mind the gap", UserWarning)
+            await step.run("pipeline", ["echo", "a step named like the pipeline's log"])
+            print("no newline at the end", end="")
+""")
+
+
+def secrets_file(tmp_path: Path) -> Path:
+    path = tmp_path / "secrets.yaml"
+    path.write_text(f"TOKEN: {SECRET}\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prints_and_warnings_are_shown_as_the_pipelines_and_stored_masked(
+    cli: Cli, repo_with: RepoWith, home: Path, tmp_path: Path, mode: str,
+) -> None:
+    repo = repo_with(TALKS)
+
+    done = cli("run", *sandbox(mode), "--secrets-file", str(secrets_file(tmp_path)), cwd=repo)
+
+    assert done.code == 0, (done.out, done.err)
+    lines = done.out.splitlines()
+    assert "  (pipeline) the pipeline says ***" in lines
+    assert f"  (pipeline) {user_file(repo, 8)}: UserWarning: mind the gap" in lines
+    assert "  (pipeline) no newline at the end" in lines
+    assert "  [pipeline] a step named like the pipeline's log" in lines  # a step's: [name]
+    assert SECRET not in done.out + done.err
+    run_id = done.out.split(" · run ")[1].split()[0]
+    stored = (home / "logs" / run_id / "pipeline.log").read_text()
+    assert stored.splitlines() == [
+        "the pipeline says ***",
+        f"{user_file(repo, 8)}: UserWarning: mind the gap",
+        '  warnings.warn("mind the gap", UserWarning)',
+        "no newline at the end",
+    ]
+    step_logs = [p for p in (home / "logs" / run_id).iterdir() if p.name != "pipeline.log"]
+    assert any("a step named like" in p.read_text() for p in step_logs)
+    assert not worktree_named(done.out + stored, home)
+
+
+def in_a_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
+    """The CLI in a pseudo-terminal, as a person runs it; everything it drew, as text."""
+    import pty
+    import re
+    import select
+    import subprocess
+    import time
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", *args], cwd=cwd, env=env,
+                            stdin=terminal, stdout=terminal, stderr=terminal,
+                            start_new_session=True)
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal closed: every writer is gone
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            raise AssertionError(f"still running after {timeout}s:\n{seen.decode()}")
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    text = seen.decode("utf-8", "replace").replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_live_view_shows_the_pipelines_lines_and_its_traceback(
+    cli: Cli, repo_with: RepoWith, home: Path, tmp_path: Path, mode: str,
+) -> None:
+    from tests.conftest import ROOT
+    from tests.gitrepos import ISOLATED_GIT_ENV
+
+    sandbox(mode)
+    repo = repo_with(pipeline("""
+        from ci_runner import Pipeline
+
+        class CI(Pipeline):
+            async def run(self, event, step):
+                print("hello from run()")
+                await step.run("one", ["echo", "from a step"])
+                return {}["nope"]
+    """))
+    env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
+           "PYTHONPATH": str(ROOT), "COLUMNS": "200", "TERM": "xterm"}
+
+    screen = in_a_terminal(["run", "--sandbox", mode], repo, env)
+
+    assert "(pipeline) hello from run()" in screen, screen
+    assert "[pipeline]" not in screen
+    assert "error: KeyError: 'nope'" in screen, screen
+    assert f"{user_file(repo, 7)} in run: return {{}}[\"nope\"]" in screen, screen
+    assert screen.count("'nope'") == 1, screen
+    assert not worktree_named(screen, home)
+
+
+# -- runs of the webhook server ----------------------------------------------------------
+
+SERVED = pipeline("""
+    import os
+    from ci_runner import Pipeline
+
+    class CI(Pipeline):
+        async def run(self, event, step):
+            print("served", event.payload["forge"])
+            await step.run("hello", ["true"])
+            if os.path.exists("FORGET"):
+                step.run("forgotten", ["true"])
+                await step.run("after", ["true"])
+            return [][0]
+""")
+
+
+def test_a_server_run_stores_the_same_error_record(tmp_path: Path) -> None:
+    from tests import serverkit as kit
+    from tests.gitrepos import commit, git, make_repo
+
+    source = make_repo(tmp_path / "source", {".ci/pipeline.py": SERVED})
+    crash = git(source, "rev-parse", "HEAD")
+    forget = commit(source, {"FORGET": "1"}, "forget an await")
+    config = kit.write_config(tmp_path / "ci-runner.yml", [
+        kit.repo_entry("github", "Codertocat/Hello-World", source)])
+    home = tmp_path / "home"
+    server = kit.Server(config, home)
+    try:
+        server.start()
+        for sha in (crash, forget):
+            answer = server.post("github", kit.github_push(sha, branch="main"), event="push")
+            assert answer.status_code in (200, 201, 202), answer.text
+        found = kit.wait_for(kit.settled(home, 2), timeout=90, what="both runs to end")
+        records = {r["meta"]["sha"]: server.api("GET", f"/api/runs/{r['id']}").json()
+                   for r in found}
+    finally:
+        server.stop()
+        server.close()
+
+    crashed, forgot = records[crash]["error"], records[forget]["error"]
+    # A server's runs come from its mirror, which has no checkout: the file in the repo.
+    assert crashed["type"] == "IndexError"
+    assert crashed["location"] == ".ci/pipeline.py:11"
+    assert crashed["traceback"] == [{"file": ".ci/pipeline.py", "line": 11,
+                                     "function": "run", "code": "return [][0]"}]
+    assert forgot["message"] == "step 'forgotten' was never awaited (missing await?)"
+    assert forgot["location"] == ".ci/pipeline.py:9"
+    assert [s["name"] for s in records[forget]["steps"]] == ["hello"]
+    for record in records.values():
+        assert "served github" in (
+            home / "logs" / record["run_id"] / "pipeline.log").read_text()

@@ -6,7 +6,6 @@ the pipeline's child process never pay for it.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections import deque
@@ -14,34 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ci_runner.cli.report import WAITING, step_label
-from ci_runner.engine.policy import APPROVAL_EVENT
-from ci_runner.statuses import decision_word, said
 
 ICONS = {"pending": "·", "running": "▶", "complete": "✓", "failed": "✗", "retrying": "↻",
-         "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡", "cancelled": "⊗",
-         "rejected": "✗", "interrupted": "■"}
+         "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡", "cancelled": "⊗"}
 STYLES = {"running": "bold cyan", "complete": "green", "failed": "bold red",
           "retrying": "yellow", "skipped": "dim", "cancelled": "dim", "waiting": "magenta",
-          "sleeping": "blue", "rejected": "bold red", "interrupted": "yellow",
+          "sleeping": "blue",
           "cached": "green"}
 TAIL_LINES = 12
-# A failed step's excerpt: its first error-looking lines (the cause, often far above the
-# end: npm's ERR! block, ruff's diagnostics, a test's assertion) and then its last lines.
-FIRST_ERROR_LINES = 8
-EXCERPT_LINE_CHARS = 400
-ERROR_LOOKING = re.compile(
-    r"\berror\b\s*(?:[:\[(]|TS\d)"  # error: (gcc, git, rustc error[E..], tsc error TS..)
-    r"|\bERROR\b|\bERR!"  # ERROR (pytest's summary), npm ERR!
-    r"|^\s*npm (?:error|ERR!)"  # npm >= 9
-    r"|\b[A-Z]\w*(?:Error|Exception)\b"  # Python's and JavaScript's exceptions
-    r"|^Traceback \(most recent call last\)"
-    r"|\bFAILED\b|^\s*FAIL\b"  # pytest, jest
-    r"|^E {2,}\S"  # pytest's assertion lines
-    r"|^\s*(?:-->\s*)?[\w./\\-]+:\d+:\d+(?::|\s|$)"  # path:line:col (ruff, flake8, gcc)
-    r"|^[A-Z]{1,3}\d{3,4} (?:\[\*\] )?\S"  # a lint rule's code first (ruff's full format)
-    r"|^\S+\.py:\d+: error"  # mypy without columns
-    r"|\b(?:fatal|panic):",
-)
 
 
 @dataclass
@@ -58,49 +37,11 @@ class StepState:
     note: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     partial: str = ""
-    lines: int = 0  # whole lines printed by the current attempt
-    errors: list[tuple[int, str]] = field(default_factory=list)  # its first error-looking
-
-    def new_attempt(self) -> None:
-        """A retry starts: the excerpt is of the attempt that failed last."""
-        self.tail.clear()
-        self.partial, self.lines, self.errors = "", 0, []
-
-    def add_line(self, line: str) -> None:
-        self.tail.append(line)
-        self.lines += 1
-        if len(self.errors) < FIRST_ERROR_LINES and ERROR_LOOKING.search(line):
-            self.errors.append((self.lines, line))
-
-    def excerpt(self) -> list[str]:
-        """The lines to show under a failed step: its first error-looking lines, then
-        its last lines, with a marker for what lies between; bounded in size."""
-        tail = list(self.tail) + ([self.partial] if self.partial else [])
-        tail = tail[-TAIL_LINES:]
-        first_of_tail = self.lines + (1 if self.partial else 0) - len(tail) + 1
-        shown: list[str] = []
-        last = 0  # the number of the line shown last
-        for number, line in self.errors:
-            if number >= first_of_tail:
-                break  # the tail shows it
-            if number > last + 1:
-                shown.append(_elided(number - last - 1))
-            shown.append(_clip(line))
-            last = number
-        if shown and first_of_tail > last + 1:
-            shown.append(_elided(first_of_tail - last - 1))
-        return shown + [_clip(line) for line in tail]
-
-
-def _elided(count: int) -> str:
-    return f"  ⋮ {count} line{'s' if count != 1 else ''} ⋮"
-
-
-def _clip(line: str) -> str:
-    return line if len(line) <= EXCERPT_LINE_CHARS else line[:EXCERPT_LINE_CHARS] + " …"
 
 
 _LONGEST_SHOWN = 4096
+# A line the pipeline's own code printed (a step's is "  [step] ...").
+PIPELINE_PREFIX = "  (pipeline) "
 
 
 class RunView:
@@ -111,6 +52,7 @@ class RunView:
         self.last_active: str | None = None
         self.started = time.monotonic()
         self.title = ""
+        self.pipeline_partial = ""  # the pipeline's own output: a line not ended yet
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event["type"] == "step":
@@ -119,6 +61,11 @@ class RunView:
             label = step_label(event["name"], event["occurrence"])
             state = self.steps.setdefault(label, StepState(label))
             self._on_output(state, event["text"])
+        elif event["type"] == "pipeline_output":  # from the broker's thread
+            lines = (self.pipeline_partial + event["text"]).split("\n")
+            self.pipeline_partial = lines.pop()[-_LONGEST_SHOWN:]
+            for line in lines:
+                self.on_pipeline_line(line)
 
     def _on_step(self, event: dict[str, Any]) -> None:
         label = step_label(event["name"], event["occurrence"])
@@ -127,8 +74,6 @@ class RunView:
             state = self.steps[label] = StepState(label, kind=event.get("kind", ""))
         status = event["status"]
         if status == "running":
-            if state.status == "retrying":
-                state.new_attempt()
             state.started = time.monotonic()
             state.attempt = event.get("attempt", 1)
             state.max_attempts = event.get("max_attempts", 1)
@@ -148,10 +93,8 @@ class RunView:
             state.exit_code = detail["exit_code"]
         if status == "retrying":
             state.note = f"retry in {event.get('retry_in', 0):g}s: {_message(event)}"
-        elif status in ("failed", "rejected", "cancelled"):
+        elif status == "failed":
             state.note = _message(event)
-        elif status == "waiting" and event.get("event_type") == APPROVAL_EVENT:
-            state.note = "waiting for approval"
         elif status == "waiting" and event.get("event_type"):
             state.note = f"waiting for event {event['event_type']!r}"
         elif status == "sleeping":
@@ -171,7 +114,7 @@ class RunView:
         lines = (state.partial + text).split("\n")
         state.partial = lines.pop()[-_LONGEST_SHOWN:]
         for line in lines:
-            state.add_line(line)
+            state.tail.append(line)
             self.on_line(state, line)
 
     def header(self, record: dict[str, Any]) -> None:
@@ -183,6 +126,9 @@ class RunView:
 
     def on_line(self, state: StepState, line: str) -> None:
         """A step printed a whole line."""
+
+    def on_pipeline_line(self, line: str) -> None:
+        """The pipeline's own code printed a line, or Python warned about it."""
 
     def close(self, record: dict[str, Any]) -> None:
         """The run stopped (ended or hibernated): print the summary."""
@@ -221,11 +167,17 @@ class PlainView(RunView):
     def on_line(self, state: StepState, line: str) -> None:
         self._print(f"  [{state.label}] {line}")
 
+    def on_pipeline_line(self, line: str) -> None:
+        self._print(f"{PIPELINE_PREFIX}{line}")
+
     def close(self, record: dict[str, Any]) -> None:
         for state in self.steps.values():
             if state.partial:
                 self._print(f"  [{state.label}] {state.partial}")
                 state.partial = ""
+        if self.pipeline_partial:
+            self.on_pipeline_line(self.pipeline_partial)
+            self.pipeline_partial = ""
         self._print(summary(record))
 
 
@@ -285,19 +237,24 @@ class LiveView(RunView):
         parts.append(Text(f"{elapsed:.1f}s", style="dim"))
         return Group(*parts)
 
+    def on_pipeline_line(self, line: str) -> None:
+        # Above the live checklist, where it stays: the pipeline's, not a step's.
+        from rich.text import Text
+
+        self.console.print(Text.assemble((PIPELINE_PREFIX, "magenta"), line))
+
     def close(self, record: dict[str, Any]) -> None:
+        if self.pipeline_partial:
+            self.on_pipeline_line(self.pipeline_partial)
+            self.pipeline_partial = ""
         self.live.update(self._render(), refresh=True)
         self.live.stop()
-        failed = [s for s in self.steps.values()
-                  if s.status == "failed" and (s.tail or s.partial)]
+        failed = [s for s in self.steps.values() if s.status == "failed" and s.tail]
         for state in failed:
-            what = "first errors and last output" if state.errors and len(
-                state.excerpt()) > TAIL_LINES else "last output"
-            self.console.print(f"[bold red]── {state.label}: {what} ──[/]")
-            for line in state.excerpt():
+            self.console.print(f"[bold red]── {state.label}: last output ──[/]")
+            for line in list(state.tail)[-TAIL_LINES:]:
                 self.console.print(line, markup=False, highlight=False)
-        style = {"complete": "bold green", "failed": "bold red",
-                 "interrupted": "bold yellow"}.get(record["status"], "bold")
+        style = {"complete": "bold green", "errored": "bold red"}.get(record["status"], "bold")
         self.console.print(summary(record), style=style, markup=False, highlight=False)
 
 
@@ -314,29 +271,23 @@ def summary(record: dict[str, Any]) -> str:
     steps = record.get("steps", [])
     ok = sum(1 for s in steps if s["status"] == "complete")
     took = f" in {record['duration_s']:.2f}s" if record.get("duration_s") is not None else ""
-    rid, status = record["run_id"], record["status"]
-    said_status = said(status, waiting_for=record.get("waiting_for"))
-    head = f"run {rid} {said_status}{took}: {ok}/{len(steps)} steps complete"
+    rid = record["run_id"]
+    head = f"run {rid} {record['status']}{took}: {ok}/{len(steps)} steps complete"
     lines = [head]
     error = record.get("error")
-    # A rejection says who and why on its own line, below.
-    if status == "failed" and error and error.get("type") != "Rejected":
-        lines.append(f"error: {error.get('message')}")
+    if record["status"] == "errored" and error:
+        from ci_runner.errors import error_lines  # with the pipeline's line, when its own
+
+        lines.extend(error_lines(error))
         lines.append(f"logs: ci-runner logs {rid}")
     for approval in record.get("approvals") or []:
         comment = f": {approval['comment']}" if approval.get("comment") else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(approval["at"]))
-        at = f" at step {approval['step']!r}" if approval.get("step") else ""
-        lines.append(f"{decision_word(approval['decision'])} by {approval['by']}{at}"
-                     f" ({when}){comment}")
-    selection = record.get("selection") or {}
-    for name in selection.get("unreached") or []:
-        option = "--only" if name in (selection.get("only") or ()) else "--skip"
-        lines.append(f"{option} {name}: no step named {name!r} was reached")
+        lines.append(f"{approval['decision']}d by {approval['by']} at {when}{comment}")
     if record.get("orphaned"):
         lines.append(f"its runner is gone (killed?): ci-runner resume {rid} takes it over")
-    if status in WAITING:
-        for wait in record.get("waits") or []:
+    if record["status"] in WAITING:
+        for wait in record.get("waiting_for") or []:
             if wait.get("approval"):
                 message = f" ({wait['message']})" if wait.get("message") else ""
                 lines.append(

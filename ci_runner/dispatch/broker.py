@@ -201,9 +201,11 @@ class StepBroker:
     def __init__(
         self, context: RunContext, sock: socket.socket, *, redactor: Redactor | None = None,
         output: int | None = None, pipeline_log: Path | None = None,
+        on_output: Callable[[str], None] | None = None,
     ) -> None:
         """``output``: a pipe of the pipeline process's stdout and stderr, copied to
-        ``pipeline_log`` masked with ``redactor`` (which learns each secret resolved)."""
+        ``pipeline_log`` masked with ``redactor`` (which learns each secret resolved),
+        and passed, masked, whole lines at a time, to ``on_output`` (the live view)."""
         from ci_runner.dispatch.redact import Redactor
 
         self.context = context
@@ -211,6 +213,7 @@ class StepBroker:
         self.redactor = redactor if redactor is not None else Redactor()
         self._output = output
         self._pipeline_log = pipeline_log
+        self._on_output = on_output
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -247,7 +250,8 @@ class StepBroker:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._ready.set()
-        copier = _PipelineOutput(self._output, self._pipeline_log, self.redactor)
+        copier = _PipelineOutput(self._output, self._pipeline_log, self.redactor,
+                                 self._on_output)
         copier.start(self._loop)
         try:
             await self._serve_requests()
@@ -542,14 +546,19 @@ class StepBroker:
 
 class _PipelineOutput:
     """Copies the pipeline process's own output (prints, warnings, tracebacks) into its
-    pipeline.log, a line at a time, masked: the driver holds the pipe's other end."""
+    pipeline.log, a line at a time, masked and capped like a step's log, and shows it
+    (``on_text``): the driver holds the pipe's other end."""
 
     CHUNK = 1 << 16
 
-    def __init__(self, fd: int | None, path: Path | None, redactor: Redactor) -> None:
+    def __init__(self, fd: int | None, path: Path | None, redactor: Redactor,
+                 on_text: Callable[[str], None] | None = None) -> None:
+        from ci_runner.dispatch.steplog import StepLog
+
         self._fd = fd if path is not None else None
-        self._path = path
+        self._log = StepLog(path) if path is not None else None
         self._redactor = redactor
+        self._on_text = on_text
         self._pending = b""
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -582,10 +591,15 @@ class _PipelineOutput:
             self._pending = self._pending[cut:]
 
     def _write(self, data: bytes) -> None:
-        assert self._path is not None
+        assert self._log is not None
         text = self._redactor.text(data.decode("utf-8", "replace"))
-        with self._path.open("a", encoding="utf-8") as log:
-            log.write(text)
+        with contextlib.suppress(OSError):  # a full disk: the view still shows it
+            self._log.write(text)
+        if self._on_text is not None:
+            try:
+                self._on_text(text)
+            except Exception:  # a broken view must not stop the copy (nor the run)
+                self._on_text = None
 
     def stop(self) -> None:
         if self._fd is None:
@@ -600,6 +614,8 @@ class _PipelineOutput:
             self._pending = b""
         os.close(self._fd)  # ours since the broker took it from the ChildProcess
         self._fd = None
+        if self._log is not None:
+            self._log.close()
 
 
 def _log_cap(name: str, cap: int | None) -> int:

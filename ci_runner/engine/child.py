@@ -102,6 +102,11 @@ def main(fd: int, *, parent: int | None = None, confined: bool = False) -> None:
     except EOFError:  # the driver did not need us after all
         os._exit(0)
     host = PipeHost(conn)
+    # The pipeline's prints and warnings reach the live view as they happen, not when a
+    # pipe's buffer fills (a forked child has the CLI's streams, a spawned one pipes').
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
     _pidfd_child_watcher()
     try:
