@@ -292,6 +292,7 @@ def show(
     from ci_runner.cli.report import run_record
     from ci_runner.cli.view import summary
     from ci_runner.dispatch.runs import open_engine
+    from ci_runner.statuses import said
 
     with open_engine() as engine:
         record = run_record(engine.conn, resolve_run(engine.conn, run_id, repo))
@@ -302,16 +303,16 @@ def show(
     snap = " + uncommitted changes" if record["snapshot"] else ""
     typer.echo(f"run      {record['run_id']}\nrepo     {record['repo_path']}\n"
                f"commit   {record['sha']}{ref}{snap}\ntrigger  {record['trigger']}\n"
-               f"status   {record['status']}")
+               f"status   {said(record['status'], waiting_for=record['waiting_for'])}")
     if record["params"]:
         typer.echo(f"params   {json.dumps(record['params'])}")
     for s in record["steps"]:
         took = f"{s['duration_s']:.2f}s" if s["duration_s"] is not None else "-"
         code = f"exit {s['exit_code']}" if s["exit_code"] is not None else ""
         tries = f"{s['attempts']} attempt{'s' if s['attempts'] != 1 else ''}"
-        typer.echo(f"  {s['status']:<9} {s['name']:<24} {took:>8}  {tries:<11} {code}")
-        if s["error"] and s["status"] in ("failed", "retrying"):
-            typer.echo(f"            {s['error']}")
+        typer.echo(f"  {s['status']:<11} {s['name']:<24} {took:>8}  {tries:<11} {code}")
+        if s["error"] and s["status"] != "complete":  # why it failed, was rejected or cancelled
+            typer.echo(f"              {s['error']}")
     typer.echo(summary(record))
 
 
