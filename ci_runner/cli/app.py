@@ -249,12 +249,15 @@ def runs(
     if empty:
         typer.echo(empty)
         return
+    from ci_runner.statuses import said
+
     for r in records:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
         ok = sum(1 for s in r["steps"] if s["status"] == "complete")
         took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         sha = (r["sha"] or "")[:10] + ("+" if r["snapshot"] else "")
-        typer.echo(f"{r['run_id']}  {r['status']:<17} {r['repo']:<20} {sha:<11} "
+        status = said(r["status"], waiting_for=r["waiting_for"])
+        typer.echo(f"{r['run_id']}  {status:<20} {r['repo']:<20} {sha:<11} "
                    f"{ok}/{len(r['steps'])} steps  {took:>7}  {when}")
 
 
