@@ -53,7 +53,11 @@ class SyncStep:
 
         return call
 
-    def parallel(self, *calls: Callable[[], Any]) -> list[Any]:
+    def parallel(self, *calls: Callable[[], Any], fail_fast: bool = True) -> list[Any]:
+        """Each branch is a thread, and a thread cannot be stopped from outside: every
+        branch runs to its end, as with ``fail_fast=False`` (accepted, so one pipeline
+        reads the same in both kinds of ``run``); then the first failure, in call order,
+        is raised."""
         with ThreadPoolExecutor(max_workers=max(len(calls), 1)) as pool:
             return [f.result() for f in [pool.submit(c) for c in calls]]
 
