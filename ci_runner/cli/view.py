@@ -6,6 +6,7 @@ the pipeline's child process never pay for it.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import deque
@@ -13,14 +14,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ci_runner.cli.report import WAITING, step_label
+from ci_runner.engine.policy import APPROVAL_EVENT
+from ci_runner.statuses import decision_word, said
 
 ICONS = {"pending": "·", "running": "▶", "complete": "✓", "failed": "✗", "retrying": "↻",
-         "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡", "cancelled": "⊗"}
+         "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡", "cancelled": "⊗",
+         "rejected": "✗", "interrupted": "■"}
 STYLES = {"running": "bold cyan", "complete": "green", "failed": "bold red",
           "retrying": "yellow", "skipped": "dim", "cancelled": "dim", "waiting": "magenta",
-          "sleeping": "blue",
+          "sleeping": "blue", "rejected": "bold red", "interrupted": "yellow",
           "cached": "green"}
 TAIL_LINES = 12
+# A failed step's excerpt: its first error-looking lines (the cause, often far above the
+# end: npm's ERR! block, ruff's diagnostics, a test's assertion) and then its last lines.
+FIRST_ERROR_LINES = 8
+EXCERPT_LINE_CHARS = 400
+ERROR_LOOKING = re.compile(
+    r"\berror\b\s*(?:[:\[(]|TS\d)"  # error: (gcc, git, rustc error[E..], tsc error TS..)
+    r"|\bERROR\b|\bERR!"  # ERROR (pytest's summary), npm ERR!
+    r"|^\s*npm (?:error|ERR!)"  # npm >= 9
+    r"|\b[A-Z]\w*(?:Error|Exception)\b"  # Python's and JavaScript's exceptions
+    r"|^Traceback \(most recent call last\)"
+    r"|\bFAILED\b|^\s*FAIL\b"  # pytest, jest
+    r"|^E {2,}\S"  # pytest's assertion lines
+    r"|^\s*(?:-->\s*)?[\w./\\-]+:\d+:\d+(?::|\s|$)"  # path:line:col (ruff, flake8, gcc)
+    r"|^[A-Z]{1,3}\d{3,4} (?:\[\*\] )?\S"  # a lint rule's code first (ruff's full format)
+    r"|^\S+\.py:\d+: error"  # mypy without columns
+    r"|\b(?:fatal|panic):",
+)
 
 
 @dataclass
@@ -37,6 +58,46 @@ class StepState:
     note: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     partial: str = ""
+    lines: int = 0  # whole lines printed by the current attempt
+    errors: list[tuple[int, str]] = field(default_factory=list)  # its first error-looking
+
+    def new_attempt(self) -> None:
+        """A retry starts: the excerpt is of the attempt that failed last."""
+        self.tail.clear()
+        self.partial, self.lines, self.errors = "", 0, []
+
+    def add_line(self, line: str) -> None:
+        self.tail.append(line)
+        self.lines += 1
+        if len(self.errors) < FIRST_ERROR_LINES and ERROR_LOOKING.search(line):
+            self.errors.append((self.lines, line))
+
+    def excerpt(self) -> list[str]:
+        """The lines to show under a failed step: its first error-looking lines, then
+        its last lines, with a marker for what lies between; bounded in size."""
+        tail = list(self.tail) + ([self.partial] if self.partial else [])
+        tail = tail[-TAIL_LINES:]
+        first_of_tail = self.lines + (1 if self.partial else 0) - len(tail) + 1
+        shown: list[str] = []
+        last = 0  # the number of the line shown last
+        for number, line in self.errors:
+            if number >= first_of_tail:
+                break  # the tail shows it
+            if number > last + 1:
+                shown.append(_elided(number - last - 1))
+            shown.append(_clip(line))
+            last = number
+        if shown and first_of_tail > last + 1:
+            shown.append(_elided(first_of_tail - last - 1))
+        return shown + [_clip(line) for line in tail]
+
+
+def _elided(count: int) -> str:
+    return f"  ⋮ {count} line{'s' if count != 1 else ''} ⋮"
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= EXCERPT_LINE_CHARS else line[:EXCERPT_LINE_CHARS] + " …"
 
 
 _LONGEST_SHOWN = 4096
@@ -74,6 +135,8 @@ class RunView:
             state = self.steps[label] = StepState(label, kind=event.get("kind", ""))
         status = event["status"]
         if status == "running":
+            if state.status == "retrying":
+                state.new_attempt()
             state.started = time.monotonic()
             state.attempt = event.get("attempt", 1)
             state.max_attempts = event.get("max_attempts", 1)
@@ -93,8 +156,10 @@ class RunView:
             state.exit_code = detail["exit_code"]
         if status == "retrying":
             state.note = f"retry in {event.get('retry_in', 0):g}s: {_message(event)}"
-        elif status == "failed":
+        elif status in ("failed", "rejected", "cancelled"):
             state.note = _message(event)
+        elif status == "waiting" and event.get("event_type") == APPROVAL_EVENT:
+            state.note = "waiting for approval"
         elif status == "waiting" and event.get("event_type"):
             state.note = f"waiting for event {event['event_type']!r}"
         elif status == "sleeping":
@@ -114,7 +179,7 @@ class RunView:
         lines = (state.partial + text).split("\n")
         state.partial = lines.pop()[-_LONGEST_SHOWN:]
         for line in lines:
-            state.tail.append(line)
+            state.add_line(line)
             self.on_line(state, line)
 
     def header(self, record: dict[str, Any]) -> None:
@@ -249,12 +314,16 @@ class LiveView(RunView):
             self.pipeline_partial = ""
         self.live.update(self._render(), refresh=True)
         self.live.stop()
-        failed = [s for s in self.steps.values() if s.status == "failed" and s.tail]
+        failed = [s for s in self.steps.values()
+                  if s.status == "failed" and (s.tail or s.partial)]
         for state in failed:
-            self.console.print(f"[bold red]── {state.label}: last output ──[/]")
-            for line in list(state.tail)[-TAIL_LINES:]:
+            what = "first errors and last output" if state.errors and len(
+                state.excerpt()) > TAIL_LINES else "last output"
+            self.console.print(f"[bold red]── {state.label}: {what} ──[/]")
+            for line in state.excerpt():
                 self.console.print(line, markup=False, highlight=False)
-        style = {"complete": "bold green", "errored": "bold red"}.get(record["status"], "bold")
+        style = {"complete": "bold green", "failed": "bold red",
+                 "interrupted": "bold yellow"}.get(record["status"], "bold")
         self.console.print(summary(record), style=style, markup=False, highlight=False)
 
 
@@ -271,11 +340,13 @@ def summary(record: dict[str, Any]) -> str:
     steps = record.get("steps", [])
     ok = sum(1 for s in steps if s["status"] == "complete")
     took = f" in {record['duration_s']:.2f}s" if record.get("duration_s") is not None else ""
-    rid = record["run_id"]
-    head = f"run {rid} {record['status']}{took}: {ok}/{len(steps)} steps complete"
+    rid, status = record["run_id"], record["status"]
+    said_status = said(status, waiting_for=record.get("waiting_for"))
+    head = f"run {rid} {said_status}{took}: {ok}/{len(steps)} steps complete"
     lines = [head]
     error = record.get("error")
-    if record["status"] == "errored" and error:
+    # A rejection says who and why on its own line, below.
+    if status == "failed" and error and error.get("type") != "Rejected":
         from ci_runner.errors import error_lines  # with the pipeline's line, when its own
 
         lines.extend(error_lines(error))
@@ -283,11 +354,17 @@ def summary(record: dict[str, Any]) -> str:
     for approval in record.get("approvals") or []:
         comment = f": {approval['comment']}" if approval.get("comment") else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(approval["at"]))
-        lines.append(f"{approval['decision']}d by {approval['by']} at {when}{comment}")
+        at = f" at step {approval['step']!r}" if approval.get("step") else ""
+        lines.append(f"{decision_word(approval['decision'])} by {approval['by']}{at}"
+                     f" ({when}){comment}")
+    selection = record.get("selection") or {}
+    for name in selection.get("unreached") or []:
+        option = "--only" if name in (selection.get("only") or ()) else "--skip"
+        lines.append(f"{option} {name}: no step named {name!r} was reached")
     if record.get("orphaned"):
         lines.append(f"its runner is gone (killed?): ci-runner resume {rid} takes it over")
-    if record["status"] in WAITING:
-        for wait in record.get("waiting_for") or []:
+    if status in WAITING:
+        for wait in record.get("waits") or []:
             if wait.get("approval"):
                 message = f" ({wait['message']})" if wait.get("message") else ""
                 lines.append(

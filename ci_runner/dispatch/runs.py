@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sqlite3
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,21 @@ class RunRequest:
     timeout_s: float | None = None  # how long each drive of the run may last
     # More metadata for the envelope (a webhook's forge, delivery, PR...): no secrets.
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_names(only: tuple[str, ...], skip: tuple[str, ...]) -> None:
+    """--only/--skip name steps: any name is taken (a step the last run never reached,
+    one new in this commit), and the run's record says at its end which of them it never
+    reached (``selection.unreached``). Refused: what cannot be a step's name (as
+    ``step.run`` refuses it), and a name both selected and skipped."""
+    for name in (*only, *skip):
+        if not name or len(name) > 200:
+            raise UsageError(f"--only/--skip: {name!r} cannot be a step's name (a step's"
+                             " name is 1-200 characters)")
+    both = [n for n in dict.fromkeys(only) if n in skip]
+    if both:
+        raise UsageError(f"{', '.join(map(repr, both))} is in both --only and --skip:"
+                         " say one of them")
 
 
 def reap_orphan(detail: dict[str, Any]) -> None:
@@ -203,6 +219,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         raise UsageError(
             "--include-uncommitted runs the working tree; it cannot be combined with --rev"
         )
+    check_names(request.only, request.skip)
     if request.secrets_file is not None:
         from ci_runner.secrets import check_secrets_file
 
@@ -223,12 +240,15 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         resolved = resolve_rev(repo, request.rev)
         sha, ref = resolved.sha, resolved.ref
     from ci_runner.workspace import file_at
+    from ci_runner.workspace.submodules import declared_submodules
 
-    if file_at(repo, sha, PIPELINE_FILE) is None:
+    source = file_at(repo, sha, PIPELINE_FILE)
+    if source is None:
         raise PipelineNotFound(
             f"no {PIPELINE_FILE} in {repo.root} at {sha[:12]}: `ci-runner init` writes a"
             " starter (commit it, or run with --include-uncommitted)"
         )
+    submodules = declared_submodules(source, request.pipeline)
     run_id = run_id or new_instance_id()
     workspace = paths.worktrees() / run_id
     tenant = tenant_key(repo)
@@ -241,15 +261,29 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "secrets_file": str(secrets_file) if secrets_file else None,
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
         "sandbox": request.sandbox, "timeout_s": request.timeout_s,
+        "submodules": submodules,
         **request.extra,
     }
     if request.include_uncommitted:
         hold(repo, run_id, sha)
-    fork(repo, sha, workspace)
+    _say_of_workspace(run_id, fork(repo, sha, workspace, submodules=submodules))
     _upsert_tenant(engine, tenant, repo.name, str(repo.root))
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
                   instance_id=run_id, claim=True)
     return run_id
+
+
+def _say_of_workspace(run_id: str, notes: list[str]) -> None:
+    """What the run's worktree lacks (a submodule left empty, and why), in the run's
+    own output (``ci-runner logs RUN``) and on stderr."""
+    if not notes:
+        return
+    log_dir = paths.run_logs(run_id)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "pipeline.log").open("a", encoding="utf-8") as out:
+        out.writelines(f"ci-runner: {note}\n" for note in notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def drive_run(
@@ -368,7 +402,8 @@ def _refork(metadata: dict[str, Any], workspace: Path) -> None:
     from ci_runner.workspace import fork, open_repo
 
     # --force: git may still have it registered, its folder gone or left empty.
-    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True)
+    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True,
+         submodules=metadata.get("submodules", True))
 
 
 def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> str | None:

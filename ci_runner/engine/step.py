@@ -41,6 +41,8 @@ from ci_runner.errors import (
 )
 
 APPROVAL_EVENT = policy.APPROVAL_EVENT
+# Why step.parallel cancels a branch (fail-fast); the branch's step is recorded with it.
+_SIBLING_FAILED = "a step beside it in step.parallel failed"
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
@@ -244,11 +246,15 @@ class Step:
                     "fail", name=name, occurrence=occurrence, error=to_record(error), final=True
                 )
                 raise error
-            await self._park(Hibernation(
-                "waiting_for_event", deadline,
-                [{"step": _label(name, occurrence), "event_type": event_type,
-                  "deadline": deadline, **(describe or {})}],
-            ))
+            try:
+                await self._park(Hibernation(
+                    "waiting_for_event", deadline,
+                    [{"step": _label(name, occurrence), "event_type": event_type,
+                      "deadline": deadline, **(describe or {})}],
+                ))
+            except asyncio.CancelledError as exc:
+                self._cancelled(name, occurrence, exc)
+                raise
 
     @watched
     async def wait_for_approval(
@@ -272,9 +278,41 @@ class Step:
                            comment=comment)
         return {"approved_by": by, "comment": comment, "at": event.get("timestamp")}
 
-    async def parallel(self, *aws: Awaitable[Any]) -> list[Any]:
-        """Run steps at once: ``await step.parallel(step.run(...), step.run(...))``."""
-        return list(await asyncio.gather(*aws))
+    async def parallel(self, *aws: Awaitable[Any], fail_fast: bool = True) -> list[Any]:
+        """Run steps at once: ``await step.parallel(step.run(...), step.run(...))``;
+        returns their results in order.
+
+        When one fails, the others are cancelled at once (their processes stopped, their
+        steps ``cancelled``); with ``fail_fast=False`` they run to their own end instead.
+        Either way the parallel then raises the failure that came first: the others
+        are each recorded on their own step (``failed``, in the view and ``show``).
+        """
+        tasks = [asyncio.ensure_future(aw) for aw in aws]
+        first: BaseException | None = None
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in (t for t in tasks if t in done):  # in call order, when tied
+                    failure = None if task.cancelled() else task.exception()
+                    if failure is None:
+                        continue
+                    if not isinstance(failure, Exception):  # the run stops: so does all
+                        raise failure
+                    first = first or failure
+                if first is not None and fail_fast and pending:
+                    for task in pending:
+                        task.cancel(_SIBLING_FAILED)
+                    await asyncio.wait(pending)
+                    break
+        finally:
+            for task in tasks:  # hibernating or stopping: no branch outlives the group
+                if not task.done():
+                    task.cancel()
+        if first is not None:
+            raise first
+        return [task.result() for task in tasks]
 
     @property
     def host(self) -> Host:
@@ -340,7 +378,10 @@ class Step:
             try:
                 result = await asyncio.wait_for(body(attempt, answer.get("detail")), timeout_s)
                 _check_json(name, result)
-            except (Cancelled, _Hibernate, asyncio.CancelledError):
+            except asyncio.CancelledError as exc:
+                self._cancelled(name, occurrence, exc)
+                raise
+            except (Cancelled, _Hibernate):
                 raise
             except Exception as exc:
                 error: BaseException = exc
@@ -396,6 +437,15 @@ class Step:
                      *((c.name, c.site) for c in list(self._calls) if not c.started)]
         return _unawaited(forgotten, "never awaited (missing await?)")
 
+    def _cancelled(self, name: str, occurrence: int, exc: asyncio.CancelledError) -> None:
+        """A step's task was cancelled while it ran or waited: record it cancelled (a
+        fail-fast parallel, or the author's own ``wait_for``), unless the whole run is
+        hibernating, which stops every branch and cancels no step."""
+        if self.hibernation is not None:
+            return
+        why = str(exc.args[0]) if exc.args and exc.args[0] else "its task was cancelled"
+        self._host.notify("cancelled", name=name, occurrence=occurrence, why=why)
+
     def _may_begin_ahead(self, name: str, occurrence: int) -> bool:
         """Whether this attempt is the step's first ever, with no pause requested."""
         if self._recorded is None or self._pause_requested:
@@ -421,16 +471,21 @@ class Step:
             return
         wake_at = float(answer["wake_at"])
         remaining = wake_at - time.time()
-        if remaining > self._inline_sleep_max_s:
-            await self._park(Hibernation(
-                "waiting", wake_at, [{"step": _label(name, occurrence), "sleep_until": wake_at}]
-            ))
-        self._active += 1
         try:
-            if remaining > 0:
-                await asyncio.sleep(remaining)
-        finally:
-            self._active -= 1
+            if remaining > self._inline_sleep_max_s:
+                await self._park(Hibernation(
+                    "waiting", wake_at,
+                    [{"step": _label(name, occurrence), "sleep_until": wake_at}],
+                ))
+            self._active += 1
+            try:
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+            finally:
+                self._active -= 1
+        except asyncio.CancelledError as exc:
+            self._cancelled(name, occurrence, exc)
+            raise
         self._host.request("complete", name=name, occurrence=occurrence, result=None)
 
     async def _park(self, why: Hibernation) -> None:
@@ -438,7 +493,12 @@ class Step:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waits.append((why, future))
         asyncio.get_running_loop().call_soon(self._check_parked)
-        await future  # never resolved: the run is cancelled into hibernation
+        try:
+            await future  # never resolved: the run is cancelled into hibernation
+        except asyncio.CancelledError:
+            if self.hibernation is None:  # this branch alone was cancelled: it waits no more
+                self._waits.remove((why, future))
+            raise
 
     def _check_parked(self) -> None:
         if not self._waits or self._active or self._main is None:
