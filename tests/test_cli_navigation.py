@@ -146,6 +146,30 @@ def test_latest_is_the_newest_run_of_the_repo_here(
     usage_error(cli("show", "-C", str(tmp_path / "nowhere"), cwd=alpha), "nowhere")
 
 
+KEEPS = """
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("pack", ["sh", "-c", "echo {name} > out.txt"], artifacts=["out.txt"])
+"""
+
+
+def test_artifacts_of_the_latest_run(cli: Cli, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "keeps", {".ci/pipeline.py": KEEPS.format(name="first")})
+    run_id(cli("run", "--json", cwd=repo))
+    commit(repo, {".ci/pipeline.py": KEEPS.format(name="second")}, "second")
+    newest = run_id(cli("run", "--json", cwd=repo))
+
+    listed = cli("artifacts", "--json", cwd=repo)
+    out = tmp_path / "out"
+    copied = cli("artifacts", "latest", "--download", str(out), cwd=repo)
+
+    assert [a["path"] for a in listed.json()] == ["out.txt"], listed.err
+    assert copied.code == 0 and (out / "out.txt").read_text() == "second\n", copied.err
+    assert cli("artifacts", newest, "--json", cwd=tmp_path).json() == listed.json()
+
+
 def test_no_runs_at_all(cli: Cli, away: Path, no_git: dict[str, str]) -> None:
     usage_error(cli("show", cwd=away, env=no_git), "no runs yet", "ci-runner run")
     usage_error(cli("resume", cwd=away, env=no_git), "no runs yet")

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ci_runner.cli.control import LatestArg, ScopeOpt
+
 cache_app = typer.Typer(help="The input-keyed step cache (step.run(..., inputs=[...])).",
                         no_args_is_help=True)
 RepoOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
@@ -66,19 +68,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def artifacts(
-        run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run.")],
+        run_id: LatestArg = None,
         download: Annotated[Optional[Path], typer.Option(  # noqa: UP045
             help="Copy the artifacts into this folder.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+        repo: ScopeOpt = None,
     ) -> None:
         """List a run's artifacts, or copy them out with --download DIR."""
+        from ci_runner.cli.control import resolve_run
         from ci_runner.dispatch import artifacts as store
         from ci_runner.dispatch.runs import open_engine
-        from ci_runner.store import journal as j
         from ci_runner.store import memo
 
         with open_engine() as engine:
-            full = j.get_instance(engine.conn, run_id)["id"]
+            full = resolve_run(engine.conn, run_id, repo)
             items = [dict(r) for r in memo.artifacts_of(engine.conn, full)]
         if download is not None:
             written = store.download(items, download)
