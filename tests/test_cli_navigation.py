@@ -346,6 +346,25 @@ def test_logs_failed_and_the_pipeline_section(
     assert "==> pipeline <==" not in cli("logs", bad, cwd=red).out
     assert (home / "logs" / bad / "pipeline.log").exists()
 
+    # A step may be called "pipeline": `logs RUN pipeline` is that step's log, and the
+    # pipeline's own output stays its own.
+    named = make_repo(tmp_path / "named", {".ci/pipeline.py": NAMED_PIPELINE})
+    both = run_id(cli("run", "--json", cwd=named))
+    assert cli("logs", both, "pipeline", cwd=named).out.splitlines()[1] == "from the step"
+    shown = cli("logs", cwd=named).out
+    assert shown.count("==> pipeline <==") == 2
+    assert "from the step" in shown and "from the pipeline" in shown
+
+
+NAMED_PIPELINE = """
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("pipeline", ["echo", "from the step"])
+        print("from the pipeline")
+"""
+
 
 PARALLEL = """
 import os

@@ -96,19 +96,18 @@ def _sections(conn: sqlite3.Connection, run_id: str, step: str | None, *,
     sections = [Section(step_label(r["name"], r["occurrence"]),
                         paths.step_log(run_id, r["name"], r["occurrence"]))
                 for r in rows if not failed or r["status"] == "failed"]
-    labels = {step_label(r["name"], r["occurrence"]) for r in rows}
-    own = Section(PIPELINE, paths.run_logs(run_id) / "pipeline.log", step=False)
-    # A step named "pipeline" writes to that same file: it is shown once, as the step.
+    own = Section(PIPELINE, paths.pipeline_log(run_id), step=False)
     if step is not None:
-        if step == PIPELINE and PIPELINE not in labels:
-            return [own]
         chosen = [s for s in sections if s.label == step]
+        if not chosen and step == PIPELINE:  # a step of that name comes first
+            return [own]
         if not chosen:
-            known = ", ".join([*labels, PIPELINE] if PIPELINE not in labels else labels)
-            raise UsageError(f"run {run_id} has no step {step!r} (steps: {known})")
+            known = [step_label(r["name"], r["occurrence"]) for r in rows]
+            raise UsageError(f"run {run_id} has no step {step!r} (steps:"
+                             f" {', '.join(known) or 'none'}; and {PIPELINE}, its own output)")
         return chosen
     wanted = not failed or j.get_instance(conn, run_id)["status"] == "errored"
-    if wanted and PIPELINE not in labels and _size(own.path):
+    if wanted and _size(own.path):
         sections.append(own)
     return sections
 
