@@ -104,10 +104,11 @@ class _Call(Coroutine[Any, Any, Any]):
     ``gather``, ``create_task``, ``wait_for``, ``step.parallel``), that tells its Step
     when it is dropped without ever being awaited or scheduled."""
 
-    __slots__ = ("__weakref__", "_coro", "_dropped", "name", "site", "started")
+    __slots__ = ("__name__", "__weakref__", "_coro", "_dropped", "name", "site", "started")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], name: str, site: tuple[str, int, str],
                  dropped: list[tuple[str, tuple[str, int, str]]]) -> None:
+        self.__name__ = f"{getattr(coro, '__qualname__', 'step')}({name!r})"  # task reprs
         self._coro = coro
         self._dropped = dropped
         self.name = name
