@@ -164,8 +164,10 @@ def to_record(exc: BaseException) -> dict[str, Any]:
 
 _ORIGIN = "_ci_runner_origin"
 _SITE = "_ci_runner_site"
-# The short form keeps the innermost frames: where it went wrong, and what called it.
+# The short form's frames: the user's own first, then where it was raised (a library's
+# frames, say), innermost kept.
 TRACEBACK_FRAMES = 10
+_RAISED_FRAMES = 3
 _PACKAGE = str(Path(__file__).parent) + os.sep
 
 
@@ -192,7 +194,7 @@ def origin_frames(exc: BaseException) -> list[dict[str, Any]]:
     """Where ``exc`` came from: its noted site, else its frames outside that plumbing,
     outermost first; for an error a step raised from the pipeline's own function
     (``step.do``), that function's frames follow (the error's cause, as Python chains
-    it). The innermost few at most."""
+    it). ``note_origin`` makes it short."""
     import traceback
 
     site: list[dict[str, Any]] | None = getattr(exc, _SITE, None)
@@ -205,12 +207,13 @@ def origin_frames(exc: BaseException) -> list[dict[str, Any]]:
         chain.append(exc.__cause__)
     frames: list[dict[str, Any]] = []
     for link in chain:
-        for frame in traceback.extract_tb(link.__traceback__):
+        # A deep recursion has a thousand frames: its innermost hundred are plenty.
+        for frame in traceback.extract_tb(link.__traceback__)[-100:]:
             if frame.filename.startswith(folders) or frame.filename in files:
                 continue
             frames.append({"file": frame.filename, "line": frame.lineno,
                            "function": frame.name, "code": (frame.line or "")[:240]})
-    return frames[-TRACEBACK_FRAMES:]
+    return frames
 
 
 def note_origin(
@@ -225,14 +228,18 @@ def note_origin(
     if getattr(exc, _ORIGIN, None) is not None or not frames:
         return noted_origin(exc)
     shown: list[dict[str, Any]] = []
-    location = None
+    users: list[int] = []
     for frame in frames:
         renamed = rename(str(frame["file"]))
-        shown.append({**frame, "file": renamed or frame["file"]})
         if renamed is not None:
-            location = f"{renamed}:{frame['line']}"
-    if location is None:
-        location = f"{shown[-1]['file']}:{shown[-1]['line']}"
+            users.append(len(shown))
+        shown.append({**frame, "file": renamed or frame["file"]})
+    last = shown[users[-1]] if users else shown[-1]
+    location = f"{last['file']}:{last['line']}"
+    if len(shown) > TRACEBACK_FRAMES:  # a library's depths must not push the user's out
+        raised = range(max(len(shown) - _RAISED_FRAMES, 0), len(shown))
+        keep = sorted({*users, *raised})[-TRACEBACK_FRAMES:]
+        shown = [shown[i] for i in keep]
     origin = {"location": location, "traceback": shown}
     with contextlib.suppress(AttributeError, TypeError):  # a type without a __dict__
         setattr(exc, _ORIGIN, origin)

@@ -135,6 +135,38 @@ def test_an_exception_in_a_step_do_names_the_line_of_its_function(
     assert f"  {user_file(repo, 4)} in compute: return {{}}[\"missing\"]" in screen
 
 
+DEEP_IN_A_LIBRARY = pipeline("""
+    import copy
+    from ci_runner import Pipeline
+
+    class Stubborn:
+        def __deepcopy__(self, memo):
+            raise ValueError("cannot copy")
+
+    class CI(Pipeline):
+        async def run(self, event, step):
+            nested = Stubborn()
+            for _ in range(30):
+                nested = [nested]
+            copy.deepcopy(nested)
+""")
+
+
+def test_a_librarys_depths_do_not_push_the_users_lines_out_of_the_short_form(
+    cli: Cli, repo_with: RepoWith,
+) -> None:
+    repo = repo_with(DEEP_IN_A_LIBRARY)
+
+    error = cli("run", "--json", cwd=repo).json()["error"]
+
+    frames = error["traceback"]
+    assert len(frames) <= 10
+    assert (frames[0]["file"], frames[0]["line"]) == (str(repo.resolve() / ".ci/pipeline.py"), 13)
+    assert (frames[-1]["line"], frames[-1]["function"]) == (6, "__deepcopy__")
+    assert all(f["file"].endswith("copy.py") for f in frames[1:-1])
+    assert error["location"] == user_file(repo, 6)
+
+
 # -- import and syntax errors ------------------------------------------------------------
 
 UNCLOSED = pipeline("""
