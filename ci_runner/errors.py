@@ -282,7 +282,7 @@ def error_lines(record: dict[str, Any]) -> list[str]:
         for frame in frames:
             code = f": {frame['code']}" if frame.get("code") else ""
             lines.append(f"  {frame['file']}:{frame['line']} in {frame['function']}{code}")
-    elif record.get("location") and raised in _MISUSE:
+    elif record.get("location") and raised in _MISUSE and record["location"] not in message:
         lines.append(f"  at {record['location']}")
     return lines
 

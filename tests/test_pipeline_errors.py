@@ -211,6 +211,8 @@ def test_import_errors_in_the_pipeline_or_a_helper_name_the_users_files(
 
     assert_usage_error(first, "ModuleNotFoundError", user_file(missing, 2))
     assert first.json()["error"]["location"] == user_file(missing, 2)
+    shown = cli("show", first.json()["run_id"]).out
+    assert shown.count(user_file(missing, 2)) == 1, shown  # in the message, not again
     assert_usage_error(second, "SyntaxError", user_file(helper, 2, ".ci/helpers.py"))
     for done in (first, second):
         assert not worktree_named(json.dumps(done.json()["error"]) + done.err, home)
