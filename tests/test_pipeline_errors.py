@@ -5,8 +5,9 @@ traceback that names the user's ``<repo>/.ci/pipeline.py:LINE`` (the code runs f
 temporary worktree, whose path is never shown); an import or syntax error is printed
 once, naming the user's file; a step called without ``await`` fails the run naming
 the step, while the legitimate ways to run steps together pass. Each behaviour is
-checked with the sandbox off and in bubblewrap, where the pipeline's output and
-tracebacks travel through another process tree.
+checked with the sandbox off (a fork of the CLI) and in bubblewrap and Landlock (a fresh
+interpreter, in namespaces of its own or not), as the pipeline's output and tracebacks
+travel differently.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from tests.test_cli_e2e import assert_usage_error, no_traceback, pipeline, step_
 
 Cli = Callable[..., Result]
 RepoWith = Callable[..., Path]
-MODES = ["off", "bwrap"]
+MODES = ["off", "bwrap", "landlock"]
 ENDED_BADLY = ("failed", "errored")  # the run's status, in the user's words or the engine's
 
 
 def sandbox(mode: str) -> tuple[str, ...]:
-    """``--sandbox MODE``; bubblewrap is required where it can run (always in CI)."""
-    if mode == "bwrap":
+    """``--sandbox MODE``; a sandbox is required where it can run (always in CI)."""
+    if mode != "off":
         from tests.test_isolation_cli import _require
 
         _require(mode)
