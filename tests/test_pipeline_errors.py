@@ -346,6 +346,30 @@ def test_gather_parallel_tasks_and_plain_def_runs_do_not_trip_it(
 
 
 
+def test_a_call_kept_across_an_approval_is_awaited_after_it_without_a_word(
+    cli: Cli, repo_with: RepoWith, home: Path,
+) -> None:
+    repo = repo_with(pipeline("""
+        from ci_runner import Pipeline
+
+        class CI(Pipeline):
+            async def run(self, event, step):
+                later = step.run("after", ["echo", "after approval"])
+                await step.wait_for_approval("gate")
+                await later
+    """))
+
+    waiting = cli("run", "--json", cwd=repo)
+    run_id = waiting.json()["run_id"]
+    approved = cli("approve", run_id, "--json")
+
+    assert waiting.code == 3, (waiting.out, waiting.err)
+    assert approved.code == 0, (approved.out, approved.err)
+    assert step_names(approved.json()) == ["gate", "after"]
+    # Parking the run dropped the call; the replay made it again and awaited it.
+    assert "never awaited" not in (home / "logs" / run_id / "pipeline.log").read_text()
+
+
 # -- the pipeline's own output ---------------------------------------------------------
 
 SECRET = "tok-51d0c1a7e2"

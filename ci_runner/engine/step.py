@@ -104,13 +104,13 @@ class _Call(Coroutine[Any, Any, Any]):
     ``gather``, ``create_task``, ``wait_for``, ``step.parallel``), that tells its Step
     when it is dropped without ever being awaited or scheduled."""
 
-    __slots__ = ("__name__", "__weakref__", "_coro", "_dropped", "name", "site", "started")
+    __slots__ = ("__name__", "__weakref__", "_coro", "_on_drop", "name", "site", "started")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], name: str, site: tuple[str, int, str],
-                 dropped: list[tuple[str, tuple[str, int, str]]]) -> None:
+                 on_drop: Callable[[str, tuple[str, int, str]], None]) -> None:
         self.__name__ = f"{getattr(coro, '__qualname__', 'step')}({name!r})"  # task reprs
         self._coro = coro
-        self._dropped = dropped
+        self._on_drop = on_drop
         self.name = name
         self.site = site
         self.started = False
@@ -140,13 +140,8 @@ class _Call(Coroutine[Any, Any, Any]):
 
     def __del__(self) -> None:
         if not self.started:
-            self._coro.close()  # Python's warning would name our method; this names the step
-            self._dropped.append((self.name, self.site))  # appending is atomic
-            file, line, _ = self.site
-            # An "error" filter must not raise in a finalizer: the run fails on its own.
-            with contextlib.suppress(Exception):
-                warnings.warn_explicit(f"step {self.name!r} was never awaited (missing await?)",
-                                       RuntimeWarning, file, line)
+            self._coro.close()  # Python's warning would name our method; the Step's names the step
+            self._on_drop(self.name, self.site)
 
 
 class Step:
@@ -418,9 +413,19 @@ class Step:
 
     def _watch(self, name: object, coro: Coroutine[Any, Any, Any],
                site: tuple[str, int, str]) -> _Call:
-        call = _Call(coro, str(name), site, self._dropped)
+        call = _Call(coro, str(name), site, self._dropped_call)
         self._calls.add(call)
         return call
+
+    def _dropped_call(self, name: str, site: tuple[str, int, str]) -> None:
+        """A step call went away never awaited (from a finalizer: in any thread)."""
+        if self.hibernation is not None:
+            return  # dropped as the run parks itself: the replay will make it again
+        self._dropped.append((name, site))  # atomic: no lock a finalizer could deadlock on
+        # An "error" filter must not raise in a finalizer: the run fails on its own.
+        with contextlib.suppress(Exception):
+            warnings.warn_explicit(f"step {name!r} was never awaited (missing await?)",
+                                   RuntimeWarning, site[0], site[1])
 
     def check_awaited(self) -> None:
         """Raise, naming them, if a step was called and never awaited, or still runs
