@@ -23,11 +23,18 @@ def starters() -> dict[str, Path]:
     return {p.stem: p for p in sorted(_starter_dir().glob("*.py")) if not p.stem.startswith("_")}
 
 
+# The files that make a repo one of a starter's kind, in the order they are looked for.
+KINDS = (
+    ("python", ("pyproject.toml", "setup.py", "setup.cfg", "requirements.txt")),
+    ("node", ("package.json",)),
+)
+
+
 def pick(repo: Path) -> str:
-    if (repo / "pyproject.toml").exists() or (repo / "setup.py").exists():
-        return "python"
-    if (repo / "package.json").exists():
-        return "node"
+    """The starter for the repo's kind of project; ``minimal`` when it is none of them."""
+    for name, markers in KINDS:
+        if any((repo / marker).exists() for marker in markers):
+            return name
     return "minimal"
 
 
