@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -42,16 +43,18 @@ def step_of(record: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def in_pty(home: Path, *args: str, cwd: Path) -> tuple[int, str]:
+def in_pty(home: Path, *args: str, cwd: Path, ctrl_c_on: str | None = None) -> tuple[int, str]:
     """`ci-runner ARGS` with a pseudo-terminal as its stdout and stderr (the live view):
-    its exit code and everything it drew, escape sequences removed."""
+    its exit code and everything it drew, escape sequences removed. ``ctrl_c_on``: once
+    the screen matches that pattern, Ctrl-C (SIGINT to its process group, as a terminal
+    does)."""
     env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
            "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "COLUMNS": "140",
            "LINES": "50"}
     main, child = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "ci_runner", *args], cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=child, stderr=child,
-                            close_fds=True)
+                            close_fds=True, start_new_session=True)
     os.close(child)
     chunks: list[bytes] = []
     deadline = time.monotonic() + PTY_TIMEOUT_S
@@ -66,6 +69,10 @@ def in_pty(home: Path, *args: str, cwd: Path) -> tuple[int, str]:
                 if not data:
                     break
                 chunks.append(data)
+                seen = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+                if ctrl_c_on is not None and re.search(ctrl_c_on, seen):
+                    os.killpg(proc.pid, signal.SIGINT)
+                    ctrl_c_on = None
             elif proc.poll() is not None:
                 break
         else:
@@ -399,3 +406,35 @@ def test_the_server_log_says_what_became_of_a_run(
         cli("show", run_id, "--json").json()["approvals"][0]["by"] + ": no")
     assert driver_outcome("no-such-run", 1) == (
         "is no longer driven (its driver exited with code 1)")
+
+
+INTERRUPTIBLE = """
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("quick", ["echo", "done"])
+        await step.parallel(
+            step.run("slow", ["sleep", "60"]),
+            step.run("slower", ["sh", "-c", "sleep 60"]),
+        )
+"""
+
+
+def test_ctrl_c_leaves_the_screen_saying_interrupted_not_running(
+    cli: Cli, repo_with: RepoWith, home: Path
+) -> None:
+    repo = repo_with(INTERRUPTIBLE)
+
+    code, screen = in_pty(home, "run", cwd=repo, ctrl_c_on=r"▶ +slower +running")
+
+    assert code == 130, screen
+    assert re.search(r"■ +slow +interrupted", screen), screen
+    assert re.search(r"■ +slower +interrupted", screen), screen
+    assert re.search(r"run \S+ interrupted in [\d.]+s: 1/3 steps complete", screen), screen
+    record = cli("runs", "--json", cwd=repo).json()[0]
+    assert record["status"] == "interrupted"
+    assert steps(record) == {"quick": "complete", "slow": "interrupted",
+                             "slower": "interrupted"}
+    plain = cli("show", record["run_id"]).out
+    assert re.search(r"interrupted +slow", plain), plain

@@ -101,6 +101,7 @@ def _clip(line: str) -> str:
 
 
 _LONGEST_SHOWN = 4096
+_IN_FLIGHT = ("running", "retrying", "waiting", "sleeping")
 # A line the pipeline's own code printed (a step's is "  [step] ...").
 PIPELINE_PREFIX = "  (pipeline) "
 
@@ -198,6 +199,20 @@ class RunView:
     def close(self, record: dict[str, Any]) -> None:
         """The run stopped (ended or hibernated): print the summary."""
 
+    def settle(self, record: dict[str, Any]) -> None:
+        """Steps still shown in flight take the state the run's record gives them: no
+        event says so when the run was interrupted, or cancelled from elsewhere."""
+        recorded = {s["name"]: s for s in record.get("steps", [])}
+        for state in self.steps.values():
+            step = recorded.get(state.label)
+            if (step is None or state.status not in _IN_FLIGHT
+                    or step["status"] in (state.status, "retrying")):
+                continue
+            if state.status == "running":
+                state.duration_s = time.monotonic() - state.started
+            state.status, state.note = step["status"], step.get("error") or ""
+            self.on_change(state)
+
 
 class PlainView(RunView):
     """Line output for logs and pipes: one line per step change, output prefixed."""
@@ -240,6 +255,7 @@ class PlainView(RunView):
             if state.partial:
                 self._print(f"  [{state.label}] {state.partial}")
                 state.partial = ""
+        self.settle(record)
         if self.pipeline_partial:
             self.on_pipeline_line(self.pipeline_partial)
             self.pipeline_partial = ""
@@ -312,6 +328,7 @@ class LiveView(RunView):
         if self.pipeline_partial:
             self.on_pipeline_line(self.pipeline_partial)
             self.pipeline_partial = ""
+        self.settle(record)
         self.live.update(self._render(), refresh=True)
         self.live.stop()
         failed = [s for s in self.steps.values()
