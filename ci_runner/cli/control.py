@@ -312,7 +312,10 @@ def register(app: typer.Typer) -> None:
             return
         if not due:
             # Hibernated again (an approval, a long sleep): nothing to drive until then.
-            typer.echo(f"run {full} unpaused; it is {status} again (`ci-runner pending`)")
+            from ci_runner.statuses import phrase
+
+            typer.echo(f"run {full} unpaused; it is {phrase(status)} again"
+                       " (`ci-runner pending`)")
             return
         if detach:
             typer.echo(f"run {full} unpaused; resuming in the background (pid "
