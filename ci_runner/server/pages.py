@@ -310,6 +310,9 @@ def _run_context(conn: sqlite3.Connection, access: PageAccess, person: Person,
         "started_at": row["started_at"],
         "gate": next((w for w in record["waits"] or () if isinstance(w, dict)
                       and w.get("approval")), None),
+        # Re-running starts, as offered first, at the step that failed.
+        "rerun_from": next((s["name"] for s in record["steps"]
+                            if s["status"] in ("failed", "rejected", "cancelled")), None),
     }
 
 
@@ -562,13 +565,13 @@ async def _form(request: Request) -> dict[str, str]:
     from urllib.parse import parse_qsl
 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise Refused(415, "send the page's form (application/x-www-form-urlencoded)")
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > FORM_MAX:
             raise Refused(413, f"a form is at most {FORM_MAX} bytes")
+    if kind != "application/x-www-form-urlencoded" and body:
+        raise Refused(415, "send the page's form (application/x-www-form-urlencoded)")
     try:
         return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=20))
     except (UnicodeDecodeError, ValueError) as exc:
