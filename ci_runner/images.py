@@ -9,6 +9,11 @@ builds ``FROM ${BASE_IMAGE}``, tagged ``ci-runner/NAME:latest``; the default of 
 
 A step's ``image="python"`` resolves to ``ci-runner/python:latest`` and is built on
 first use (``ensure``); any other reference is used as is.
+
+``CI_RUNNER_IMAGE_PREFIX`` puts the images built, listed and used under another
+namespace (``ci-runner-test/`` for the test suite, so that its builds never replace
+or remove a user's own ``ci-runner/*`` images). The Dockerfiles and pipelines keep
+naming them ``ci-runner/NAME``: such a name means the image of that prefix.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ def _sandbox_dir() -> Path:
 SANDBOX_DIR = _sandbox_dir()
 """The shipped Dockerfiles, one directory per image (found next to the package in a checkout)."""
 
-PREFIX = "ci-runner/"
+CANONICAL_PREFIX = "ci-runner/"
+"""How the Dockerfiles (``ARG BASE_IMAGE=``) and pipelines name the sandbox images."""
+PREFIX_ENV = "CI_RUNNER_IMAGE_PREFIX"
+_VALID_PREFIX = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*/")
 BUSYBOX = "busybox"
 ROOTFS = "rootfs-debian"
 ROOT_IMAGES = (BUSYBOX, ROOTFS)
@@ -60,9 +68,23 @@ _PT_INTERP = 3
 _ROOT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def prefix() -> str:
+    """The namespace of the images built here: ``CI_RUNNER_IMAGE_PREFIX``, else
+    ``ci-runner/``. Read at each call, so one process can be pointed elsewhere."""
+    value = os.environ.get(PREFIX_ENV, "").strip()
+    if not value:
+        return CANONICAL_PREFIX
+    if not _VALID_PREFIX.fullmatch(value):
+        raise ExecutorError(
+            f"{PREFIX_ENV}={value!r} is not an image repository prefix: give lower-case"
+            " path components ending with '/', such as 'ci-runner-test/'", image=value)
+    return value
+
+
 def tag_for(name: str) -> str:
-    """The tag of the image built for ``name``: ``ci-runner/NAME:latest``."""
-    return f"{PREFIX}{name}:latest"
+    """The tag of the image built for ``name``: ``ci-runner/NAME:latest`` (under
+    ``CI_RUNNER_IMAGE_PREFIX`` when it is set)."""
+    return f"{prefix()}{name}:latest"
 
 
 def known_names() -> list[str]:
@@ -76,8 +98,12 @@ def known_names() -> list[str]:
 
 
 def resolve(image: str) -> str:
-    """``"python"`` -> ``"ci-runner/python:latest"`` for a name ``build`` knows; else ``image``."""
-    return tag_for(image) if image in known_names() else image
+    """``"python"`` (or ``"ci-runner/python"``) -> ``"ci-runner/python:latest"`` for a
+    name ``build`` knows, under the active prefix; else ``image``."""
+    if image in known_names():
+        return tag_for(image)
+    short = _short_name(image)
+    return tag_for(short) if short is not None and short in known_names() else image
 
 
 def build(
@@ -125,13 +151,14 @@ def list_images(client: DockerClient | None = None) -> list[dict[str, Any]]:
 
         client = docker_client()
     rows: list[dict[str, Any]] = []
-    for image in client.images.list(filters={"reference": f"{PREFIX}*"}):
+    ours = prefix()
+    for image in client.images.list(filters={"reference": f"{ours}*"}):
         for reference in image.tags:
-            if not reference.startswith(PREFIX):
+            if not reference.startswith(ours):
                 continue
             repository, _, tag = reference.rpartition(":")
             rows.append({
-                "name": repository.removeprefix(PREFIX),
+                "name": repository.removeprefix(ours),
                 "reference": reference,
                 "tag": tag,
                 "id": image.short_id,
@@ -217,18 +244,21 @@ def _parent(name: str) -> str | None:
 
 
 def _base_image(name: str) -> str:
-    """The default of the Dockerfile's ``ARG BASE_IMAGE=``; the Debian root image if none."""
+    """The default of the Dockerfile's ``ARG BASE_IMAGE=``, a sandbox image's under the
+    active prefix; the Debian root image if none."""
     match = _BASE_ARG.search((SANDBOX_DIR / name / "Dockerfile").read_text(encoding="utf-8"))
-    return match.group(1).strip("\"'") if match else tag_for(ROOTFS)
+    return resolve(match.group(1).strip("\"'")) if match else tag_for(ROOTFS)
 
 
 def _short_name(reference: str) -> str | None:
-    """``"ci-runner/python:latest"`` -> ``"python"``; None for images that are not ours."""
-    if not reference.startswith(PREFIX):
-        return None
-    rest = reference.removeprefix(PREFIX)
-    name, _, tag = rest.partition(":")
-    return name if tag in ("", "latest") and "/" not in name and "@" not in name else None
+    """``"ci-runner/python:latest"`` -> ``"python"`` (also under the active prefix);
+    None for images that are not ours."""
+    for ours in dict.fromkeys((prefix(), CANONICAL_PREFIX)):
+        if reference.startswith(ours):
+            name, _, tag = reference.removeprefix(ours).partition(":")
+            if tag in ("", "latest") and name and "/" not in name and "@" not in name:
+                return name
+    return None
 
 
 def _exists(client: DockerClient, reference: str) -> bool:

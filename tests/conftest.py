@@ -16,6 +16,7 @@ import pytest
 from tests.gitrepos import ISOLATED_GIT_ENV, make_repo
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_IMAGE_PREFIX = "ci-runner-test/"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,6 +31,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # own (test_sandbox.py, test_isolation_*.py) and test_cli_e2e.py runs its core
     # pipelines in every sandbox the machine has. Each of those says --sandbox itself.
     os.environ["CI_RUNNER_SANDBOX"] = "off"
+    # The suite builds, rebuilds and removes sandbox images: under a namespace of its
+    # own, never a user's ci-runner/* images (ci_runner/images.py; test_images_prefix.py).
+    os.environ["CI_RUNNER_IMAGE_PREFIX"] = TEST_IMAGE_PREFIX
 
 
 @dataclass

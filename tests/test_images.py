@@ -30,13 +30,32 @@ def test_known_names_are_the_root_images_then_the_sandbox_directories() -> None:
         assert "ARG BASE_IMAGE=" in (images.SANDBOX_DIR / name / "Dockerfile").read_text()
 
 
-def test_resolve_maps_known_names_and_leaves_references_alone() -> None:
+def test_resolve_maps_known_names_and_leaves_references_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(images.PREFIX_ENV)  # a user's machine: the real names
     assert images.resolve("python") == "ci-runner/python:latest"
     assert images.resolve("busybox") == "ci-runner/busybox:latest"
     reference = "registry.example/team/builder:1.2"
     assert images.resolve(reference) == reference
     assert images.resolve("ci-runner/python:latest") == "ci-runner/python:latest"
+    assert images.resolve("ci-runner/python") == "ci-runner/python:latest"
     assert images.resolve("no-such-sandbox") == "no-such-sandbox"
+    assert images.resolve("ci-runner/nope:latest") == "ci-runner/nope:latest"
+
+
+def test_the_image_prefix_moves_every_sandbox_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(images.PREFIX_ENV, "ci-runner-test/")
+    assert images.resolve("python") == "ci-runner-test/python:latest"
+    # A pipeline's or Dockerfile's own spelling means the image of the active prefix.
+    assert images.resolve("ci-runner/python:latest") == "ci-runner-test/python:latest"
+    assert images._base_image("python") == "ci-runner-test/base:latest"
+    assert images._base_image("base") == "ci-runner-test/rootfs-debian:latest"
+    assert images._parents("python") == ["rootfs-debian", "base"]
+    for bad in ("Upper/", "no-slash", "/lead/", "a//b/"):
+        monkeypatch.setenv(images.PREFIX_ENV, bad)
+        with pytest.raises(ExecutorError, match="CI_RUNNER_IMAGE_PREFIX="):
+            images.tag_for("busybox")
 
 
 def test_parents_come_from_the_dockerfiles_base_image_default() -> None:
@@ -123,7 +142,8 @@ def client() -> DockerClient:
 def test_list_shows_the_built_images(client: DockerClient) -> None:
     images.build("busybox", client=client)
     rows = {row["reference"]: row for row in images.list_images(client)}
-    row = rows["ci-runner/busybox:latest"]
+    assert all(ref.startswith(images.prefix()) for ref in rows)
+    row = rows[images.tag_for("busybox")]
     assert (row["name"], row["tag"]) == ("busybox", "latest")
     assert row["id"].startswith("sha256:")
     assert row["size"] > 0
@@ -133,13 +153,13 @@ def test_list_shows_the_built_images(client: DockerClient) -> None:
 def test_a_root_image_that_exists_is_kept_unless_rebuilt(client: DockerClient) -> None:
     images.build("busybox", client=client)
     assert images.build("busybox", client=client) == []
-    assert images.build("busybox", client=client, rebuild=True) == ["ci-runner/busybox:latest"]
+    assert images.build("busybox", client=client, rebuild=True) == [images.tag_for("busybox")]
 
 
 def test_ensure_knows_sandbox_names_and_explains_the_rest(client: DockerClient) -> None:
-    assert images.ensure("busybox", client) == "ci-runner/busybox:latest"
+    assert images.ensure("busybox", client) == images.tag_for("busybox")
     with pytest.raises(ExecutorError, match=r"no sandbox_images/nope.*ci-runner images build NAME"):
-        images.ensure("ci-runner/nope:latest", client)
+        images.ensure(images.tag_for("nope"), client)
     with pytest.raises(ExecutorError, match=r"no sandbox image named 'nope': known are busybox"):
         images.build("nope", client=client)
 

@@ -56,7 +56,7 @@ MIN_TICK_S = 0.05  # a failed fetch is tried again this often
 _PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
                "VIRTUAL_ENV", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
                "DOCKER_TLS_VERIFY", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM", "SSL_CERT_FILE",
-               "SSL_CERT_DIR")
+               "SSL_CERT_DIR", "CI_RUNNER_IMAGE_PREFIX")
 _PASSED_PREFIXES = ("LC_", "PYTHON")
 
 
