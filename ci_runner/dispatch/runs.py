@@ -118,9 +118,45 @@ def _metadata(instance: Mapping[str, Any]) -> dict[str, Any]:
 REQUEUE_ENV = "CI_RUNNER_ON_INTERRUPT"
 
 
+def sweep_orphans(instance: Mapping[str, Any]) -> None:
+    """Stop what a dead driver of this run left running in its worktree that the journal
+    does not name: the command of a step it began just before it died, whose process
+    group was not written yet. Where pids cgroups can be had, the broker also stops
+    what is left in the run's; this is the net where they cannot. Processes of this
+    driver (the pipeline process already started for this drive) are spared."""
+    workspace = _metadata(instance).get("workspace")
+    if not isinstance(workspace, str) or not workspace:
+        return
+    from ci_runner.executors import stop_processes_in
+
+    stop_processes_in(Path(workspace), spare=_descendants(os.getpid()))
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes started, directly or not, by ``pid``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # "pid (comm) state ppid ..."
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def open_engine() -> Engine:
     engine = Engine(paths.database(), reap_orphan=reap_orphan, fork_children=True,
-                    rules=RunRules())
+                    rules=RunRules(), sweep_orphans=sweep_orphans)
     if os.environ.get(REQUEUE_ENV) != "requeue":
         engine.interrupted_status = "interrupted"
     return engine

@@ -40,6 +40,9 @@ CONTROL_POLL_S = 1.0
 HOLD_S = 0.002
 
 OrphanReaper = Callable[[dict[str, Any]], None]
+# Given the instance's row, stops what its dead driver left running that the journal
+# does not name (a step begun just before the driver died: see deferred.py).
+OrphanSweeper = Callable[[Any], None]
 Outcome = dict[str, Any]
 
 
@@ -73,9 +76,12 @@ class Engine:
         reap_orphan: OrphanReaper | None = None,
         fork_children: bool = False,
         rules: Rules | None = None,
+        sweep_orphans: OrphanSweeper | None = None,
     ) -> None:
         """``fork_children``: start pipeline processes by forking this one when it has a
-        single thread (see ``ci_runner.engine.process``), else by spawning."""
+        single thread (see ``ci_runner.engine.process``), else by spawning.
+        ``reap_orphan`` stops a step's processes the journal names (its ``detail``);
+        ``sweep_orphans`` whatever else a dead driver of the instance left behind."""
         self.db_path = Path(db_path)
         self.fork_children = fork_children
         self.conn = connect(self.db_path)
@@ -83,6 +89,7 @@ class Engine:
         self.lease_ttl_s = lease_ttl_s
         self.owner = leases.owner_id()
         self._reap_orphan = reap_orphan
+        self._sweep_orphans = sweep_orphans
         self.rules = rules
         # What an interrupted drive leaves the instance as: 'queued' (any worker takes it
         # on, as after a server's shutdown) or a status of the application's that only an
@@ -159,6 +166,11 @@ class Engine:
         journal = j.Journal(self.conn, instance_id, epoch)
         self._reap(journal)
         if row["owner"] not in (None, self.owner) and not leases.owner_alive(row["owner"]):
+            # A step's first attempt starts before its begin (and its process group) is
+            # written: what the dead driver started last may be unknown to the journal,
+            # and must not run on beside the step's next attempt.
+            if self._sweep_orphans is not None:
+                self._sweep_orphans(row)
             # Taken from a driver that died holding it. Those before it may have died
             # too, with no step committed since: wait longer each time, and past a few
             # give up, saying why (a step that kills its runner must not run sixty times
