@@ -204,8 +204,9 @@ def test_the_run_stream_sends_what_changes(web: dict[str, Any]):
     rejecting.start()
     try:
         def ended(events: list[tuple[str, str]]) -> bool:
-            swaps = _swapped(events)  # the head comes before the steps in a batch
-            return "rejected by" in swaps.get("run-steps", "")
+            swaps = _swapped(events)
+            return ("rejected by" in swaps.get("run-steps", "")
+                    and "Re-run" in swaps.get("run-actions", ""))
 
         events = sse_events(alice, url, until=ended)
     finally:
@@ -213,7 +214,7 @@ def test_the_run_stream_sends_what_changes(web: dict[str, Any]):
     swaps = _swapped(events)
     assert "rejected by alice: not today" in swaps["run-steps"]
     assert 'class="approve"' not in swaps["run-actions"]  # nothing to decide any more
-    assert "Re-run" in swaps["run-actions"]
+    assert "failed" in swaps["run-head"]
     assert csrf  # the page's forms kept their token
 
 
@@ -262,3 +263,42 @@ def test_open_streams_do_not_hold_the_server_at_its_stop(tmp_path: Path):
         assert "graceful shutdown exceeded" not in server.server.output()
     finally:
         server.close()
+
+
+def test_deliveries_show_what_became_of_each_hook_to_who_may_see_it(web: dict[str, Any]):
+    server, run_id = web["server"], web["waiting"]
+    forged = server.server.post("github", kit.github_push(server.sha), event="push",
+                                headers={"X-Hub-Signature-256": "sha256=" + "0" * 64})
+    assert forged.status_code == 401
+    alice = server.signed_in("alice")
+    page = alice.get("/deliveries")
+    assert page.status_code == 200
+    assert f'href="/runs/{run_id}"' in page.text and "started" in page.text
+    assert "refused" not in page.text  # an unsigned delivery names no repo of hers
+    rows = re.findall(r'<tr class="delivery', page.text)
+    assert len(rows) == len(server.server.api("GET", "/api/deliveries",
+                                              params={"repo": "Codertocat/Hello-World"}
+                                              ).json())
+    dave = server.signed_in("dave")
+    assert "No deliveries yet." in dave.get("/deliveries").text
+
+
+def test_a_run_page_follows_the_active_step_until_one_is_chosen(web: dict[str, Any]):
+    server = web["server"]
+    run_id = server.push("live-follow")
+    kit.wait_for(lambda: kit.step_row(server.home, run_id, "stream") is not None
+                 and kit.step_row(server.home, run_id, "stream")["status"] == "running",
+                 timeout=60, what="the held step to run")
+    alice = server.signed_in("alice")
+    page = alice.get(f"/runs/{run_id}")
+    assert '<span class="log-step">stream</span>' in page.text
+    url = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    assert "follow=1" in url
+    threading.Timer(1.0, server.release, args=("live-follow",)).start()
+    events = sse_events(alice, url, until=lambda evs: any(n == "log-reset" for n, _ in evs))
+    logged = "".join(json.loads(d)["html"] + json.loads(d)["open"] for n, d in events
+                     if n == "log")
+    assert "second line" in logged  # the step's last lines, before the page moved on
+    assert json.loads(events[-1][1]) == {"step": "ship"}
+    pinned = alice.get(f"/runs/{run_id}?step=build")
+    assert "follow=0" in pinned.text

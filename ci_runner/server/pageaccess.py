@@ -78,6 +78,9 @@ class PageAccess(Protocol):
 
     def may_read_delivery(self, person: Person, delivery: sqlite3.Row) -> bool: ...
 
+    def delivery_repos(self, person: Person) -> list[str] | None:
+        """The repos whose deliveries ``person`` lists; None: every delivery."""
+
     def acted(self, run_id: str, action: str) -> None:
         """After an action: get the run driven on (it needs a driver after all but a
         cancel)."""
@@ -130,6 +133,12 @@ class TeamAccess:
     def may_read_delivery(self, person: Person, delivery: sqlite3.Row) -> bool:
         return self.access.may_read_delivery(self._principal(person), delivery)
 
+    def delivery_repos(self, person: Person) -> list[str] | None:
+        who = self._principal(person)
+        if self.access.sees_all(who):
+            return None
+        return sorted({r.name for r in self.access.readable_repos(who)})
+
     def acted(self, run_id: str, action: str) -> None:
         self._on_change()  # the dispatcher drives what needs a driver
 
@@ -173,6 +182,9 @@ class LocalAccess:
 
     def may_read_delivery(self, person: Person, delivery: sqlite3.Row) -> bool:
         return True
+
+    def delivery_repos(self, person: Person) -> list[str] | None:
+        return None
 
     def acted(self, run_id: str, action: str) -> None:
         if action == "cancel":
@@ -259,12 +271,22 @@ def pending(conn: sqlite3.Connection, access: PageAccess,
 
 def deliveries(conn: sqlite3.Connection, access: PageAccess, person: Person, *,
                limit: int) -> list[dict[str, Any]]:
-    """Recent webhook deliveries ``person`` sees, newest first."""
+    """Recent webhook deliveries ``person`` sees, newest first, as ``GET /api/deliveries``
+    shows them: those taken in for a run and those ignored or refused."""
+    from ci_runner.server.app import _noted_delivery, _stored_delivery
     from ci_runner.store import deliveries as store
 
-    rows = [d for d in store.recent(conn, limit=limit) if access.may_read_delivery(person, d)]
-    return [{k: (j.loads(r[k]) if k == "error" else r[k]) for k in r.keys()}  # noqa: SIM118
-            for r in rows]
+    names = access.delivery_repos(person)
+    if names is None:
+        stored = store.recent(conn, limit=limit)
+        noted = store.recent_log(conn, repos=None, limit=limit)
+    else:
+        stored = [d for name in names for d in store.recent(conn, repo=name, limit=limit)]
+        noted = store.recent_log(conn, repos=names, limit=limit)
+    found = ([_stored_delivery(r) for r in stored if access.may_read_delivery(person, r)]
+             + [_noted_delivery(r) for r in noted if access.may_read_delivery(person, r)])
+    found.sort(key=lambda d: float(d["received_at"]), reverse=True)
+    return found[:limit]
 
 
 def act(conn: sqlite3.Connection, access: PageAccess, person: Person, run_id: str,
