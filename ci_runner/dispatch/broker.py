@@ -24,9 +24,11 @@ started is stopped.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -42,9 +44,11 @@ from ci_runner.errors import CIRunnerError, UsageError, from_record, to_record
 from ci_runner.executors.limits import DEFAULT_PIDS, RunCgroup, StepCgroup
 
 if TYPE_CHECKING:
+    from docker import DockerClient
+
     from ci_runner.dispatch.confine import Confinement
     from ci_runner.dispatch.redact import Redactor
-    from ci_runner.executors import Executor
+    from ci_runner.executors import Executor, Removals
 
 BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
 _HEADER = struct.Struct("!I")
@@ -218,7 +222,11 @@ class StepBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._docker: Any = None
+        # One Docker client for the run's heavy steps, connected in the background when
+        # the pipeline names images; and their containers, removed while the run goes on.
+        self._docker: asyncio.Future[DockerClient | None] | None = None
+        self._removals: Removals | None = None
+        self._closing = threading.Event()
         self._tree: Any = None
         self._db: Any = None
         self._wraps: dict[bool, list[str]] = {}  # built once per run: ~2 ms each
@@ -253,9 +261,11 @@ class StepBroker:
         copier = _PipelineOutput(self._output, self._pipeline_log, self.redactor,
                                  self._on_output)
         copier.start(self._loop)
+        self._warm_docker()
         try:
             await self._serve_requests()
         finally:
+            await self._close_docker()
             copier.stop()
 
     async def _serve_requests(self) -> None:
@@ -408,8 +418,9 @@ class StepBroker:
             remove_leftovers(f"{ctx.run_id}-")
         cgroup = self._cgroup_for(f"{ctx.run_id}-{label}-{attempt}", limit, image is None)
         refused_before = cgroup.refused()
+        client = None if image is None else await self._docker_client(label, image)
         executor = self._executor(name, label, attempt, image, network, services, cache,
-                                  memory, cpus, labels, cgroup)
+                                  memory, cpus, labels, cgroup, client)
         with StepLog(log_path, max_bytes=_log_cap(name, log_cap)) as log:
 
             def on_output(text: str) -> None:
@@ -511,6 +522,7 @@ class StepBroker:
         self, name: str, label: str, attempt: int, image: str | None, network: bool | str,
         services: dict[str, str] | None, cache: dict[str, str] | None, memory: str,
         cpus: float, labels: dict[str, str], cgroup: StepCgroup,
+        client: DockerClient | None = None,
     ) -> Executor:
         from ci_runner.executors import HostExecutor
 
@@ -529,19 +541,79 @@ class StepBroker:
                 wrap = [*wrap, prlimit, f"--nproc={cgroup.limit}", "--"]
             return HostExecutor(wrap=cgroup.wrap(wrap))
         from ci_runner.dispatch.pipeline import cache_volume
-        from ci_runner.executors import ContainerExecutor
+        from ci_runner.executors import ContainerExecutor, Removals
 
-        if self._docker is None:
-            from ci_runner.executors import docker_client
-
-            # One client for the whole run: connecting and pinging costs ~30 ms.
-            self._docker = docker_client(step=label, image=image)
+        if self._removals is None:
+            self._removals = Removals()
         return ContainerExecutor(
             image, network=False if ctx.untrusted else network, services=dict(services or {}),
             caches={cache_volume(ctx.cache_scope, n): p for n, p in (cache or {}).items()},
             labels=labels | {"ci-runner.attempt": str(attempt)},
-            memory=memory, cpus=cpus, workspace=ctx.workspace, client=self._docker,
+            memory=memory, cpus=cpus, workspace=ctx.workspace, client=client,
+            removals=self._removals,
         )
+
+    # -- Docker, for heavy steps -----------------------------------------------------------
+
+    def _warm_docker(self) -> None:
+        """Connect to Docker now, while the pipeline process starts, if the pipeline's
+        source names an image: a run's first heavy step then costs what the next ones
+        do (importing the SDK alone takes ~60 ms). Only a guess, made to be cheap: when
+        wrong, a run without heavy steps made an unused connection in a thread of its
+        own, or one with them connects at its first heavy step, as without the guess."""
+        from ci_runner.dispatch.envelope import PIPELINE_FILE
+
+        done: concurrent.futures.Future[DockerClient | None] = concurrent.futures.Future()
+        folder = (self.context.workspace / PIPELINE_FILE).parent
+
+        def connect() -> None:
+            try:
+                client = None
+                if _names_images(folder):
+                    from ci_runner.executors import ready_client
+
+                    client = ready_client()
+            except BaseException as exc:  # whatever it is, the step connects again and says
+                done.set_exception(exc)
+                return
+            if client is not None and self._closing.is_set():
+                client.close()  # the run ended first: nobody will use it
+                client = None
+            done.set_result(client)
+
+        # A daemon thread, not the loop's pool: the run's end never waits for a guess.
+        threading.Thread(target=connect, name="ci-runner-docker", daemon=True).start()
+        self._docker = asyncio.wrap_future(done)
+
+    async def _docker_client(self, label: str, image: str) -> DockerClient:
+        """The run's client; made now (by this step, whose name an error then gives)
+        unless the warm-up made one."""
+        from ci_runner.executors import ready_client
+
+        if self._docker is not None:
+            with contextlib.suppress(Exception):
+                warmed = await asyncio.shield(self._docker)
+                if warmed is not None:
+                    return warmed
+
+        async def connect() -> DockerClient | None:
+            return await asyncio.to_thread(ready_client, step=label, image=image)
+
+        connecting = asyncio.ensure_future(connect())
+        self._docker = connecting  # shared with steps that ask meanwhile (step.parallel)
+        client = await asyncio.shield(connecting)
+        assert client is not None
+        return client
+
+    async def _close_docker(self) -> None:
+        """Wait for the finished steps' containers to be removed, then close the client."""
+        self._closing.set()
+        if self._removals is not None:
+            await self._removals.drain()
+        if self._docker is not None and self._docker.done() and not self._docker.cancelled():
+            client = None if self._docker.exception() else self._docker.result()
+            if client is not None:
+                client.close()
 
 
 class _PipelineOutput:
@@ -616,6 +688,30 @@ class _PipelineOutput:
         self._fd = None
         if self._log is not None:
             self._log.close()
+
+
+_NAMES_IMAGES = re.compile(rb"""\bimage\s*=[^=]|["']image["']\s*:""")
+_SCAN_FILES = 64
+_SCAN_BYTES = 1 << 20
+
+
+def _names_images(folder: Path) -> bool:
+    """Whether the Python files of the pipeline's folder pass an ``image=`` (a keyword
+    or a dict key) anywhere: a cheap guess that the run has heavy steps, bounded in
+    files and bytes read."""
+    budget = _SCAN_BYTES
+    for index, path in enumerate(sorted(folder.rglob("*.py"))):
+        if index >= _SCAN_FILES or budget <= 0:
+            break
+        try:
+            with path.open("rb") as source:
+                text = source.read(budget)
+        except OSError:
+            continue
+        if _NAMES_IMAGES.search(text):
+            return True
+        budget -= len(text)
+    return False
 
 
 def _log_cap(name: str, cap: int | None) -> int:

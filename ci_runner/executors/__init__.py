@@ -12,7 +12,9 @@ from ci_runner.executors.base import (
 )
 from ci_runner.executors.container import (
     ContainerExecutor,
+    Removals,
     docker_client,
+    ready_client,
     remove_containers,
 )
 from ci_runner.executors.host import (
@@ -32,9 +34,11 @@ __all__ = [
     "HostExecutor",
     "Masker",
     "OutputSink",
+    "Removals",
     "StartInfo",
     "docker_client",
     "kill_process_group",
+    "ready_client",
     "remove_containers",
     "scrubbed_env",
     "stop_processes_in",

@@ -13,6 +13,11 @@ of running it twice, and cleanup never touches containers ci-runner did not star
 
 The docker SDK is blocking: short calls run in worker threads, and each step's log
 stream gets a thread of its own so long steps cannot starve the shared pool.
+
+A run's broker keeps one client for all its steps (``ready_client``, made in the
+background when the pipeline names images) and hands the executor a ``Removals``:
+a finished step's container is then deleted while the run goes on, and the broker
+waits for those deletions before the run ends, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -110,6 +115,15 @@ def docker_client(*, step: str | None = None, image: str | None = None) -> Docke
     return client
 
 
+def ready_client(*, step: str | None = None, image: str | None = None) -> DockerClient:
+    """``docker_client``, having also asked the engine what every step's container
+    needs (its CPU count, whether it has a bridge), so that a run's first heavy step
+    costs what the next ones do. Raises as ``docker_client`` does."""
+    client = docker_client(step=step, image=image)
+    _engine_facts(client)
+    return client
+
+
 _FACTS: dict[str, dict[str, Any]] = {}
 
 
@@ -151,6 +165,37 @@ def remove_containers(labels: Mapping[str, str], *, client: DockerClient | None 
     return len(found)
 
 
+class Removals:
+    """Containers of finished steps, being removed in the background.
+
+    Docker takes ~50-100 ms to delete a container; a step's result does not depend
+    on it, so its owner (a run's broker) need not wait for it before the next step,
+    only before the run ends: ``drain`` waits for every removal handed over.
+    Lives on one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Future[None]] = set()
+
+    def add(self, work: Awaitable[None]) -> None:
+        future = asyncio.ensure_future(work)
+        self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[None]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled():
+            future.exception()  # retrieved: removal errors are suppressed where they occur
+
+    async def drain(self) -> None:
+        """Wait until every container handed over so far is removed."""
+        while self._pending:
+            await asyncio.wait(set(self._pending))
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
 class ContainerExecutor:
     """Runs each command in a fresh, hardened container of ``image``.
 
@@ -162,7 +207,10 @@ class ContainerExecutor:
     it per tenant) to a mount path. ``labels`` identify the step for ``adopt``.
     ``user`` defaults to the invoking uid:gid, so files written to the worktree
     are the caller's. ``workspace`` is the worktree to mount when ``spec.cwd`` is a
-    directory inside it (default: ``spec.cwd`` itself).
+    directory inside it (default: ``spec.cwd`` itself). With ``removals``, the
+    container of a step that ran to its end (with no cache volume and no services)
+    is removed in the background and ``removals.drain()`` waits for it; otherwise
+    ``run`` returns once its containers are gone.
     """
 
     def __init__(
@@ -180,6 +228,7 @@ class ContainerExecutor:
         workspace: Path | None = None,
         kill_grace_s: float = 2.0,
         client: DockerClient | None = None,
+        removals: Removals | None = None,
     ) -> None:
         self.image = image
         self.network = network
@@ -193,6 +242,7 @@ class ContainerExecutor:
         self.workspace = workspace
         self.kill_grace_s = kill_grace_s
         self._client = client
+        self.removals = removals
 
     async def run(
         self,
@@ -231,6 +281,7 @@ class ContainerExecutor:
             # A sandbox image built on first use: its progress is the step's output.
             loop.call_soon_threadsafe(output.write, f"{line}\n")
 
+        handed_over = False
         try:
             container = await _settled(asyncio.to_thread(
                 pod.create, argv, spec.cwd, env, spec.timeout_s, progress,
@@ -243,8 +294,16 @@ class ContainerExecutor:
                 container, output, spec.timeout_s, self.kill_grace_s,
             )
             duration = time.monotonic() - started
+            if self.removals is not None and not self.caches and not self.services:
+                # Its output and exit code are in: the step is over, the deletion is not
+                # part of it. Not so for a pod holding a cache volume (free when the step
+                # is, for whoever uses or removes it next) or services (stopped with the
+                # step), nor for a step that failed to run or was cancelled.
+                self.removals.add(asyncio.to_thread(pod.remove))
+                handed_over = True
         finally:
-            await _shielded(asyncio.to_thread(pod.remove))
+            if not handed_over:
+                await _shielded(asyncio.to_thread(pod.remove))
         if output.sink_error is not None:
             raise output.sink_error
         return CommandResult(
@@ -356,6 +415,9 @@ class _Pod:
         self.services_started: list[tuple[str, str, Container]] = []
         self.labels = {**labels, LABEL: "1", LABEL_POD: self.pod_id}
         self.image = ""
+        # Every container of the pod, once create() has returned; until then a create
+        # whose answer was lost may have made one, so removal asks the engine.
+        self.known: list[Container] | None = None
 
     def create(
         self, argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float | None,
@@ -386,7 +448,7 @@ class _Pod:
         # Wall-clock, so a resumed runner can tell what is left of the step's timeout.
         deadline = "" if timeout_s is None else f"{time.time() + timeout_s:.3f}"
         try:
-            return self.client.containers.create(
+            container = self.client.containers.create(
                 self.image,
                 entrypoint=_MERGED_OUTPUT,
                 command=argv,
@@ -403,6 +465,8 @@ class _Pod:
                 f"could not create the container for {self.image}: {_reason(exc)}",
                 image=self.image,
             ) from exc
+        self.known = [container, *(service for _, _, service in self.services_started)]
+        return container
 
     def start_step(self, container: Container, masker: Masker) -> None:
         from docker.errors import APIError
@@ -421,11 +485,13 @@ class _Pod:
 
     def remove(self) -> None:
         """Force-remove every container of this pod, services included."""
-        found = self.client.containers.list(
-            all=True, filters={"label": [f"{LABEL}=1", f"{LABEL_POD}={self.pod_id}"]},
-        )
-        # The step first: services may own the network namespace it joined.
-        found.sort(key=lambda c: c.labels.get(LABEL_ROLE) != "step")
+        if self.known is not None:
+            found = self.known  # the step first: services may own the namespace it joined
+        else:
+            found = self.client.containers.list(
+                all=True, filters={"label": [f"{LABEL}=1", f"{LABEL_POD}={self.pod_id}"]},
+            )
+            found.sort(key=lambda c: c.labels.get(LABEL_ROLE) != "step")
         for container in found:
             _remove(container)
 

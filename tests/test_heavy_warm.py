@@ -1,0 +1,305 @@
+"""A run's Docker client, warmed while the pipeline process starts, and finished steps'
+containers removed in the background (``StepBroker``, ``Removals``).
+
+The guess (does the pipeline name an image?) and the broker's use of the warmed client
+are tested in-process with a counting stand-in for ``ready_client``; what the
+containers become is tested against a real engine, through the executor and through
+the real CLI (no engine: skipped, except under ``CI=true``, where it fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ci_runner import executors, images
+from ci_runner.dispatch.broker import RunContext, StepBroker, _names_images
+from ci_runner.errors import ExecutorError
+from ci_runner.executors import CommandSpec, ContainerExecutor, Removals, remove_containers
+from tests.test_container import require_engine
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+SAFETY_TIMEOUT = 60.0
+
+
+# -- the guess ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ('await step.run("t", ["true"], image="python")', True),
+    ("await step.run('t', ['true'], image = IMAGE)", True),
+    ('HEAVY = {"image": "python", "network": True}', True),
+    ("opts = dict(image='node')", True),
+    ('await step.run("t", ["true"])', False),
+    ("# no containers here, only images of the past", False),
+    ('if image == "x": pass', False),
+])
+def test_the_guess_reads_image_keywords_and_keys(
+    tmp_path: Path, source: str, expected: bool,
+) -> None:
+    folder = tmp_path / ".ci"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(f"{source}\n")
+    assert _names_images(folder) is expected
+
+
+def test_the_guess_reads_helpers_beside_the_pipeline(tmp_path: Path) -> None:
+    folder = tmp_path / ".ci"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "pipeline.py").write_text("from lib.steps import build\n")
+    assert _names_images(folder) is False
+    (folder / "lib" / "steps.py").write_text("async def build(step):\n"
+                                             "    await step.run('b', 'make', image='c')\n")
+    assert _names_images(folder) is True
+
+
+def test_the_guess_is_bounded_and_no_folder_is_no(tmp_path: Path) -> None:
+    assert _names_images(tmp_path / "missing") is False
+    folder = tmp_path / ".ci"
+    folder.mkdir()
+    for i in range(70):  # sorted: the one that names an image is past the bound
+        (folder / f"m{i:03}.py").write_text("x = 1\n")
+    (folder / "z.py").write_text("image='busybox'\n")
+    assert _names_images(folder) is False
+
+
+# -- the broker's client -----------------------------------------------------------------
+
+
+class FakeClient:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every call of ``ready_client`` the broker makes (the stand-in answers at once,
+    or raises when the test says the engine is down)."""
+    calls: list[dict[str, Any]] = []
+
+    def ready_client(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        if getattr(ready_client, "down", False):
+            raise ExecutorError(f"a Docker engine is needed for step {kwargs.get('step')!r}")
+        return FakeClient(f"client{len(calls)}")
+
+    monkeypatch.setattr(executors, "ready_client", ready_client)
+    return calls
+
+
+@contextlib.contextmanager
+def make_broker(tmp_path: Path, pipeline: str) -> Iterator[StepBroker]:
+    workspace = tmp_path / "worktree"
+    (workspace / ".ci").mkdir(parents=True)
+    (workspace / ".ci" / "pipeline.py").write_text(pipeline)
+    no_light_steps: Any = None  # heavy steps only: no sandbox needed
+    context = RunContext(run_id="r1", tenant="t", repo=workspace, workspace=workspace,
+                         sha="0" * 40, secrets_file=None, untrusted=False, cache_scope="t",
+                         confinement=no_light_steps)
+    ours, theirs = socket.socketpair()
+    try:
+        yield StepBroker(context, ours)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+HEAVY = 'await step.run("unit", ["pytest"], image="python")\n'
+
+
+def run_in_loop(work: Callable[[], Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(work(), timeout=30))
+
+
+def test_a_pipeline_that_names_an_image_gets_its_client_before_its_first_step(
+    tmp_path: Path, connects: list[dict[str, Any]],
+) -> None:
+    with make_broker(tmp_path, HEAVY) as broker:
+
+        async def steps() -> tuple[Any, Any, list[dict[str, Any]]]:
+            broker._warm_docker()
+            assert broker._docker is not None
+            await broker._docker  # connected in the background, no step asked yet
+            before = list(connects)
+            first = await broker._docker_client("unit", "python")
+            second = await broker._docker_client("lint", "python")
+            await broker._close_docker()
+            return first, second, before
+
+        first, second, before = run_in_loop(steps)
+        assert before == [{}]  # one connection, made by the warm-up
+        assert connects == [{}]  # and no other: both steps used it
+        assert first is second and first.closed  # closed with the run
+
+
+def test_a_pipeline_without_images_connects_only_when_a_step_asks(
+    tmp_path: Path, connects: list[dict[str, Any]],
+) -> None:
+    with make_broker(tmp_path, 'await step.run("t", ["true"])\n') as broker:
+
+        async def steps() -> tuple[Any, Any]:
+            broker._warm_docker()
+            assert broker._docker is not None
+            assert await broker._docker is None
+            assert connects == []
+            first, second = await asyncio.gather(broker._docker_client("a", "busybox"),
+                                                 broker._docker_client("b", "busybox"))
+            await broker._close_docker()
+            return first, second
+
+        first, second = run_in_loop(steps)
+        assert first is second  # step.parallel: one connection for both
+        assert connects == [{"step": "a", "image": "busybox"}]
+
+
+def test_a_failed_warm_up_leaves_the_step_to_connect_and_say_why(
+    tmp_path: Path, connects: list[dict[str, Any]],
+) -> None:
+    ready_client: Any = executors.ready_client
+    ready_client.down = True
+    with make_broker(tmp_path, HEAVY) as broker:
+
+        async def steps() -> Any:
+            broker._warm_docker()
+            with pytest.raises(ExecutorError, match="step 'unit'"):
+                await broker._docker_client("unit", "python")
+            assert connects == [{}, {"step": "unit", "image": "python"}]
+            ready_client.down = False  # the engine came up meanwhile: the next step connects
+            return await broker._docker_client("deploy", "python")
+
+        assert run_in_loop(steps).name == "client3"
+
+
+# -- the containers, for real ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client() -> DockerClient:
+    client = require_engine()
+    images.build("busybox", client=client)  # kept when present
+    return client
+
+
+@pytest.fixture
+def labels(client: DockerClient) -> Iterator[dict[str, str]]:
+    mine = {"ci-runner.run": f"test-{uuid.uuid4().hex[:12]}", "ci-runner.step": "s",
+            "ci-runner.attempt": "1"}
+    yield mine
+    remove_containers(mine, client=client)
+
+
+def ours(client: DockerClient, labels: dict[str, str]) -> list[Any]:
+    return client.containers.list(
+        all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+
+
+def test_a_finished_steps_container_is_removed_by_drain(
+    client: DockerClient, labels: dict[str, str], tmp_path: Path,
+) -> None:
+    removals = Removals()
+    executor = ContainerExecutor("busybox", labels=labels, client=client, removals=removals)
+    chunks: list[str] = []
+
+    async def two_steps() -> list[int]:
+        codes = []
+        for argv in (["echo", "one"], ["sh", "-c", "echo two; exit 3"]):
+            result = await executor.run(
+                CommandSpec(argv, cwd=tmp_path, timeout_s=SAFETY_TIMEOUT), chunks.append)
+            codes.append(result.exit_code)
+        await removals.drain()
+        assert len(removals) == 0
+        return codes
+
+    assert asyncio.run(two_steps()) == [0, 3]
+    assert "".join(chunks) == "one\ntwo\n"  # every line in, though removal came later
+    assert ours(client, labels) == []
+
+
+def test_a_cancelled_steps_container_is_removed_before_it_raises(
+    client: DockerClient, labels: dict[str, str], tmp_path: Path,
+) -> None:
+    removals = Removals()
+    executor = ContainerExecutor("busybox", labels=labels, client=client, removals=removals,
+                                 kill_grace_s=1)
+    started = asyncio.Event()
+
+    async def cancel_it() -> None:
+        task = asyncio.ensure_future(executor.run(
+            CommandSpec(["sleep", "60"], cwd=tmp_path, timeout_s=SAFETY_TIMEOUT),
+            lambda _text: None, on_start=lambda _info: started.set()))
+        await asyncio.wait_for(started.wait(), SAFETY_TIMEOUT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(removals) == 0  # not handed over: already gone
+        assert ours(client, labels) == []
+
+    asyncio.run(asyncio.wait_for(cancel_it(), SAFETY_TIMEOUT * 2))
+
+
+def test_a_step_with_a_cache_volume_frees_it_before_it_reports(
+    client: DockerClient, labels: dict[str, str], tmp_path: Path,
+) -> None:
+    removals = Removals()
+    volume = f"ci-runner-test-cache-{uuid.uuid4().hex[:12]}"
+    executor = ContainerExecutor("busybox", labels=labels, client=client, removals=removals,
+                                 caches={volume: "/cache"})
+    try:
+        result = asyncio.run(executor.run(
+            CommandSpec(["touch", "/cache/x"], cwd=tmp_path, timeout_s=SAFETY_TIMEOUT),
+            lambda _text: None))
+        assert result.exit_code == 0
+        assert len(removals) == 0 and ours(client, labels) == []
+        client.volumes.get(volume).remove()  # not in use: no force needed
+    finally:
+        with contextlib.suppress(Exception):
+            client.volumes.get(volume).remove(force=True)
+
+
+PIPELINE = """
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("one", ["true"], image="busybox")
+        await step.parallel(
+            step.run("two", ["sh", "-c", "echo two"], image="busybox"),
+            step.run("three", ["sh", "-c", "exit 4"], image="busybox", check=False),
+        )
+        last = await step.run("four", ["echo", "four"], image="busybox")
+        return last["output_tail"].strip()
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "off"])
+def test_a_run_of_heavy_steps_leaves_no_container(
+    cli: Any, repo_with: Any, client: DockerClient, mode: str,
+) -> None:
+    repo = repo_with(PIPELINE, name=f"heavy-{mode}")
+    done = cli("run", "--json", "--sandbox", mode, cwd=repo, timeout=180)
+    assert done.code == 0, done.err + done.out
+    record = done.json()
+    codes = {s["name"]: s["exit_code"] for s in record["steps"]}
+    assert codes == {"one": 0, "two": 0, "three": 4, "four": 0}
+    assert client.containers.list(
+        all=True, filters={"label": f"ci-runner.run={record['run_id']}"}) == []
+
+
+def test_no_engine_is_still_said_by_the_step_that_needed_it(cli: Any, repo_with: Any) -> None:
+    repo = repo_with(PIPELINE)  # names images: the warm-up tries, fails, stays quiet
+    done = cli("run", "--json", cwd=repo, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert done.code == 1
+    message = done.json()["error"]["message"]
+    assert "a Docker engine is needed for step 'one' (image=busybox)" in message
