@@ -191,4 +191,5 @@ def pick_pipeline(module: Any, wanted: str | None, where: str) -> type[Pipeline]
 def _refork(metadata: dict[str, Any], workspace: Path) -> None:
     from ci_runner.workspace import fork, open_repo
 
-    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True)
+    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True,
+         submodules=metadata.get("submodules", True))
