@@ -643,6 +643,7 @@ class _RunStream:
         self.tail: live.LogTail | None = None
         self.ended = False
         self._reset = False
+        self._last: list[tuple[str, str]] = []  # the end of a log no longer shown
 
     def regions(self) -> dict[str, str]:
         conn = self.db.conn()
@@ -650,8 +651,9 @@ class _RunStream:
         context = _run_context(conn, self.access, self.person, row,
                                None if self.follow else self.selected)
         if context["selected"] != self.selected:
-            # Another step is active now (or the one shown was dropped by a re-run):
-            # its log is shown from its start.
+            # Another step is active now (or the one shown was dropped by a re-run): what
+            # the one shown wrote last is sent first, then the other's log from its start.
+            self._last = self._drain()
             self.selected, self.tail, self.offset, self._reset = (
                 context["selected"], None, 0, True)
         self.ended = context["ended"]
@@ -668,15 +670,25 @@ class _RunStream:
         the same one run again), then the log's new lines."""
         if self.tail is not None and self.tail.shrunk():  # written anew by a re-run
             self.tail, self._reset = live.LogTail(self.tail.path, 0), True
-        events: list[tuple[str, str]] = []
+        events, self._last = self._last, []
         if self._reset:
             events.append(("log-reset", json.dumps({"step": self.selected})))
             self._reset = False
         if self.tail is not None:
             # Once the run ended, its logs are complete: nothing is left open.
-            while len(events) < 8 and (read := self.tail.read(final=self.ended)):
-                done, open_line = read
-                events.append(("log", json.dumps({"html": done, "open": open_line})))
+            events += self._read(self.tail, final=self.ended)
+        return events
+
+    def _drain(self) -> list[tuple[str, str]]:
+        """The rest of the log shown, before another is: the step has moved on."""
+        return [] if self.tail is None else self._read(self.tail, final=True)
+
+    @staticmethod
+    def _read(tail: live.LogTail, *, final: bool) -> list[tuple[str, str]]:
+        events: list[tuple[str, str]] = []
+        while len(events) < 8 and (read := tail.read(final=final)):
+            done, open_line = read
+            events.append(("log", json.dumps({"html": done, "open": open_line})))
         return events
 
 
