@@ -195,6 +195,7 @@ def test_an_ambiguous_prefix_lists_its_candidates(cli: Cli, repo_with: Callable[
     # A unique prefix is enough, as before; a prefix of nothing is no run.
     assert cli("show", two[:len(shared) + 1], "--json", cwd=away).json()["run_id"] == two
     usage_error(cli("show", "zz-no-such", cwd=away), "no run 'zz-no-such'")
+    usage_error(cli("show", "", cwd=away), "the run is empty")
 
 
 def test_commands_that_stop_a_run_want_it_named(

@@ -3,8 +3,8 @@ retry, resume and the worker; and how a command line names a run (``resolve_run`
 
 A run is named by its id, a unique prefix of it, or ``latest``: the newest run of the
 repository the command runs in (``--repo``/``-C`` names another; outside a repository,
-the newest run of any). Commands that read a run or drive it on (show, logs, resume,
-retry, unpause) default to ``latest``; ``approve``/``reject`` default to the one run
+the newest run of any). Commands that read a run or drive it on (show, logs, artifacts,
+resume, retry, unpause) default to ``latest``; ``approve``/``reject`` default to the one run
 waiting for an approval. Commands that stop a run (cancel, pause) want it named, if
 only as ``latest``: a stray command must not stop a run nobody meant.
 """
@@ -93,6 +93,8 @@ def resolve_run(conn: sqlite3.Connection, ref: str | None, repo: Path | None = N
         if found is None:
             raise RunNotFound(no_runs(conn, scope))
         return found
+    if not ref.strip():
+        raise UsageError("the run is empty: give a run id, a unique prefix of one, or latest")
     try:
         return str(j.get_instance(conn, ref)["id"])
     except RunNotFound:
