@@ -79,7 +79,7 @@ SESSION_CHECK_S = 5.0  # how often a stream checks that its session still holds
 FLASH = "ci_runner_flash"
 FORM_MAX = 64 * 1024
 ICONS = {"pending": "·", "queued": "·", "running": "▶", "complete": "✓", "failed": "✗",
-         "retrying": "↻", "skipped": "⊘", "waiting": "⏸", "sleeping": "⏾", "cached": "≡",
+         "retrying": "↻", "skipped": "⊘", "waiting": "◷", "sleeping": "☾", "cached": "≡",
          "cancelled": "⊗", "rejected": "✗", "interrupted": "■", "paused": "❙❙"}
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self';"
