@@ -480,7 +480,13 @@ class StepBroker:
     def _cgroup_for(self, name: str, limit: int | None, light: bool) -> StepCgroup:
         """The pids cgroup a light step is born in: the run's (joined once by this
         thread), or one of its own when it sets ``pids=``."""
-        if light and limit is not None:
+        if not light:
+            # A heavy step's processes are in its container's cgroup (its pids_limit):
+            # none here, so a run of heavy steps never joins the run's (~15 ms, once).
+            outside = StepCgroup(name, DEFAULT_PIDS)
+            outside.path = None
+            return outside
+        if limit is not None:
             own = StepCgroup(name, limit)
             own.create()
             return own
@@ -540,14 +546,18 @@ class StepBroker:
                 prlimit = shutil.which("prlimit", path="/usr/bin:/bin") or "/usr/bin/prlimit"
                 wrap = [*wrap, prlimit, f"--nproc={cgroup.limit}", "--"]
             return HostExecutor(wrap=cgroup.wrap(wrap))
-        from ci_runner.dispatch.pipeline import cache_volume
         from ci_runner.executors import ContainerExecutor, Removals
 
+        caches = {}
+        if cache:
+            from ci_runner.dispatch.pipeline import cache_volume  # imports the engine's step
+
+            caches = {cache_volume(ctx.cache_scope, n): p for n, p in cache.items()}
         if self._removals is None:
             self._removals = Removals()
         return ContainerExecutor(
             image, network=False if ctx.untrusted else network, services=dict(services or {}),
-            caches={cache_volume(ctx.cache_scope, n): p for n, p in (cache or {}).items()},
+            caches=caches,
             labels=labels | {"ci-runner.attempt": str(attempt)},
             memory=memory, cpus=cpus, workspace=ctx.workspace, client=client,
             removals=self._removals,
