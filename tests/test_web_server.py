@@ -302,3 +302,33 @@ def test_a_run_page_follows_the_active_step_until_one_is_chosen(web: dict[str, A
     assert json.loads(events[-1][1]) == {"step": "ship"}
     pinned = alice.get(f"/runs/{run_id}?step=build")
     assert "follow=0" in pinned.text
+
+
+def test_cancel_from_the_page_stops_a_running_step(web: dict[str, Any]):
+    server = web["server"]
+    run_id = server.push("live-cancel")
+    kit.wait_for(lambda: (kit.step_row(server.home, run_id, "stream") or {}).get("status")
+                 == "running", timeout=60, what="the held step to run")
+    alice = server.signed_in("alice")
+    page = alice.get(f"/runs/{run_id}")
+    assert 'class="cancel"' in page.text and "Re-run" not in page.text
+    done = alice.post(f"/runs/{run_id}/cancel", data={"csrf": csrf_of(page.text)})
+    assert done.status_code == 303
+    server.wait_status(run_id, "terminated")
+    assert kit.step_row(server.home, run_id, "stream")["status"] == "cancelled"
+    held = str(server.hold / "live-cancel").encode()
+    kit.wait_for(lambda: not _processes_with(held), what="the step's command to stop")
+    after = alice.get(f"/runs/{run_id}")
+    assert 'data-status="cancelled"' in after.text and "Re-run" in after.text
+
+
+def _processes_with(text: bytes) -> list[int]:
+    """Pids of the processes whose command line holds ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
