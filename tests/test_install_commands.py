@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -52,8 +54,8 @@ def test_ci_run_runs_exactly_the_readmes_test_command():
 @pytest.mark.slow
 def test_ci_runner_installed_in_a_venv_runs_its_demo_in_the_sandbox(tmp_path: Path):
     """`pip install .` into a venv, as the README's first line does (the package built
-    from a copy of the source, its dependencies seen from this interpreter's
-    site-packages), then `.venv/bin/ci-runner demo`."""
+    from a copy of the source; its dependencies are this interpreter's, put on the
+    venv's path), then `.venv/bin/ci-runner demo`."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -65,8 +67,15 @@ def test_ci_runner_installed_in_a_venv_runs_its_demo_in_the_sandbox(tmp_path: Pa
     env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(tmp_path / "home"),
            "CI_RUNNER_SANDBOX": "auto"}
     env.pop("PYTHONPATH", None)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120, env=env)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=env)
+    # The dependencies: this interpreter's (a venv's own, when the suite runs in one),
+    # after the new venv's own site-packages, where ci-runner itself goes.
+    inner = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, timeout=60, check=True, env=env).stdout.strip()
+    outer = dict.fromkeys([*site.getsitepackages(), sysconfig.get_path("purelib"),
+                           sysconfig.get_path("platlib")])
+    (Path(inner) / "outer-dependencies.pth").write_text("\n".join(outer) + "\n")
     # Built as pip builds it (its build backend from the package index, as for the
     # README's own commands); the dependencies are this interpreter's.
     pip = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--no-deps", str(source)],
