@@ -118,3 +118,32 @@ def test_the_cli_starts_without_the_web_views_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()
     assert out == ""
+
+
+REPEATED = """
+from ci_runner import Pipeline
+
+print("from the pipeline itself", flush=True)
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("again", ["echo", "first time"])
+        await step.run("again", ["echo", "second time"])
+"""
+
+
+def test_each_log_is_its_own_steps_a_repeated_one_and_the_pipelines(cli, repo_with, ui):
+    done = cli("run", "--json", cwd=repo_with(REPEATED))
+    assert done.code == 0, done.err
+    run_id = done.json()["run_id"]
+    url = ui()
+    with httpx.Client(base_url=url, timeout=30) as browser:
+        first = browser.get(f"/runs/{run_id}", params={"step": "again"}).text
+        second = browser.get(f"/runs/{run_id}", params={"step": "again#2"}).text
+        own = browser.get(f"/runs/{run_id}", params={"step": "pipeline"}).text
+        assert "first time" in first and "second time" not in first
+        assert "second time" in second and "first time" not in second
+        assert "from the pipeline itself" in own
+        raw = browser.get(f"/runs/{run_id}/log/again%232")
+        assert raw.status_code == 200 and "second time" in raw.text
+        assert browser.get(f"/runs/{run_id}/log/nope").status_code == 404

@@ -20,6 +20,7 @@ in) and served alone by `ci-runner ui` (``local_app``: this machine's runs, no s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import sqlite3
@@ -134,8 +135,6 @@ def fragment(name: str, **context: Any) -> str:
 @cache
 def _static_url(name: str) -> str:
     """``/static/NAME?v=...``: a changed file gets a new URL, so no cache serves it stale."""
-    import hashlib
-
     digest = hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]
     return f"/static/{name}?v={digest}"
 
@@ -229,6 +228,8 @@ def _timed(conn: sqlite3.Connection, record: dict[str, Any]) -> dict[str, Any]:
         step["finished_at"] = row["finished_at"] if row is not None else None
         detail = (j.loads(row["detail"]) if row is not None else None) or {}
         step["approval"] = detail.get("event_type") == APPROVAL_EVENT
+        step["log"] = (paths.step_log(record["run_id"], row["name"], row["occurrence"])
+                       if row is not None else None)
         step["shown"] = "cached" if step["cached"] and step["status"] == "complete" else (
             step["status"])
     return record
@@ -243,14 +244,13 @@ def _log_labels(record: dict[str, Any]) -> list[str]:
 
 
 def _log_path(run_id: str, record: dict[str, Any], label: str) -> Path | None:
-    if label == PIPELINE_LOG and all(s["name"] != label for s in record["steps"]):
-        return paths.run_logs(run_id) / "pipeline.log"
-    name, sep, occurrence = label.rpartition("#")
-    if not sep or not occurrence.isdigit():
-        name, occurrence = label, "1"
-    if all(s["name"] != label for s in record["steps"]):
-        return None
-    return paths.step_log(run_id, name, int(occurrence))
+    """The log file of step ``label`` (a ``_timed`` record's), or of the pipeline's own
+    output; None for a step the run does not have."""
+    for step in record["steps"]:
+        if step["name"] == label:
+            log: Path | None = step.get("log")
+            return log
+    return paths.run_logs(run_id) / "pipeline.log" if label == PIPELINE_LOG else None
 
 
 def _active(record: dict[str, Any]) -> str | None:
@@ -476,7 +476,7 @@ def _router(access: PageAccess, feed: live.ChangeFeed, *,
         person = signed_in(request)
         conn = db.conn()
         row = run_row(conn, access, person, run_id)
-        record = run_record(conn, row)
+        record = _timed(conn, run_record(conn, row))
         path = _log_path(str(row["id"]), record, step)
         if path is None:
             raise Refused(404, f"run {row['id']} has no step {step!r}")
@@ -751,8 +751,6 @@ def _stream(request: Request, access: PageAccess, feed: live.ChangeFeed,
 
 
 def _digest(regions: dict[str, str]) -> str:
-    import hashlib
-
     whole = hashlib.sha256()
     for name in sorted(regions):
         whole.update(name.encode() + b"\0" + regions[name].encode() + b"\0")
