@@ -70,7 +70,13 @@
   const stream = new EventSource(url);
   const note = document.getElementById("live-note");
   body.dataset.stream = "connecting";
-  stream.addEventListener("open", function () { body.dataset.stream = "open"; });
+  let broken = false;
+  stream.addEventListener("open", function () {
+    // Back after the server was away (a restart): the page is loaded afresh, as the
+    // stream would start again from where the page began, not from where it broke.
+    if (broken) window.location.reload();
+    body.dataset.stream = "open";
+  });
 
   stream.addEventListener("swap", function (event) {
     const region = JSON.parse(event.data);
@@ -137,6 +143,7 @@
   });
 
   stream.addEventListener("error", function () {
+    broken = true;
     if (stream.readyState === EventSource.CLOSED && note) note.hidden = false;
     body.dataset.stream = stream.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
   });
