@@ -237,7 +237,7 @@ def _timed(conn: sqlite3.Connection, record: dict[str, Any]) -> dict[str, Any]:
 
 def _log_labels(record: dict[str, Any]) -> list[str]:
     labels = [s["name"] for s in record["steps"]]
-    own = paths.run_logs(record["run_id"]) / "pipeline.log"
+    own = paths.pipeline_log(record["run_id"])
     if PIPELINE_LOG not in labels and _size(own):
         labels.append(PIPELINE_LOG)
     return labels
@@ -250,7 +250,7 @@ def _log_path(run_id: str, record: dict[str, Any], label: str) -> Path | None:
         if step["name"] == label:
             log: Path | None = step.get("log")
             return log
-    return paths.run_logs(run_id) / "pipeline.log" if label == PIPELINE_LOG else None
+    return paths.pipeline_log(run_id) if label == PIPELINE_LOG else None
 
 
 def _active(record: dict[str, Any]) -> str | None:
