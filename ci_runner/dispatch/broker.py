@@ -235,6 +235,10 @@ class StepBroker:
         self._run_cgroup: RunCgroup | None = None
 
     def start(self) -> None:
+        # The thread's own handle on the pipeline's socket, taken here: whoever owns
+        # ``sock`` may close it at any time once a pipeline process has gone (one that
+        # failed to load, say), before the thread gets to it.
+        self._conn: socket.socket | None = self._sock.dup()
         self._thread = threading.Thread(target=self._main, name="ci-runner-broker",
                                         daemon=True)
         self._thread.start()
@@ -247,6 +251,9 @@ class StepBroker:
                 self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread is not None:
             self._thread.join(30)
+        conn, self._conn = getattr(self, "_conn", None), None
+        if conn is not None:
+            conn.close()  # the thread never took it over
         self._sock.close()
         if self._db is not None:
             self._db.close()
@@ -270,7 +277,10 @@ class StepBroker:
 
     async def _serve_requests(self) -> None:
         assert self._stopped is not None
-        reader, writer = await asyncio.open_connection(sock=self._sock.dup())
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return  # closed before it started serving
+        reader, writer = await asyncio.open_connection(sock=conn)
         tasks: dict[int, asyncio.Task[None]] = {}
         stop = asyncio.ensure_future(self._stopped.wait())
         try:
