@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ci_runner import executors, images
-from ci_runner.dispatch.broker import RunContext, StepBroker, _names_images
+from ci_runner.dispatch.broker import RunContext, StepBroker
 from ci_runner.errors import ExecutorError
 from ci_runner.executors import CommandSpec, ContainerExecutor, Removals, remove_containers
+from ci_runner.executors.container import names_images
+from tests.conftest import ROOT
 from tests.test_container import require_engine
 
 if TYPE_CHECKING:
@@ -49,27 +54,77 @@ def test_the_guess_reads_image_keywords_and_keys(
     folder = tmp_path / ".ci"
     folder.mkdir()
     (folder / "pipeline.py").write_text(f"{source}\n")
-    assert _names_images(folder) is expected
+    assert names_images(folder) is expected
 
 
 def test_the_guess_reads_helpers_beside_the_pipeline(tmp_path: Path) -> None:
     folder = tmp_path / ".ci"
     (folder / "lib").mkdir(parents=True)
     (folder / "pipeline.py").write_text("from lib.steps import build\n")
-    assert _names_images(folder) is False
+    assert names_images(folder) is False
     (folder / "lib" / "steps.py").write_text("async def build(step):\n"
                                              "    await step.run('b', 'make', image='c')\n")
-    assert _names_images(folder) is True
+    assert names_images(folder) is True
 
 
 def test_the_guess_is_bounded_and_no_folder_is_no(tmp_path: Path) -> None:
-    assert _names_images(tmp_path / "missing") is False
+    assert names_images(tmp_path / "missing") is False
     folder = tmp_path / ".ci"
     folder.mkdir()
     for i in range(70):  # sorted: the one that names an image is past the bound
         (folder / f"m{i:03}.py").write_text("x = 1\n")
     (folder / "z.py").write_text("image='busybox'\n")
-    assert _names_images(folder) is False
+    assert names_images(folder) is False
+
+
+AHEAD = """
+import sys
+from pathlib import Path
+from ci_runner.executors import container
+tried = container.connect_ahead([Path(p) for p in sys.argv[1:]])
+ahead = [made.result() for _, made in container._AHEAD]
+print(tried, "docker" in sys.modules, len(ahead))
+if ahead:
+    # The next client is the one made ahead, and only the next.
+    print(container.ready_client() is ahead[0], container.ready_client() is ahead[0])
+"""
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"repo/.ci/pipeline.py": "image='busybox'"}, "True True 1 True False"),
+    ({"repo/.ci/pipeline.py": "x = 1"}, "False False 0"),
+    # The first folder that exists is the pipeline's (a resumed run's worktree).
+    ({"work/.ci/pipeline.py": "x = 1", "repo/.ci/pipeline.py": "image='c'"}, "False False 0"),
+    ({}, "False False 0"),
+])
+def test_docker_is_connected_ahead_only_for_a_pipeline_that_names_an_image(
+    tmp_path: Path, files: dict[str, str], expected: str,
+) -> None:
+    require_engine()
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-c", AHEAD, str(tmp_path / "work" / ".ci"),
+         str(tmp_path / "repo" / ".ci")],
+        capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.split() == expected.split()
+
+
+def test_a_failed_connection_ahead_is_met_by_the_step_that_needs_it(tmp_path: Path) -> None:
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "pipeline.py").write_text("image='busybox'\n")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom ci_runner.executors import container\n"
+        "print(container.connect_ahead([Path(sys.argv[1])]))\n"
+        "container.ready_client(step='unit', image='busybox')\n")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / ".ci")], capture_output=True,
+        text=True, timeout=60, cwd=tmp_path, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert done.returncode == 1 and done.stdout.split() == ["True"]
+    assert "ExecutorError: a Docker engine is needed for step 'unit' (image=busybox)" in done.stderr
 
 
 # -- the broker's client -----------------------------------------------------------------

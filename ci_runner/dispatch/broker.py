@@ -28,7 +28,6 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import re
 import shutil
 import socket
 import struct
@@ -588,11 +587,10 @@ class StepBroker:
 
         def connect() -> None:
             try:
-                client = None
-                if _names_images(folder):
-                    from ci_runner.executors import ready_client
+                from ci_runner.executors import ready_client
+                from ci_runner.executors.container import names_images
 
-                    client = ready_client()
+                client = ready_client() if names_images(folder) else None
             except BaseException as exc:  # whatever it is, the step connects again and says
                 done.set_exception(exc)
                 return
@@ -708,30 +706,6 @@ class _PipelineOutput:
         self._fd = None
         if self._log is not None:
             self._log.close()
-
-
-_NAMES_IMAGES = re.compile(rb"""\bimage\s*=[^=]|["']image["']\s*:""")
-_SCAN_FILES = 64
-_SCAN_BYTES = 1 << 20
-
-
-def _names_images(folder: Path) -> bool:
-    """Whether the Python files of the pipeline's folder pass an ``image=`` (a keyword
-    or a dict key) anywhere: a cheap guess that the run has heavy steps, bounded in
-    files and bytes read."""
-    budget = _SCAN_BYTES
-    for index, path in enumerate(sorted(folder.rglob("*.py"))):
-        if index >= _SCAN_FILES or budget <= 0:
-            break
-        try:
-            with path.open("rb") as source:
-                text = source.read(budget)
-        except OSError:
-            continue
-        if _NAMES_IMAGES.search(text):
-            return True
-        budget -= len(text)
-    return False
 
 
 def _log_cap(name: str, cap: int | None) -> int:

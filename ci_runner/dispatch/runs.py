@@ -9,6 +9,7 @@ import os
 import socket
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,18 @@ def warm_child(
     from ci_runner.dispatch.confine import plan
 
     confinement = plan(meta)
-    return _start_child(run_id, meta, confinement, fork=True, log_dir=log_dir)
+    child = _start_child(run_id, meta, confinement, fork=True, log_dir=log_dir)
+    # Meanwhile, Docker (the SDK's import, a connection) if the pipeline names an image;
+    # after the fork, which a live thread would have made a spawn.
+    folders = [Path(meta["workspace"]) / ".ci", Path(str(meta["repo"])) / ".ci"]
+    threading.Thread(target=_connect_docker, args=(folders,), daemon=True).start()
+    return child
+
+
+def _connect_docker(folders: list[Path]) -> None:
+    from ci_runner.executors.container import connect_ahead
+
+    connect_ahead(folders)
 
 
 def discard_child(run_id: str, child: ChildProcess) -> None:

@@ -23,13 +23,15 @@ waits for those deletions before the run ends, so nothing is left behind.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -108,17 +110,80 @@ def docker_client(*, step: str | None = None, image: str | None = None) -> Docke
             except OSError as exc:
                 raise no_engine(exc.strerror or str(exc)) from exc
     try:
-        client = docker.from_env()
-        client.ping()
+        client = docker.from_env()  # asks the engine its API version: no ping needed
     except DockerException as exc:
         raise no_engine(" ".join(str(exc).split())[:200]) from exc
     return client
 
 
+_NAMES_IMAGES = re.compile(rb"""\bimage\s*=[^=]|["']image["']\s*:""")
+_SCAN_FILES = 64
+_SCAN_BYTES = 1 << 20
+
+
+def names_images(folder: Path) -> bool:
+    """Whether the Python files of a pipeline's folder pass an ``image=`` (a keyword or
+    a dict key) anywhere: a cheap guess that its runs have heavy steps, bounded in files
+    and bytes read. Only ever used to prepare early what a heavy step needs."""
+    budget = _SCAN_BYTES
+    for index, path in enumerate(sorted(folder.rglob("*.py"))):
+        if index >= _SCAN_FILES or budget <= 0:
+            break
+        try:
+            with path.open("rb") as source:
+                text = source.read(budget)
+        except OSError:
+            continue
+        if _NAMES_IMAGES.search(text):
+            return True
+        budget -= len(text)
+    return False
+
+
+# A connection made ahead (connect_ahead), for this process's next ready_client().
+_AHEAD: list[tuple[str, concurrent.futures.Future[DockerClient | None]]] = []
+_AHEAD_LOCK = threading.Lock()
+
+
+def connect_ahead(folders: Iterable[Path]) -> bool:
+    """If the pipeline in the first of ``folders`` that exists names an image, import
+    the docker SDK (~90 ms, most of it ``requests``) and connect, for the process's next
+    ``ready_client()`` to take; whether it tried. Blocking: for a background thread
+    started while a run is being prepared. A failure is left for the step to meet."""
+    folder = next((f for f in folders if f.is_dir()), None)
+    if folder is None or not names_images(folder):
+        return False
+    made: concurrent.futures.Future[DockerClient | None] = concurrent.futures.Future()
+    with _AHEAD_LOCK:
+        if _AHEAD:
+            return True  # one ahead is enough
+        _AHEAD.append((os.environ.get("DOCKER_HOST", ""), made))
+    client = None
+    try:
+        client = _connected()
+    except Exception:  # noqa: S110 - the step connects again, and says why
+        pass
+    finally:
+        made.set_result(client)
+    return True
+
+
 def ready_client(*, step: str | None = None, image: str | None = None) -> DockerClient:
     """``docker_client``, having also asked the engine what every step's container
     needs (its CPU count, whether it has a bridge), so that a run's first heavy step
-    costs what the next ones do. Raises as ``docker_client`` does."""
+    costs what the next ones do; the connection made ahead, if there is one. Raises as
+    ``docker_client`` does."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.pop() if _AHEAD else None
+    if ahead is not None:
+        host, made = ahead
+        client = made.result()
+        if client is not None and host == os.environ.get("DOCKER_HOST", ""):
+            return client
+    return _connected(step=step, image=image)
+
+
+def _connected(*, step: str | None = None, image: str | None = None) -> DockerClient:
     client = docker_client(step=step, image=image)
     _engine_facts(client)
     return client
