@@ -16,7 +16,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ci_runner import paths
-from ci_runner.cli.control import LatestArg, Scope, ScopeOpt, no_runs, resolve_run, scope_of
+from ci_runner.cli.control import (
+    LatestArg,
+    Scope,
+    ScopeOpt,
+    ServerOpt,
+    no_runs,
+    resolve_run,
+    scope_of,
+)
 from ci_runner.cli.foreground import drive_in_foreground
 from ci_runner.errors import CIRunnerError, UsageError
 from ci_runner.statuses import USER_RUN_STATUSES
@@ -225,11 +233,9 @@ def runs(
         metavar="NAME", show_default=False, help="Only runs of this branch.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     json_out: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """List recent runs of this repo (--all: of every repo), newest first."""
-    from ci_runner.cli.report import list_records
-    from ci_runner.dispatch.runs import open_engine
-
     if all_repos and repo is not None:
         raise UsageError("--all lists every repository's runs: give --repo or --all, not both")
     if limit < 1:
@@ -237,16 +243,35 @@ def runs(
     if branch is not None and not branch.strip():
         raise UsageError("--branch needs a branch name")
     statuses = _statuses(status)
+    if server is not None:
+        from ci_runner.cli import remote
+
+        api = remote.client(server)
+        records = remote.list_runs(api, repo=None if repo is None else str(repo),
+                                   statuses=status, branch=branch, limit=limit)
+        filtered = status is not None or branch is not None or repo is not None
+        _print_runs(records, json_out=json_out,
+                    empty=f"no run on {api.url} matches" if filtered
+                    else f"no runs on {api.url} that you may see")
+        return
+    from ci_runner.cli.report import list_records
+    from ci_runner.dispatch.runs import open_engine
+
     scope = Scope(None, None) if all_repos else scope_of(repo)
     with open_engine() as engine:
         records = list_records(engine.conn, tenant=scope.tenant, limit=limit,
                                statuses=statuses, branch=branch)
         empty = "" if records or json_out else _nothing_listed(
             engine.conn, scope, filtered=status is not None or branch is not None)
+    _print_runs(records, json_out=json_out, empty=empty)
+
+
+def _print_runs(records: list[dict[str, Any]], *, json_out: bool, empty: str) -> None:
+    """``runs``' output, of this machine's runs or a server's."""
     if json_out:
         typer.echo(json.dumps(records))
         return
-    if empty:
+    if not records:
         typer.echo(empty)
         return
     from ci_runner.statuses import said
@@ -290,15 +315,23 @@ def show(
     run_id: LatestArg = None,
     json_out: JsonOpt = False,
     repo: ScopeOpt = None,
+    server: ServerOpt = None,
 ) -> None:
     """Show one run: its commit, status, and every step."""
-    from ci_runner.cli.report import run_record
+    if server is not None:
+        from ci_runner.cli import remote
+
+        record = remote.record(remote.client(server), run_id,
+                               None if repo is None else str(repo))
+    else:
+        from ci_runner.cli.report import run_record
+        from ci_runner.dispatch.runs import open_engine
+
+        with open_engine() as engine:
+            record = run_record(engine.conn, resolve_run(engine.conn, run_id, repo))
     from ci_runner.cli.view import summary
-    from ci_runner.dispatch.runs import open_engine
     from ci_runner.statuses import said
 
-    with open_engine() as engine:
-        record = run_record(engine.conn, resolve_run(engine.conn, run_id, repo))
     if json_out:
         typer.echo(json.dumps(record))
         return
@@ -330,13 +363,50 @@ def logs(
     failed: Annotated[bool, typer.Option("--failed", help="Only the failed steps' logs.")]
     = False,
     repo: ScopeOpt = None,
+    server: ServerOpt = None,
 ) -> None:
     """Print a run's step logs and the pipeline's own output (secrets are masked)."""
-    from ci_runner.cli.logs import print_logs
-
     if failed and step is not None:
         raise UsageError("give a STEP or --failed, not both")
+    if server is not None:
+        from ci_runner.cli import remote
+        from ci_runner.cli.logs import print_remote_logs
+
+        print_remote_logs(remote.client(server), run_id, step, follow=follow, failed=failed,
+                          repo=None if repo is None else str(repo))
+        return
+    from ci_runner.cli.logs import print_logs
+
     print_logs(run_id, step, follow=follow, failed=failed, repo=repo)
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Argument(metavar="URL", help="The server, as https://HOST[:PORT].")],
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Allow plain http:// to a host other than this machine (the"
+        " token then crosses the network readable).")] = False,
+) -> None:
+    """Log in to a team's `ci-runner serve`: the token (asked for, or read from stdin) is
+    checked with the server and kept for `--server URL` (or CI_RUNNER_SERVER)."""
+    from ci_runner.cli import remote
+
+    where, user, kept = remote.login(url, remote.read_token(), insecure=insecure)
+    who = f"as {user}" if user else "with the server's shared token"
+    typer.echo(f"logged in to {where} {who} (token kept in {kept}); use it with"
+               f" --server {where} or {remote.SERVER_ENV}={where}")
+
+
+@app.command()
+def logout(
+    url: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        metavar="[URL]", show_default=False,
+        help="The server (default: the only one logged in to).")] = None,
+) -> None:
+    """Forget a server's token on this machine (the server keeps it valid)."""
+    from ci_runner.cli import remote
+
+    typer.echo(f"logged out of {remote.logout(url)}: its token is no longer kept here")
 
 
 @app.command()

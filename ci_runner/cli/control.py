@@ -53,6 +53,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 DetachOpt = Annotated[bool, typer.Option(
     "--detach", help="Resume in the background instead of in this terminal.")]
 CommentOpt = Annotated[Optional[str], typer.Option(help="Why; recorded on the run.")]  # noqa: UP045
+ServerOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--server", envvar="CI_RUNNER_SERVER", metavar="URL", show_default=False,
+    help="Act on this team server's runs, through its API (`ci-runner login URL` first);"
+         " also CI_RUNNER_SERVER.")]
 
 
 @dataclass(frozen=True)
@@ -181,16 +185,21 @@ def drive_detached(run_id: str) -> int:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def pending(json_out: JsonOpt = False) -> None:
+    def pending(json_out: JsonOpt = False, server: ServerOpt = None) -> None:
         """List runs waiting for an approval or an event."""
-        from ci_runner.dispatch.control import pending_records
-        from ci_runner.dispatch.runs import open_engine
-        from ci_runner.store import journal as j
+        if server is not None:
+            from ci_runner.cli import remote
 
-        with open_engine() as engine:
-            records = pending_records(engine)
-            # Not waiting for anything but the user: said here so nobody forgets them.
-            stopped = [] if json_out else j.with_status(engine.conn, "interrupted")
+            records, stopped = remote.pending(remote.client(server)), []
+        else:
+            from ci_runner.dispatch.control import pending_records
+            from ci_runner.dispatch.runs import open_engine
+            from ci_runner.store import journal as j
+
+            with open_engine() as engine:
+                records = pending_records(engine)
+                # Not waiting for anything but the user: said here so nobody forgets them.
+                stopped = [] if json_out else j.with_status(engine.conn, "interrupted")
         if json_out:
             typer.echo(json.dumps(records))
             return
@@ -209,7 +218,10 @@ def register(app: typer.Typer) -> None:
                        f" `ci-runner cancel {rid}` ends it")
 
     def _decide(run_id: str | None, repo: Path | None, comment: str | None, who: str | None,
-                detach: bool, json_out: bool, *, reject: bool) -> None:
+                detach: bool, json_out: bool, server: str | None, *, reject: bool) -> None:
+        if server is not None:
+            _decide_remotely(run_id, comment, who, detach, json_out, server, reject=reject)
+            return
         from ci_runner.dispatch.control import decide
         from ci_runner.dispatch.runs import open_engine, warm_child
 
@@ -242,30 +254,40 @@ def register(app: typer.Typer) -> None:
         run_id: ApprovalArg = None,
         comment: CommentOpt = None,
         who: Annotated[Optional[str], typer.Option(  # noqa: UP045
-            "--as", help="Approve as this name (default: your user name).")] = None,
+            "--as", help="Approve as this name (default: your user name; never against"
+            " a server, which records the logged-in user).")] = None,
         detach: DetachOpt = False,
         json_out: JsonOpt = False,
         repo: ScopeOpt = None,
+        server: ServerOpt = None,
     ) -> None:
         """Approve a run waiting at wait_for_approval, and resume it."""
-        _decide(run_id, repo, comment, who, detach, json_out, reject=False)
+        _decide(run_id, repo, comment, who, detach, json_out, server, reject=False)
 
     @app.command()
     def reject(
         run_id: ApprovalArg = None,
         comment: CommentOpt = None,
         who: Annotated[Optional[str], typer.Option(  # noqa: UP045
-            "--as", help="Reject as this name (default: your user name).")] = None,
+            "--as", help="Reject as this name (default: your user name; never against"
+            " a server, which records the logged-in user).")] = None,
         detach: DetachOpt = False,
         json_out: JsonOpt = False,
         repo: ScopeOpt = None,
+        server: ServerOpt = None,
     ) -> None:
         """Reject a run waiting at wait_for_approval (it fails unless it catches Rejected)."""
-        _decide(run_id, repo, comment, who, detach, json_out, reject=True)
+        _decide(run_id, repo, comment, who, detach, json_out, server, reject=True)
 
     @app.command()
-    def cancel(run_id: RunArg = None, repo: ScopeOpt = None) -> None:
+    def cancel(run_id: RunArg = None, repo: ScopeOpt = None, server: ServerOpt = None) -> None:
         """Cancel a run: its processes and containers stop and it is recorded cancelled."""
+        if server is not None:
+            from ci_runner.cli import remote
+
+            ref = named(run_id, "cancel")
+            typer.echo(f"run {remote.cancel(remote.client(server), ref)} cancelled")
+            return
         import sqlite3
 
         from ci_runner.dispatch.control import cancel as do_cancel
@@ -333,8 +355,19 @@ def register(app: typer.Typer) -> None:
         detach: DetachOpt = False,
         json_out: JsonOpt = False,
         repo: ScopeOpt = None,
+        server: ServerOpt = None,
     ) -> None:
         """Run a run again, keeping the results before --from STEP (none without it)."""
+        if server is not None:
+            from ci_runner.cli import remote
+
+            api = remote.client(server)
+            full = remote.retry(api, run_id, from_step)
+            if detach:
+                typer.echo(f"run {full} retrying on {api.url}: ci-runner logs {full} --follow"
+                           f" --server {api.url}")
+                return
+            raise typer.Exit(follow_remote_run(api, full, json_out=json_out))
         from ci_runner.dispatch.control import retry as do_retry
         from ci_runner.dispatch.runs import open_engine
 
@@ -390,6 +423,51 @@ def register(app: typer.Typer) -> None:
         if concurrency < 1 or poll <= 0:
             raise UsageError("--concurrency must be >= 1 and --poll > 0")
         Worker(concurrency=concurrency, poll_s=poll).serve(once=once)
+
+
+def _decide_remotely(run_id: str | None, comment: str | None, who: str | None, detach: bool,
+                     json_out: bool, server: str, *, reject: bool) -> None:
+    """Approve or reject on a server, as the logged-in user; then, unless --detach,
+    follow the run there until it stops, as a local approval drives it here."""
+    from ci_runner.cli import remote
+
+    if who is not None:
+        raise UsageError("--as does not apply with --server: the server records the logged-in"
+                         " user (log in with that user's token to decide as them)")
+    api = remote.client(server)
+    full, by = remote.decide(api, run_id, comment=comment, reject=reject)
+    verb = "rejected" if reject else "approved"
+    if detach:
+        typer.echo(f"{verb} run {full} as {by} on {api.url}: ci-runner logs {full} --follow"
+                   f" --server {api.url}")
+        return
+    if not json_out:
+        typer.echo(f"{verb} run {full} as {by}; the server resumes it")
+    raise typer.Exit(follow_remote_run(api, full, json_out=json_out))
+
+
+def follow_remote_run(api: Any, run_id: str, *, json_out: bool) -> int:
+    """Print a server's run's new output until it stops, then its summary (or its
+    record, with --json); the exit code its outcome means, as for a local run."""
+    from ci_runner.cli import remote
+    from ci_runner.cli.foreground import error_line, usage_error
+    from ci_runner.cli.logs import follow_new_output
+    from ci_runner.cli.report import exit_code
+    from ci_runner.cli.view import summary
+
+    if json_out:
+        record = remote.settled(api, run_id)
+        typer.echo(json.dumps(record))
+        return exit_code(record)
+    follow_new_output(api, run_id)
+    record = remote.record(api, run_id)
+    said_apart = usage_error(record)
+    typer.echo(summary({**record, "error": None} if said_apart else record))
+    if said_apart:
+        from ci_runner.errors import error_line as one_line
+
+        error_line(one_line(record["error"]))
+    return exit_code(record)
 
 
 def _combined(codes: list[int]) -> int:

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ci_runner import paths
 from ci_runner.cli.report import step_label
@@ -28,19 +28,43 @@ from ci_runner.store import journal as j
 if TYPE_CHECKING:
     import sqlite3
 
+    from ci_runner.cli.remote import Client
+
 FOLLOW_POLL_S = 0.2
 PIPELINE = "pipeline"
 # Statuses in which nothing drives the run on by itself: following it would wait forever.
 _IDLE = ("interrupted", "paused")
+# A step's user words while it may still write to its log.
+_UNFINISHED = ("pending", "queued", "running", "retrying", "waiting", "sleeping",
+               "interrupted", None)
 
 
 @dataclass(frozen=True)
 class Section:
-    """One log the command prints: a step's, or the pipeline's own (``step`` False)."""
+    """One log the command prints: a step's, or the pipeline's own (``step`` False);
+    ``path`` is None for a log read from a server."""
 
     label: str
-    path: Path
+    path: Path | None
     step: bool = True
+
+
+class LogSource(Protocol):
+    """Where a follower reads a run's logs: this machine's files, or a server's API."""
+
+    run_id: str
+
+    def state(self) -> tuple[bool, str | None]:
+        """Whether the run has stopped (nothing more comes by itself), and when it
+        stopped without ending, the note that says so."""
+
+    def sections(self) -> list[Section]: ...
+
+    def read(self, section: Section, offset: int) -> bytes:
+        """What ``section``'s log holds from byte ``offset``."""
+
+    def running(self) -> int:
+        """How many of its steps run now."""
 
 
 def print_logs(run_ref: str | None, step: str | None, *, follow: bool, failed: bool = False,
@@ -57,7 +81,64 @@ def print_logs(run_ref: str | None, step: str | None, *, follow: bool, failed: b
             for section in sections:
                 _dump(section, header=step is None and (len(sections) > 1 or failed))
             return
-        _Follower(engine.conn, run_id, step, failed=failed).run()
+        _Follower(_LocalLogs(engine.conn, run_id, step, failed), step).run()
+
+
+def print_remote_logs(api: Client, run_ref: str | None, step: str | None, *, follow: bool,
+                      failed: bool = False, repo: str | None = None) -> None:
+    """``logs`` against a server: the same sections, headers and following."""
+    from ci_runner.cli import remote
+
+    found, step = _remote_run(api, run_ref, step, repo)
+    source = _RemoteLogs(api, str(found["run_id"]), step, failed, found)
+    if follow:
+        _Follower(source, step).run()
+        return
+    sections = source.sections()
+    if failed and not sections:
+        _note(f"no step of run {source.run_id} failed (it is {found['status']})")
+    for section in sections:
+        data, exists = remote.step_log(api, source.run_id, section.label)
+        _write(section, data if exists else None,
+               header=step is None and (len(sections) > 1 or failed))
+
+
+LATEST_REF = "latest"
+
+
+def follow_new_output(api: Client, run_id: str) -> None:
+    """Follow a server's run from now on: what its logs hold already is not printed
+    again (an approval's or a retry's output starts where the run stands)."""
+    from ci_runner.cli import remote
+
+    source = _RemoteLogs(api, run_id, None, False, remote.record(api, run_id))
+    follower = _Follower(source, None, notes=False)
+    for section in source.sections():
+        follower.offsets[(section.label, section.step)] = len(source.read(section, 0))
+    follower.run()
+
+
+def _remote_run(api: Client, ref: str | None, step: str | None,
+                repo: str | None) -> tuple[dict[str, Any], str | None]:
+    """As ``_run_and_step``: ``logs test`` with no run "test" is the latest run's step."""
+    from ci_runner.cli import remote
+
+    try:
+        return remote.record(api, ref, repo), step
+    except RunNotFound as not_a_run:
+        if ref is None or ref == LATEST_REF or step is not None:
+            raise
+        try:
+            found = remote.record(api, None, repo)
+        except RunNotFound:
+            raise not_a_run from None
+        known = remote.labels(found)
+        if ref in known or ref == PIPELINE:
+            return found, ref
+        raise RunNotFound(
+            f"no run {ref!r}, nor a step {ref!r} in the latest run on {api.url}"
+            f" ({found['run_id']}, steps: {', '.join(known) or 'none'}); `ci-runner runs"
+            " --server URL` lists the runs") from None
 
 
 def _run_and_step(conn: sqlite3.Connection, ref: str | None, step: str | None,
@@ -96,7 +177,8 @@ def _sections(conn: sqlite3.Connection, run_id: str, step: str | None, *,
     sections = [Section(step_label(r["name"], r["occurrence"]),
                         paths.step_log(run_id, r["name"], r["occurrence"]))
                 for r in rows if not failed or r["status"] == "failed"]
-    own = Section(PIPELINE, paths.pipeline_log(run_id), step=False)
+    own_log = paths.pipeline_log(run_id)
+    own = Section(PIPELINE, own_log, step=False)
     if step is not None:
         chosen = [s for s in sections if s.label == step]
         if not chosen and step == PIPELINE:  # a step of that name comes first
@@ -107,7 +189,7 @@ def _sections(conn: sqlite3.Connection, run_id: str, step: str | None, *,
                              f" {', '.join(known) or 'none'}; and {PIPELINE}, its own output)")
         return chosen
     wanted = not failed or j.get_instance(conn, run_id)["status"] == "errored"
-    if wanted and _size(own.path):
+    if wanted and _size(own_log):
         sections.append(own)
     return sections
 
@@ -120,10 +202,17 @@ def _size(path: Path) -> int:
 
 
 def _dump(section: Section, *, header: bool) -> None:
+    assert section.path is not None
+    data = section.path.read_bytes() if section.path.exists() else None
+    _write(section, data, header=header)
+
+
+def _write(section: Section, data: bytes | None, *, header: bool) -> None:
+    """A whole log; ``data`` None: the step wrote none."""
     if header:
         sys.stdout.write(f"==> {section.label} <==\n")
-    if section.path.exists():
-        sys.stdout.write(section.path.read_text(encoding="utf-8", errors="replace"))
+    if data is not None:
+        sys.stdout.write(data.decode("utf-8", errors="replace"))
     elif not section.step:
         sys.stdout.write("(the pipeline printed nothing)\n")
     else:  # a silent step writes no log file (`show` has its exit code)
@@ -142,14 +231,118 @@ def _word(status: str) -> str:
 
 
 @dataclass
-class _Follower:
-    """Prints what the run's logs gain until nothing drives the run any more."""
+class _LocalLogs:
+    """A run of this machine: its journal and its log files."""
 
     conn: sqlite3.Connection
     run_id: str
     step: str | None
     failed: bool
-    offsets: dict[Path, int] = field(default_factory=dict)
+
+    def state(self) -> tuple[bool, str | None]:
+        status = j.get_instance(self.conn, self.run_id)["status"]
+        done = status in j.TERMINAL or status in j.HIBERNATING or status in _IDLE
+        if not done or status in j.TERMINAL:
+            return done, None
+        return True, (f"run {self.run_id} is {_word(status)}: nothing more comes until it"
+                      f" is driven on (`ci-runner resume {self.run_id}`)")
+
+    def sections(self) -> list[Section]:
+        return _sections(self.conn, self.run_id, self.step, failed=self.failed)
+
+    def read(self, section: Section, offset: int) -> bytes:
+        assert section.path is not None
+        try:
+            with section.path.open("rb") as f:
+                f.seek(offset)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def running(self) -> int:
+        return sum(1 for r in j.steps_of(self.conn, self.run_id, results=False)
+                   if r["status"] in ("running", "retrying"))
+
+
+@dataclass
+class _RemoteLogs:
+    """A run on a server, read through its API; ``record`` is the last one fetched."""
+
+    api: Client
+    run_id: str
+    step: str | None
+    failed: bool
+    record: dict[str, Any]
+    # Logs read whole: their step had ended when the record was fetched, before the read.
+    read_whole: set[str] = field(default_factory=set)
+    own_seen: bool = False  # the pipeline printed something (then it is listed)
+
+    def state(self) -> tuple[bool, str | None]:
+        from ci_runner.cli import remote
+        from ci_runner.cli.report import ENDED
+        from ci_runner.statuses import said
+
+        self.record = remote.record(self.api, self.run_id)
+        status = str(self.record["status"])
+        # An approval just given is not taken yet: the run is about to move on.
+        taken = all(a.get("step") is not None for a in self.record.get("approvals") or [])
+        if status in remote.MOVING or not taken:
+            return False, None
+        if status in ENDED:
+            return True, None
+        word = said(status, waiting_for=self.record.get("waiting_for"))
+        return True, (f"run {self.run_id} is {word}: nothing more comes until it is driven"
+                      f" on (`ci-runner show {self.run_id}` says how)")
+
+    def sections(self) -> list[Section]:
+        steps = self.record.get("steps") or []
+        sections = [Section(str(s["name"]), None) for s in steps
+                    if not self.failed or s["status"] == "failed"]
+        own = Section(PIPELINE, None, step=False)
+        if self.step is not None:
+            chosen = [s for s in sections if s.label == self.step]
+            if not chosen and self.step == PIPELINE:
+                return [own]
+            if not chosen:
+                known = [str(s["name"]) for s in steps]
+                raise UsageError(f"run {self.run_id} has no step {self.step!r} (steps:"
+                                 f" {', '.join(known) or 'none'}; and {PIPELINE}, its own"
+                                 " output)")
+            return chosen
+        wanted = not self.failed or self.record["status"] == "failed"
+        self.own_seen = self.own_seen or (wanted and bool(self.read(own, 0)))
+        if wanted and self.own_seen:
+            sections.append(own)
+        return sections
+
+    def read(self, section: Section, offset: int) -> bytes:
+        from ci_runner.cli import remote
+
+        label = section.label
+        if not section.step and label in remote.labels(self.record):
+            return b""  # a step named "pipeline" hides the pipeline's own output here
+        if section.step and label in self.read_whole:
+            return b""
+        data = remote.step_log(self.api, self.run_id, label, offset)[0]
+        status = next((s["status"] for s in self.record.get("steps") or []
+                       if s["name"] == label), None)
+        if section.step and status not in _UNFINISHED:
+            self.read_whole.add(label)
+        return data
+
+    def running(self) -> int:
+        return sum(1 for s in self.record.get("steps") or []
+                   if s["status"] in ("running", "retrying"))
+
+
+@dataclass
+class _Follower:
+    """Prints what the run's logs gain until nothing drives the run any more."""
+
+    source: LogSource
+    step: str | None
+    offsets: dict[tuple[str, bool], int] = field(default_factory=dict)
+    notes: bool = True  # say why following stopped when the run did not end
     prefixed: bool = False  # sticky: once steps interleave, every line says its step
     last: str | None = None  # whose output was printed last
     mid_line: bool = False  # the terminal's cursor is not at a line's start
@@ -157,45 +350,35 @@ class _Follower:
 
     def run(self) -> None:
         while True:
-            status = j.get_instance(self.conn, self.run_id)["status"]
-            done = status in j.TERMINAL or status in j.HIBERNATING or status in _IDLE
+            done, note = self.source.state()
             # Read after the status: what a run that has ended wrote is all there.
             self._round()
             if done:
                 self._end_line()
-                if status not in j.TERMINAL:
-                    _note(f"run {self.run_id} is {_word(status)}: nothing more comes until"
-                          f" it is driven on (`ci-runner resume {self.run_id}`)")
+                if note is not None and self.notes:
+                    _note(note)
                 return
             time.sleep(FOLLOW_POLL_S)
 
     def _round(self) -> None:
-        sections = _sections(self.conn, self.run_id, self.step, failed=self.failed)
-        news = [(s, data) for s in sections if (data := self._new(s.path))]
+        sections = self.source.sections()
+        news = [(s, data) for s in sections if (data := self._new(s))]
         self.rounds += 1
         if self.step is None and not self.prefixed:
             # The first round catches up with what was written before: steps that ran
             # one after the other are not interleaved by being read together.
             together = self.rounds > 1 and sum(1 for s, _ in news if s.step) > 1
-            self.prefixed = together or self._running() > 1
+            self.prefixed = together or self.source.running() > 1
         for section, data in news:
             self._emit(section, data.decode("utf-8", errors="replace"), len(sections))
         sys.stdout.flush()
 
-    def _new(self, path: Path) -> bytes:
-        offset = self.offsets.get(path, 0)
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return b""
-        self.offsets[path] = offset + len(data)
+    def _new(self, section: Section) -> bytes:
+        key = (section.label, section.step)
+        offset = self.offsets.get(key, 0)
+        data = self.source.read(section, offset)
+        self.offsets[key] = offset + len(data)
         return data
-
-    def _running(self) -> int:
-        return sum(1 for r in j.steps_of(self.conn, self.run_id, results=False)
-                   if r["status"] in ("running", "retrying"))
 
     def _emit(self, section: Section, text: str, count: int) -> None:
         out = sys.stdout

@@ -112,6 +112,11 @@ class DecisionBody(BaseModel):
     comment: str | None = Field(default=None, description="Why; recorded on the run.")
 
 
+class RetryBody(BaseModel):
+    from_step: str | None = Field(default=None, alias="from",
+                                  description="Keep the results of the steps before this one.")
+
+
 class _Db:
     """One SQLite connection per worker thread (connections are not shared across
     threads while in use)."""
@@ -180,19 +185,31 @@ def create_app(config: Config, intake: Intake, *,
     def openapi(_who: Caller) -> JSONResponse:
         return JSONResponse(app.openapi())
 
+    @app.get("/api/me", tags=["server"])
+    def me(who: Caller) -> dict[str, Any]:
+        """Who the token is: a user's name, or null for the shared token (what
+        `ci-runner login` checks before it keeps a token)."""
+        return {"user": who.user}
+
     @app.get("/api/runs", tags=["runs"])
     def list_runs(
         who: Caller,
         repo: Annotated[str | None, Query(description="owner/name: that repo's runs")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        status: Annotated[str | None, Query(
+            description="only runs in these statuses (comma-separated, as `ci-runner runs"
+                        " --status`)")] = None,
+        branch: Annotated[str | None, Query(description="only runs of this branch")] = None,
     ) -> list[dict[str, Any]]:
         """Recent runs, newest first (the JSON of `ci-runner runs --json`); a user's
         token gets those of the repos its user approves."""
         from ci_runner.cli.report import list_records
 
+        statuses = _statuses(status)
         conn = db.conn()
         if repo is None and access.sees_all(who):
-            return [_with_webhook(conn, r) for r in list_records(conn, tenant=None, limit=limit)]
+            return [_with_webhook(conn, r) for r in list_records(
+                conn, tenant=None, limit=limit, statuses=statuses, branch=branch)]
         repos = config.repos if access.sees_all(who) else access.readable_repos(who)
         tenants = [_tenant(r.forge, r.name) for r in repos
                    if repo is None or r.name.lower() == repo.lower()]
@@ -200,7 +217,8 @@ def create_app(config: Config, intake: Intake, *,
             if access.sees_all(who):
                 raise HTTPException(404, f"{repo} is not in the config")
             raise HTTPException(404, f"{repo} is not a repo that {who.user} approves")
-        records = [rec for t in tenants for rec in list_records(conn, tenant=t, limit=limit)]
+        records = [rec for t in tenants for rec in list_records(
+            conn, tenant=t, limit=limit, statuses=statuses, branch=branch)]
         records.sort(key=lambda r: r["created_at"], reverse=True)
         return [_with_webhook(conn, r) for r in records[:limit]]
 
@@ -220,13 +238,17 @@ def create_app(config: Config, intake: Intake, *,
         run_id: str, step: str, who: Caller,
         follow: Annotated[bool, Query(description="keep streaming until the run stops")]
         = False,
+        offset: Annotated[int, Query(ge=0, description="start at this byte of the log")] = 0,
     ) -> StreamingResponse:
-        """A step's output (secrets already masked), streamed; ``name#2`` for a repeat."""
+        """A step's output (secrets already masked), streamed; ``name#2`` for a repeat,
+        ``pipeline`` for the pipeline's own output (unless a step has that name). The
+        ``X-Log-Exists`` header says whether the step wrote a log at all."""
         conn = db.conn()
         full = str(access.run(conn, who, run_id)["id"])
         path = _step_log_path(conn, full, step)
-        return StreamingResponse(_follow(db, full, path, follow),
-                                 media_type="text/plain; charset=utf-8")
+        return StreamingResponse(_follow(db, full, path, follow, offset),
+                                 media_type="text/plain; charset=utf-8",
+                                 headers={"X-Log-Exists": "1" if path.exists() else "0"})
 
     @app.get("/api/runs/{run_id}/artifacts", tags=["runs"])
     def list_artifacts(run_id: str, who: Caller) -> list[dict[str, Any]]:
@@ -302,6 +324,47 @@ def create_app(config: Config, intake: Intake, *,
         on_decision()
         verb = "rejected" if reject else "approved"
         return JSONResponse({"run_id": full, "decision": verb, "by": name}, status_code=202)
+
+    def act(run_id: str, who: Principal, action: str, step: str | None) -> JSONResponse:
+        """Re-run or cancel, by the rule of decisions: a user's token acts on the runs
+        of the repos its user approves; the shared token on any run."""
+        from ci_runner.dispatch import control
+
+        conn = db.conn()
+        try:
+            row = j.get_instance(conn, run_id)
+        except RunNotFound as exc:
+            if who.user is not None:  # the same answer as for a run it may not act on
+                raise HTTPException(403, _not_theirs(who.user, run_id)) from exc
+            raise HTTPException(404, exc.message) from exc
+        if who.user is not None and not (access.may_read_run(who, row)
+                                         and config.may_approve(who.user, access.repo_of(row))):
+            raise HTTPException(403, _not_theirs(who.user, run_id))
+        from ci_runner.dispatch.runs import open_engine
+
+        try:
+            with open_engine() as engine:
+                if action == "retry":
+                    full = control.retry(engine, str(row["id"]), step)
+                else:
+                    full = control.cancel(engine, str(row["id"]))
+        except InvalidState as exc:
+            raise HTTPException(409, exc.message) from exc
+        on_decision()  # a re-run needs a driver
+        return JSONResponse({"run_id": full, "action": action, "by": who.user},
+                            status_code=202)
+
+    @app.post("/api/runs/{run_id}/retry", tags=["runs"], status_code=202)
+    def retry(run_id: str, who: Caller, body: RetryBody | None = None) -> JSONResponse:
+        """Run a run again, keeping the results of the steps before ``from`` (none
+        without it), as `ci-runner retry --from STEP` does; the server drives it."""
+        step = (body.from_step if body is not None else None) or None
+        return act(run_id, who, "retry", step)
+
+    @app.post("/api/runs/{run_id}/cancel", tags=["runs"], status_code=202)
+    def cancel(run_id: str, who: Caller) -> JSONResponse:
+        """Cancel a run: its processes and containers stop and it is recorded cancelled."""
+        return act(run_id, who, "cancel", None)
 
     @app.post("/api/runs/{run_id}/approve", tags=["approvals"], status_code=202)
     def approve(run_id: str, who: Caller, body: DecisionBody | None = None) -> JSONResponse:
@@ -647,16 +710,33 @@ def _tenant(forge: str, name: str) -> str:
 def _step_log_path(conn: sqlite3.Connection, run_id: str, step: str) -> Path:
     from ci_runner.cli.report import step_label
 
-    rows = j.steps_of(conn, run_id)
+    rows = j.steps_of(conn, run_id, results=False)
     for r in rows:
         if step_label(r["name"], r["occurrence"]) == step:
             return paths.step_log(run_id, r["name"], r["occurrence"])
+    if step == "pipeline":  # as `ci-runner logs RUN pipeline`: a step of that name first
+        return paths.pipeline_log(run_id)
     known = ", ".join(step_label(r["name"], r["occurrence"]) for r in rows) or "none yet"
     raise HTTPException(404, f"run {run_id} has no step {step!r} (steps: {known})")
 
 
-async def _follow(db: _Db, run_id: str, path: Path, follow: bool) -> AsyncIterator[bytes]:
-    offset = 0
+def _statuses(words: str | None) -> tuple[str, ...] | None:
+    """``failed,cancelled`` -> the engine's words for them; 400 for a word it is not."""
+    if words is None:
+        return None
+    from ci_runner.statuses import engine_words
+
+    found: list[str] = []
+    for word in words.split(","):
+        try:
+            found += [w for w in engine_words(word) if w not in found]
+        except ValueError as exc:
+            raise HTTPException(400, f"status: {exc}") from exc
+    return tuple(found)
+
+
+async def _follow(db: _Db, run_id: str, path: Path, follow: bool,
+                  offset: int = 0) -> AsyncIterator[bytes]:
     while True:
         # Read the status before the file: output written before the run stopped is
         # then always in the last read.

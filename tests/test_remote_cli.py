@@ -1,0 +1,286 @@
+"""The terminal against a team server, as `gh` works against GitHub: the real CLI in a
+subprocess, logged in to the real `ci-runner serve` on loopback (alice approves the
+repo, dave approves nothing), acting on the server's runs through its API."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import serverkit as kit
+from tests.conftest import ROOT
+from tests.webkit import TOKENS, WebServer
+
+CLI_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("remote")
+    server = WebServer(root)
+    try:
+        server.start()
+        logins = {}
+        for user in ("alice", "dave"):
+            logins[user] = root / f"{user}-servers.json"
+            done = ci("login", server.url, config=logins[user], stdin=TOKENS[user] + "\n",
+                      home=root / "client")
+            assert done.returncode == 0, done.stderr
+        yield {"server": server, "url": server.url, "logins": logins, "home": root / "client"}
+    finally:
+        server.close()
+
+
+def ci(*args: str, config: Path, home: Path, stdin: str = "",
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, with its own home (not the server's) and saved logins."""
+    return subprocess.run(
+        [sys.executable, "-m", "ci_runner", *args], input=stdin, capture_output=True,
+        text=True, timeout=CLI_TIMEOUT_S, env=_env(config, home, env),
+    )
+
+
+def _env(config: Path, home: Path, more: dict[str, str] | None = None) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k != "CI_RUNNER_SERVER"}
+    return {**base, "CI_RUNNER_CONFIG": str(config), "CI_RUNNER_HOME": str(home),
+            "PYTHONPATH": str(ROOT), **(more or {})}
+
+
+def as_user(team: dict[str, Any], user: str, *args: str,
+            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return ci(*args, "--server", team["url"], config=team["logins"][user], home=team["home"],
+              **kwargs)
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def api_record(team: dict[str, Any], run_id: str) -> dict[str, Any]:
+    answer = team["server"].server.api("GET", f"/api/runs/{run_id}")
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+def step_status(team: dict[str, Any], run_id: str, step: str) -> str | None:
+    steps = {s["name"]: s["status"] for s in api_record(team, run_id)["steps"]}
+    return steps.get(step)
+
+
+# -- login -----------------------------------------------------------------------------
+
+
+def test_login_checks_the_token_and_keeps_it_for_the_user_only(team: dict[str, Any],
+                                                               tmp_path: Path):
+    url, home = team["url"], team["home"]
+    config = tmp_path / "conf" / "servers.json"
+    done = ci("login", url, config=config, home=home, stdin=TOKENS["alice"] + "\n")
+    assert done.returncode == 0, done.stderr
+    assert f"logged in to {url} as alice" in done.stdout
+    assert TOKENS["alice"] not in done.stdout + done.stderr
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert json.loads(config.read_text())["servers"][url]["token"] == TOKENS["alice"]
+
+    # A token the server refuses is never kept.
+    other = tmp_path / "other.json"
+    bad = ci("login", url, config=other, home=home, stdin="not-a-token\n")
+    assert bad.returncode == 1
+    assert "refused the token" in one_line(bad) and "ci-runner login" in one_line(bad)
+    assert not other.exists()
+    empty = ci("login", url, config=other, home=home, stdin="\n")
+    assert empty.returncode == 2 and "no token given" in one_line(empty)
+
+    # A token revoked since it was kept: log in again, says the one line.
+    config.write_text(json.dumps({"servers": {url: {"token": "revoked"}}}))
+    revoked = ci("runs", "--server", url, config=config, home=home)
+    assert revoked.returncode == 1
+    assert f"ci-runner login {url}" in one_line(revoked)
+
+    out = ci("logout", config=config, home=home)
+    assert out.returncode == 0 and f"logged out of {url}" in out.stdout
+    assert json.loads(config.read_text())["servers"] == {}
+    gone = ci("runs", "--server", url, config=config, home=home)
+    assert gone.returncode == 2 and "not logged in" in one_line(gone)
+
+
+def test_plain_http_to_another_host_and_a_server_that_is_down(team: dict[str, Any],
+                                                             tmp_path: Path):
+    config, home = tmp_path / "servers.json", team["home"]
+    far = ci("login", "http://ci.example.com", config=config, home=home, stdin="t\n")
+    assert far.returncode == 2
+    assert "https://" in one_line(far) and "--insecure" in one_line(far)
+    assert not config.exists()
+
+    down = f"http://{kit.LOOPBACK}:{kit.free_port()}"
+    refused = ci("login", down, config=config, home=home, stdin="t\n")
+    assert refused.returncode == 1 and "cannot reach the server" in one_line(refused)
+    config.write_text(json.dumps({"servers": {down: {"token": "t"}}}))
+    config.chmod(0o600)
+    for args in (("runs",), ("pending",), ("show", "abc"), ("cancel", "abc")):
+        done = ci(*args, config=config, home=home, env={"CI_RUNNER_SERVER": down})
+        assert done.returncode == 1, args
+        assert f"cannot reach the server at {down}" in one_line(done)
+
+
+def test_nothing_remote_is_imported_by_local_commands():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import ci_runner.cli.app"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "ci_runner.cli.remote" not in done.stderr
+    assert "urllib.request" not in done.stderr
+
+
+# -- runs, show, pending, approve, reject -----------------------------------------------
+
+
+def test_approve_with_a_comment_records_the_logged_in_user(team: dict[str, Any]):
+    server = team["server"]
+    run_id = server.push()
+    server.wait_status(run_id, "waiting_for_event")
+
+    listed = as_user(team, "alice", "runs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in {r["run_id"] for r in json.loads(listed.stdout)}
+    plain = as_user(team, "alice", "runs")
+    line = next(x for x in plain.stdout.splitlines() if x.startswith(run_id))
+    assert "waiting for approval" in line and "Codertocat/Hello-World" in line
+    # dave sees none of the repo's runs.
+    assert run_id not in as_user(team, "dave", "runs").stdout
+
+    shown = as_user(team, "alice", "show", run_id[:12])
+    assert shown.returncode == 0, shown.stderr
+    assert f"run      {run_id}" in shown.stdout
+    assert f"waiting for approval at step 'ship' (ship it?): ci-runner approve {run_id}" in (
+        shown.stdout)
+    assert json.loads(as_user(team, "alice", "show", run_id, "--json").stdout)["run_id"] == run_id
+
+    waiting = as_user(team, "alice", "pending")
+    assert waiting.returncode == 0, waiting.stderr
+    assert any(x.startswith(run_id) and "step 'ship' waits for approval" in x
+               for x in waiting.stdout.splitlines())
+    assert run_id in {r["run_id"] for r in json.loads(
+        as_user(team, "alice", "pending", "--json").stdout)}
+
+    # A name typed in is refused; so is a user who does not approve the repo.
+    typed = as_user(team, "alice", "approve", run_id, "--as", "root")
+    assert typed.returncode == 2 and "--as" in one_line(typed)
+    refused = as_user(team, "dave", "approve", run_id, "--comment", "me too")
+    assert refused.returncode == 1
+    assert "dave approves no run" in one_line(refused)
+    assert server.status(run_id) == "waiting_for_event"
+
+    approved = ci("approve", run_id, "--comment", "looks good", config=team["logins"]["alice"],
+                  home=team["home"], env={"CI_RUNNER_SERVER": team["url"]})
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert f"approved run {run_id} as alice" in approved.stdout
+    assert f"run {run_id} complete" in approved.stdout
+    assert "approved by alice at step 'ship'" in approved.stdout
+    assert "looks good" in approved.stdout
+    assert "deployed" in approved.stdout  # the output that came after the approval
+    record = api_record(team, run_id)
+    assert record["status"] == "complete"
+    assert [(a["by"], a["comment"]) for a in record["approvals"]] == [("alice", "looks good")]
+
+    logs = as_user(team, "alice", "logs", run_id, "deploy")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.startswith("--- attempt 1: sh -c 'echo deployed'")
+    assert "\ndeployed\n" in logs.stdout
+    every = as_user(team, "alice", "logs", run_id)
+    assert "==> build <==" in every.stdout and "==> deploy <==" in every.stdout
+
+
+def test_reject_fails_the_run_as_the_logged_in_user(team: dict[str, Any]):
+    server = team["server"]
+    run_id = server.push()
+    server.wait_status(run_id, "waiting_for_event")
+    rejected = as_user(team, "alice", "reject", run_id, "--comment", "not today", "--json")
+    assert rejected.returncode == 1, rejected.stderr
+    record = json.loads(rejected.stdout)
+    assert record["status"] == "failed"
+    assert [(a["decision"], a["by"]) for a in record["approvals"]] == [("reject", "alice")]
+    assert server.status(run_id) == "errored"
+
+
+# -- logs --follow, cancel, retry --from ------------------------------------------------
+
+
+def _lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_logs_follow_prints_a_running_steps_lines_as_they_come(team: dict[str, Any]):
+    server = team["server"]
+    run_id = server.push("live-follow")
+    kit.wait_for(lambda: step_status(team, run_id, "stream") == "running", timeout=60,
+                 what="the held step to run")
+    with subprocess.Popen(
+        [sys.executable, "-m", "ci_runner", "logs", run_id, "stream", "--follow", "--server",
+         team["url"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env=_env(team["logins"]["alice"], team["home"])) as proc:
+        try:
+            lines = _lines_of(proc)
+            assert (lines.get(timeout=60) or "").startswith("--- attempt 1: sh -c")
+            assert lines.get(timeout=60) == "first line\n"
+            # The step is still held: the next line can only come from following it.
+            assert step_status(team, run_id, "stream") == "running"
+            server.release("live-follow")
+            assert lines.get(timeout=60) == "second line\n"
+            assert (lines.get(timeout=60) or "").startswith("--- exit code 0")
+            assert lines.get(timeout=60) is None
+            assert proc.wait(timeout=60) == 0
+            assert proc.stderr is not None
+            assert "waiting for approval" in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_cancel_then_retry_from_a_step(team: dict[str, Any]):
+    server = team["server"]
+    run_id = server.push("live-retry")
+    kit.wait_for(lambda: step_status(team, run_id, "stream") == "running", timeout=60,
+                 what="the held step to run")
+    unnamed = as_user(team, "alice", "cancel")
+    assert unnamed.returncode == 2 and "name the run to cancel" in one_line(unnamed)
+    refused = as_user(team, "dave", "cancel", run_id)
+    assert refused.returncode == 1 and "dave approves no run" in one_line(refused)
+    cancelled = as_user(team, "alice", "cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout == f"run {run_id} cancelled\n"
+    assert server.status(run_id) == "terminated"
+
+    build_log = as_user(team, "alice", "logs", run_id, "build").stdout
+    missing = as_user(team, "alice", "retry", run_id, "--from", "nope")
+    assert missing.returncode == 2 and "has no step 'nope'" in one_line(missing)
+    server.release("live-retry")
+    again = as_user(team, "alice", "retry", run_id, "--from", "stream")
+    assert again.returncode == 3, again.stdout + again.stderr  # waiting, as locally
+    assert "second line" in again.stdout
+    assert f"run {run_id} waiting for approval" in again.stdout
+    record = api_record(team, run_id)
+    assert [s["name"] for s in record["steps"]] == ["build", "stream", "ship"]
+    # build's result was kept: it did not run again.
+    assert as_user(team, "alice", "logs", run_id, "build").stdout == build_log
