@@ -44,7 +44,7 @@ def ci(*args: str, config: Path, home: Path, stdin: str = "",
        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real CLI, with its own home (not the server's) and saved logins."""
     return subprocess.run(
-        [sys.executable, "-m", "ci_runner", *args], input=stdin, capture_output=True,
+        [sys.executable, "-m", "ci_runner", *args], input=stdin, capture_output=True, check=False,
         text=True, timeout=CLI_TIMEOUT_S, env=_env(config, home, env),
     )
 
@@ -83,7 +83,7 @@ def step_status(team: dict[str, Any], run_id: str, step: str) -> str | None:
 
 
 def test_login_checks_the_token_and_keeps_it_for_the_user_only(team: dict[str, Any],
-                                                               tmp_path: Path):
+                                                               tmp_path: Path) -> None:
     url, home = team["url"], team["home"]
     config = tmp_path / "conf" / "servers.json"
     done = ci("login", url, config=config, home=home, stdin=TOKENS["alice"] + "\n")
@@ -116,7 +116,7 @@ def test_login_checks_the_token_and_keeps_it_for_the_user_only(team: dict[str, A
 
 
 def test_plain_http_to_another_host_and_a_server_that_is_down(team: dict[str, Any],
-                                                             tmp_path: Path):
+                                                             tmp_path: Path) -> None:
     config, home = tmp_path / "servers.json", team["home"]
     far = ci("login", "http://ci.example.com", config=config, home=home, stdin="t\n")
     assert far.returncode == 2
@@ -134,9 +134,9 @@ def test_plain_http_to_another_host_and_a_server_that_is_down(team: dict[str, An
         assert f"cannot reach the server at {down}" in one_line(done)
 
 
-def test_nothing_remote_is_imported_by_local_commands():
+def test_nothing_remote_is_imported_by_local_commands() -> None:
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import ci_runner.cli.app"],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert "ci_runner.cli.remote" not in done.stderr
@@ -146,7 +146,7 @@ def test_nothing_remote_is_imported_by_local_commands():
 # -- runs, show, pending, approve, reject -----------------------------------------------
 
 
-def test_approve_with_a_comment_records_the_logged_in_user(team: dict[str, Any]):
+def test_approve_with_a_comment_records_the_logged_in_user(team: dict[str, Any]) -> None:
     server = team["server"]
     run_id = server.push()
     server.wait_status(run_id, "waiting_for_event")
@@ -202,7 +202,7 @@ def test_approve_with_a_comment_records_the_logged_in_user(team: dict[str, Any])
     assert "==> build <==" in every.stdout and "==> deploy <==" in every.stdout
 
 
-def test_reject_fails_the_run_as_the_logged_in_user(team: dict[str, Any]):
+def test_reject_fails_the_run_as_the_logged_in_user(team: dict[str, Any]) -> None:
     server = team["server"]
     run_id = server.push()
     server.wait_status(run_id, "waiting_for_event")
@@ -230,7 +230,7 @@ def _lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
     return lines
 
 
-def test_logs_follow_prints_a_running_steps_lines_as_they_come(team: dict[str, Any]):
+def test_logs_follow_prints_a_running_steps_lines_as_they_come(team: dict[str, Any]) -> None:
     server = team["server"]
     run_id = server.push("live-follow")
     kit.wait_for(lambda: step_status(team, run_id, "stream") == "running", timeout=60,
@@ -258,7 +258,7 @@ def test_logs_follow_prints_a_running_steps_lines_as_they_come(team: dict[str, A
                 proc.kill()
 
 
-def test_cancel_then_retry_from_a_step(team: dict[str, Any]):
+def test_cancel_then_retry_from_a_step(team: dict[str, Any]) -> None:
     server = team["server"]
     run_id = server.push("live-retry")
     kit.wait_for(lambda: step_status(team, run_id, "stream") == "running", timeout=60,
