@@ -55,8 +55,8 @@ DetachOpt = Annotated[bool, typer.Option(
 CommentOpt = Annotated[Optional[str], typer.Option(help="Why; recorded on the run.")]  # noqa: UP045
 ServerOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "--server", envvar="CI_RUNNER_SERVER", metavar="URL", show_default=False,
-    help="Act on this team server's runs, through its API (`ci-runner login URL` first);"
-         " also CI_RUNNER_SERVER.")]
+    help="Act on this team server's runs, through its API (`ci-runner login URL`"
+         " first).")]
 
 
 @dataclass(frozen=True)
@@ -455,11 +455,16 @@ def follow_remote_run(api: Any, run_id: str, *, json_out: bool) -> int:
     from ci_runner.cli.report import exit_code
     from ci_runner.cli.view import summary
 
-    if json_out:
-        record = remote.settled(api, run_id)
-        typer.echo(json.dumps(record))
-        return exit_code(record)
-    follow_new_output(api, run_id)
+    try:
+        if json_out:
+            record = remote.settled(api, run_id)
+            typer.echo(json.dumps(record))
+            return exit_code(record)
+        follow_new_output(api, run_id)
+    except KeyboardInterrupt:
+        typer.echo(f"stopped watching; the server drives run {run_id} on (`ci-runner logs"
+                   f" {run_id} --follow --server {api.url}`)", err=True)
+        return 130
     record = remote.record(api, run_id)
     said_apart = usage_error(record)
     typer.echo(summary({**record, "error": None} if said_apart else record))
