@@ -102,6 +102,12 @@ def test_login_checks_the_token_and_keeps_it_for_the_user_only(team: dict[str, A
     empty = ci("login", url, config=other, home=home, stdin="\n")
     assert empty.returncode == 2 and "no token given" in one_line(empty)
 
+    # Tokens that others may read are not used.
+    config.chmod(0o644)
+    loose = ci("runs", "--server", url, config=config, home=home)
+    assert loose.returncode == 2 and "chmod 600" in one_line(loose)
+    config.chmod(0o600)
+
     # A token revoked since it was kept: log in again, says the one line.
     config.write_text(json.dumps({"servers": {url: {"token": "revoked"}}}))
     revoked = ci("runs", "--server", url, config=config, home=home)
@@ -122,6 +128,20 @@ def test_plain_http_to_another_host_and_a_server_that_is_down(team: dict[str, An
     assert far.returncode == 2
     assert "https://" in one_line(far) and "--insecure" in one_line(far)
     assert not config.exists()
+
+    # 0.0.0.0 reaches this machine's server, but by a name that is not loopback's: the
+    # token would cross a network, so only --insecure lets it, and the login keeps that.
+    port = team["server"].server.port
+    anywhere = f"http://0.0.0.0:{port}"
+    unsafe = ci("login", anywhere, config=config, home=home, stdin=TOKENS["alice"])
+    assert unsafe.returncode == 2 and "--insecure" in one_line(unsafe)
+    allowed = ci("login", "--insecure", anywhere, config=config, home=home,
+                 stdin=TOKENS["alice"])
+    assert allowed.returncode == 0, allowed.stderr
+    listed = ci("runs", "--json", "--server", anywhere, config=config, home=home)
+    assert listed.returncode == 0, listed.stderr
+    assert isinstance(json.loads(listed.stdout), list)
+    config.unlink()
 
     down = f"http://{kit.LOOPBACK}:{kit.free_port()}"
     refused = ci("login", down, config=config, home=home, stdin="t\n")
@@ -284,3 +304,41 @@ def test_cancel_then_retry_from_a_step(team: dict[str, Any]) -> None:
     assert [s["name"] for s in record["steps"]] == ["build", "stream", "ship"]
     # build's result was kept: it did not run again.
     assert as_user(team, "alice", "logs", run_id, "build").stdout == build_log
+
+
+# -- the API routes the terminal uses -----------------------------------------------------
+
+
+def test_the_api_retries_cancels_and_filters_by_the_rules_of_decisions(
+        team: dict[str, Any]) -> None:
+    server = team["server"]
+    api = server.server
+    run_id = server.push()
+    server.wait_status(run_id, "waiting_for_event")
+    me = api.http.get("/api/me", headers={"Authorization": f"Bearer {TOKENS['alice']}"})
+    assert me.json() == {"user": "alice"}
+    assert api.api("GET", "/api/me").json() == {"user": None}
+    assert api.http.get("/api/me").status_code == 401
+
+    waiting = api.api("GET", "/api/runs", params={"status": "waiting", "limit": 500}).json()
+    assert run_id in {r["run_id"] for r in waiting}
+    assert all(r["status"] == "waiting" for r in waiting)
+    assert api.api("GET", "/api/runs", params={"status": "nope"}).status_code == 400
+    assert api.api("GET", "/api/runs", params={"branch": "no-such-branch"}).json() == []
+
+    log = api.api("GET", f"/api/runs/{run_id}/logs/build").content
+    rest = api.api("GET", f"/api/runs/{run_id}/logs/build", params={"offset": 10})
+    assert rest.content == log[10:] and rest.headers["x-log-exists"] == "1"
+
+    dave = {"Authorization": f"Bearer {TOKENS['dave']}"}
+    for action in ("retry", "cancel"):
+        refused = api.http.post(f"/api/runs/{run_id}/{action}", headers=dave)
+        assert refused.status_code == 403, refused.text
+    assert server.status(run_id) == "waiting_for_event"
+    cancelled = api.api("POST", f"/api/runs/{run_id}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["run_id"] == run_id
+    assert server.status(run_id) == "terminated"
+    again = api.api("POST", f"/api/runs/{run_id}/retry", json={"from": "ship"})
+    assert again.status_code == 202, again.text
+    server.wait_status(run_id, "waiting_for_event")
+    assert api.api("POST", f"/api/runs/{run_id}/retry", json={"from": "x"}).status_code == 409

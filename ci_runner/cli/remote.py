@@ -65,12 +65,17 @@ def servers_file() -> Path:
 def _saved() -> dict[str, dict[str, Any]]:
     path = servers_file()
     try:
+        mode = path.stat().st_mode
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the saved logins in {path} ({exc}): fix or delete it,"
                          " then `ci-runner login URL`") from exc
+    if mode & 0o077:
+        # Tokens others can read are tokens others hold: not used until that is fixed.
+        raise UsageError(f"{path} holds API tokens but others may read it (mode"
+                         f" {mode & 0o777:o}): `chmod 600 {path}`")
     servers = data.get("servers") if isinstance(data, dict) else None
     if not isinstance(servers, dict):
         raise UsageError(f"{path} is not a file of saved logins: delete it, then"
