@@ -209,7 +209,13 @@ def test_approve_with_a_comment_records_the_logged_in_user(team: dict[str, Any])
     assert f"run {run_id} complete" in approved.stdout
     assert "approved by alice at step 'ship'" in approved.stdout
     assert "looks good" in approved.stdout
-    assert "deployed" in approved.stdout  # the output that came after the approval
+    # The view of a local run: its steps as they change and the output that came after
+    # the approval (what ran before it is not told again).
+    shown = approved.stdout.splitlines()
+    assert shown[1] == f"Codertocat/Hello-World @ {server.sha[:10]} (main) · run {run_id}"
+    assert "▶ deploy running" in shown and "  [deploy] deployed" in shown
+    assert any(x.startswith("✓ deploy complete") for x in shown)
+    assert not any(x.startswith("  [build]") for x in shown)
     record = api_record(team, run_id)
     assert record["status"] == "complete"
     assert [(a["by"], a["comment"]) for a in record["approvals"]] == [("alice", "looks good")]

@@ -447,27 +447,27 @@ def _decide_remotely(run_id: str | None, comment: str | None, who: str | None, d
 
 
 def follow_remote_run(api: Any, run_id: str, *, json_out: bool) -> int:
-    """Print a server's run's new output until it stops, then its summary (or its
-    record, with --json); the exit code its outcome means, as for a local run."""
+    """Show a server's run with the view a local run gets (its steps as they change,
+    their new output, the summary; the record with --json) until it stops; the exit
+    code its outcome means, as for a local run."""
     from ci_runner.cli import remote
     from ci_runner.cli.foreground import error_line, usage_error
-    from ci_runner.cli.logs import follow_new_output
     from ci_runner.cli.report import exit_code
-    from ci_runner.cli.view import summary
+    from ci_runner.cli.view import make_view
 
+    view = make_view(json_mode=json_out)
+    view.header(remote.record(api, run_id))
     try:
-        if json_out:
-            record = remote.settled(api, run_id)
-            typer.echo(json.dumps(record))
-            return exit_code(record)
-        follow_new_output(api, run_id)
+        record = remote.watch(api, run_id, view)
     except KeyboardInterrupt:
+        view.close(remote.record(api, run_id))
         typer.echo(f"stopped watching; the server drives run {run_id} on (`ci-runner logs"
                    f" {run_id} --follow --server {api.url}`)", err=True)
         return 130
-    record = remote.record(api, run_id)
     said_apart = usage_error(record)
-    typer.echo(summary({**record, "error": None} if said_apart else record))
+    view.close({**record, "error": None} if said_apart else record)
+    if json_out:
+        typer.echo(json.dumps(record))
     if said_apart:
         from ci_runner.errors import error_line as one_line
 

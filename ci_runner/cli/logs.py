@@ -34,9 +34,6 @@ FOLLOW_POLL_S = 0.2
 PIPELINE = "pipeline"
 # Statuses in which nothing drives the run on by itself: following it would wait forever.
 _IDLE = ("interrupted", "paused")
-# A step's user words while it may still write to its log.
-_UNFINISHED = ("pending", "queued", "running", "retrying", "waiting", "sleeping",
-               "interrupted", None)
 
 
 @dataclass(frozen=True)
@@ -104,18 +101,6 @@ def print_remote_logs(api: Client, run_ref: str | None, step: str | None, *, fol
 
 
 LATEST_REF = "latest"
-
-
-def follow_new_output(api: Client, run_id: str) -> None:
-    """Follow a server's run from now on: what its logs hold already is not printed
-    again (an approval's or a retry's output starts where the run stands)."""
-    from ci_runner.cli import remote
-
-    source = _RemoteLogs(api, run_id, None, False, remote.record(api, run_id))
-    follower = _Follower(source, None, notes=False)
-    for section in source.sections():
-        follower.offsets[(section.label, section.step)] = len(source.read(section, 0))
-    follower.run()
 
 
 def _remote_run(api: Client, ref: str | None, step: str | None,
@@ -326,7 +311,7 @@ class _RemoteLogs:
         data = remote.step_log(self.api, self.run_id, label, offset)[0]
         status = next((s["status"] for s in self.record.get("steps") or []
                        if s["name"] == label), None)
-        if section.step and status not in _UNFINISHED:
+        if section.step and status is not None and status not in remote.UNFINISHED:
             self.read_whole.add(label)
         return data
 
@@ -342,7 +327,6 @@ class _Follower:
     source: LogSource
     step: str | None
     offsets: dict[tuple[str, bool], int] = field(default_factory=dict)
-    notes: bool = True  # say why following stopped when the run did not end
     prefixed: bool = False  # sticky: once steps interleave, every line says its step
     last: str | None = None  # whose output was printed last
     mid_line: bool = False  # the terminal's cursor is not at a line's start
@@ -355,7 +339,7 @@ class _Follower:
             self._round()
             if done:
                 self._end_line()
-                if note is not None and self.notes:
+                if note is not None:
                     _note(note)
                 return
             time.sleep(FOLLOW_POLL_S)

@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,10 @@ POLL_S = 0.2
 LOOPBACK_NAMES = ("localhost",)
 # A run's user words while the server still drives it on by itself.
 MOVING = ("queued", "running")
+# A step's user words while it may still write to its log.
+UNFINISHED = ("pending", "queued", "running", "retrying", "waiting", "sleeping",
+              "interrupted")
+PIPELINE = "pipeline"  # the label of the pipeline's own output, when no step has it
 
 
 class ServerError(CIRunnerError):
@@ -383,3 +387,84 @@ def labels(found: dict[str, Any]) -> list[str]:
 
 def steps_failed(found: dict[str, Any]) -> Iterator[str]:
     return (str(s["name"]) for s in found.get("steps") or [] if s["status"] == "failed")
+
+
+# -- watching a run ----------------------------------------------------------------------
+
+
+def watch(api: Client, run_id: str, observe: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Feed ``observe`` (a run view) the events a local driver would, from the server's
+    records and logs, from now until the run stops; returns its last record. What the
+    run did before is not told again."""
+    found = record(api, run_id)
+    seen = {str(s["name"]): str(s["status"]) for s in found.get("steps") or []}
+    offsets = {label: len(step_log(api, run_id, label)[0]) for label in seen}
+    read_whole = {label for label, status in seen.items() if status not in UNFINISHED}
+    own = 0 if PIPELINE in seen else len(step_log(api, run_id, PIPELINE)[0])
+    while True:
+        found = record(api, run_id)
+        taken = all(a.get("step") is not None for a in found.get("approvals") or [])
+        stopped = found["status"] not in MOVING and taken
+        for step in found.get("steps") or []:
+            label, status = str(step["name"]), str(step["status"])
+            changed = seen.get(label) != status
+            if label not in seen and status in ("complete", "failed", "retrying"):
+                # Begun and ended between two looks: said to have run, as locally.
+                observe({**_step_event(step, found), "status": "running"})
+            if changed and status == "running":  # its lines come after the line saying so
+                observe(_step_event(step, found))
+            if label not in read_whole:
+                data = step_log(api, run_id, label, offsets.get(label, 0))[0]
+                offsets[label] = offsets.get(label, 0) + len(data)
+                if data:
+                    name, occurrence = _name_of(label)
+                    observe({"type": "output", "name": name, "occurrence": occurrence,
+                             "text": data.decode("utf-8", errors="replace")})
+                if status not in UNFINISHED:  # ended before this read: all of it is read
+                    read_whole.add(label)
+            if changed and status != "running":
+                observe(_step_event(step, found))
+            seen[label] = status
+        if PIPELINE not in seen:
+            data = step_log(api, run_id, PIPELINE, own)[0]
+            own += len(data)
+            if data:
+                observe({"type": "pipeline_output",
+                         "text": data.decode("utf-8", errors="replace")})
+        if stopped:
+            return found
+        time.sleep(POLL_S)
+
+
+def _name_of(label: str) -> tuple[str, int]:
+    """``name#2`` -> (``name``, 2): a step's label back to what the view labels again."""
+    name, sep, number = label.rpartition("#")
+    if sep and number.isdigit() and int(number) > 1:
+        return name, int(number)
+    return label, 1
+
+
+def _step_event(step: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """A step of a record as the engine's observer event about it."""
+    from ci_runner.engine.policy import APPROVAL_EVENT
+
+    name, occurrence = _name_of(str(step["name"]))
+    status = str(step["status"])
+    event: dict[str, Any] = {
+        "type": "step", "name": name, "occurrence": occurrence, "kind": step.get("kind", ""),
+        "status": status, "attempt": step.get("attempts") or 1, "max_attempts": 1,
+    }
+    if status != "running":
+        event["duration_s"] = step.get("duration_s")
+    if step.get("exit_code") is not None:
+        event["result"] = {"exit_code": step["exit_code"]}
+    if step.get("error"):
+        event["error"] = {"message": step["error"]}
+    waits = step.get("waiting_for")
+    if waits is not None:
+        event["event_type"] = APPROVAL_EVENT if waits == "approval" else waits
+    if status == "sleeping":
+        until = [w.get("sleep_until") for w in run.get("waits") or []
+                 if w.get("step") == step["name"] and w.get("sleep_until")]
+        event["wake_at"] = until[0] if until else time.time()
+    return event
