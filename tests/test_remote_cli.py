@@ -256,20 +256,26 @@ def _lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
     return lines
 
 
+def _follow(team: dict[str, Any], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ci_runner", "logs", *args, "--follow", "--server",
+         team["url"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=_env(team["logins"]["alice"], team["home"]))
+
+
 def test_logs_follow_prints_a_running_steps_lines_as_they_come(team: dict[str, Any]) -> None:
     server = team["server"]
     run_id = server.push("live-follow")
     kit.wait_for(lambda: step_status(team, run_id, "stream") == "running", timeout=60,
                  what="the held step to run")
-    with subprocess.Popen(
-        [sys.executable, "-m", "ci_runner", "logs", run_id, "stream", "--follow", "--server",
-         team["url"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        env=_env(team["logins"]["alice"], team["home"])) as proc:
+    with _follow(team, run_id, "stream") as proc, _follow(team, run_id) as whole:
         try:
-            lines = _lines_of(proc)
+            lines, every = _lines_of(proc), _lines_of(whole)
             assert (lines.get(timeout=60) or "").startswith("--- attempt 1: sh -c")
             assert lines.get(timeout=60) == "first line\n"
+            before = []  # the whole run's, up to the held step's first line
+            while not before or before[-1] != "first line\n":
+                before.append(every.get(timeout=60) or "")
             # The step is still held: the next line can only come from following it.
             assert step_status(team, run_id, "stream") == "running"
             server.release("live-follow")
@@ -277,11 +283,19 @@ def test_logs_follow_prints_a_running_steps_lines_as_they_come(team: dict[str, A
             assert (lines.get(timeout=60) or "").startswith("--- exit code 0")
             assert lines.get(timeout=60) is None
             assert proc.wait(timeout=60) == 0
-            assert proc.stderr is not None
+            assert proc.stderr is not None and whole.stderr is not None
             assert "waiting for approval" in proc.stderr.read()
+
+            after = []
+            while (line := every.get(timeout=60)) is not None:
+                after.append(line)
+            assert whole.wait(timeout=60) == 0, whole.stderr.read()
+            assert before[0] == "==> build <==\n" and "==> stream <==\n" in before
+            assert after[0] == "second line\n", after
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            for started in (proc, whole):
+                if started.poll() is None:
+                    started.kill()
 
 
 def test_cancel_then_retry_from_a_step(team: dict[str, Any]) -> None:
