@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import queue
+import re
+import select
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from tests.conftest import ROOT
 from tests.webkit import TOKENS, WebServer
 
 CLI_TIMEOUT_S = 120
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
 @pytest.fixture(scope="module")
@@ -362,3 +367,65 @@ def test_the_api_retries_cancels_and_filters_by_the_rules_of_decisions(
     assert again.status_code == 202, again.text
     server.wait_status(run_id, "waiting_for_event")
     assert api.api("POST", f"/api/runs/{run_id}/retry", json={"from": "x"}).status_code == 409
+
+
+# -- on a terminal ----------------------------------------------------------------------
+
+
+def in_pty(team: dict[str, Any], config: Path, *args: str,
+           answer: tuple[str, str] | None = None) -> tuple[int, str]:
+    """`ci-runner ARGS` on a pseudo-terminal (stdin, stdout and stderr): its exit code
+    and all it drew, escape sequences removed. ``answer``: (prompt, text) typed once the
+    prompt shows."""
+    env = {**_env(config, team["home"]), "TERM": "xterm-256color", "COLUMNS": "140",
+           "LINES": "50"}
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", *args], env=env,
+                            stdin=child, stdout=child, stderr=child, close_fds=True,
+                            start_new_session=True)
+    os.close(child)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the child side is closed
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+                if answer is not None and answer[0] in b"".join(chunks).decode(errors="replace"):
+                    os.write(main, answer[1].encode())
+                    answer = None
+            elif proc.poll() is not None:
+                break
+        else:
+            raise AssertionError(f"`ci-runner {' '.join(args)}` did not end in time")
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+    return code, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+
+
+def test_on_a_terminal_the_token_is_asked_for_unechoed_and_approve_shows_the_live_view(
+        team: dict[str, Any], tmp_path: Path) -> None:
+    server, config = team["server"], tmp_path / "servers.json"
+    code, screen = in_pty(team, config, "login", team["url"],
+                          answer=("token: ", TOKENS["alice"] + "\n"))
+    assert code == 0, screen
+    assert f"logged in to {team['url']} as alice" in screen
+    assert TOKENS["alice"] not in screen  # the prompt did not echo it
+
+    run_id = server.push()
+    server.wait_status(run_id, "waiting_for_event")
+    code, screen = in_pty(team, config, "approve", run_id, "--server", team["url"])
+    assert code == 0, screen
+    assert f"approved run {run_id} as alice; the server resumes it" in screen
+    assert f"run {run_id} complete" in screen and "approved by alice" in screen
+    assert "deploy" in screen
