@@ -18,6 +18,16 @@ image and command.
     (steps.finished_at - started_at) is printed too. Peer: the same N `docker run --rm
     IMAGE true` through the CLI, one after another; the same loop with `--network none`
     is a reference.
+(c) The first heavy step of a run against the next ones: runs of 3 sequential heavy steps,
+    each timed by the pipeline itself (perf_counter around its `await step.run`); the
+    first step's time over the median of the other two, per run. The first step pays
+    whatever a run sets up once for Docker (the SDK's import, the connection, the
+    engine's facts) unless that was done before it, in the background.
+(d) A whole one-heavy-step run: the wall time of `ci-runner run --json` of a pipeline
+    with one `step.run("s0", ["true"], image=IMAGE)`, from spawn to exit, against `docker
+    run --rm IMAGE true` (and `--network none`) through the CLI. Beside it, to say where
+    the time goes: the same run with no step (what a run costs before any step: start-up,
+    worktree, journal, sandboxed pipeline process) and the one step's increment over it.
 
 The image is ci-runner's busybox (`ci_runner.images.build("busybox")` makes it offline
 in under a second when missing); the `python` sandbox image is measured too when present.
@@ -27,6 +37,7 @@ the median.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -43,7 +54,10 @@ from _common import Row, cli, make_repo, median, ms, print_table, run_env, verdi
 N = 8
 ROUNDS_EXECUTOR = 8
 ROUNDS_RUN = 5
+ROUNDS_FIRST = 7
+FIRST_OF = 3
 GOAL_RATIO = 1.2
+GOAL_FIRST = 1.1
 BENCH_LABEL = "ci-runner.bench"
 
 PIPELINE = '''\
@@ -56,15 +70,28 @@ class CI(Pipeline):
     async def run(self, event, step):
         n = int(event.payload.get("n", 0))
         image = event.payload.get("image", "busybox")
+        if event.payload.get("light_first"):
+            await step.run("light", ["true"])
+        steps_s = []
         t0 = time.perf_counter()
         for i in range(n):
+            t1 = time.perf_counter()
             await step.run(f"s{i}", ["true"], image=image)
-        return {"loop_s": time.perf_counter() - t0}
+            steps_s.append(time.perf_counter() - t1)
+        return {"loop_s": time.perf_counter() - t0, "steps_s": steps_s}
 '''
 
 
 def paired_ratio(ours: list[float], peer: list[float]) -> float:
-    return median([o / p for o, p in zip(ours, peer, strict=True)])
+    return median(ratios(ours, peer))
+
+
+def ratios(ours: list[float], peer: list[float]) -> list[float]:
+    return [o / p for o, p in zip(ours, peer, strict=True)]
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}..{max(values):.2f}"
 
 
 def goal_row(figure: str, ours: list[float], peer: list[float], peer_name: str) -> Row:
@@ -160,9 +187,16 @@ class Sides:
 
 def cli_run(repo: Path, home: Path, n: int, image: str) -> tuple[float, float, float, str]:
     """One real `ci-runner run`: (wall, the pipeline's loop, journal median step, run id)."""
+    wall, output, step_s, run_id = cli_run_output(repo, home, n, image)
+    return wall, float(output["loop_s"]), step_s, run_id
+
+
+def cli_run_output(repo: Path, home: Path, n: int, image: str,
+                   *params: str) -> tuple[float, dict[str, Any], float, str]:
+    """One real `ci-runner run`: (wall, the pipeline's output, journal median step, run id)."""
     t0 = time.perf_counter()
     done = subprocess.run([*cli(), "run", "--json", "-C", str(repo), "-p", f"n={n}",
-                           "-p", f"image={image}"],
+                           "-p", f"image={image}", *(x for p in params for x in ("-p", p))],
                           env=run_env(home), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
@@ -173,7 +207,7 @@ def cli_run(repo: Path, home: Path, n: int, image: str) -> tuple[float, float, f
         steps = [f - s for s, f in db.execute(
             "SELECT started_at, finished_at FROM steps WHERE instance_id = ? AND kind = 'run'",
             (run_id,))]
-    return wall, float(json.loads(output)["loop_s"]), median(steps) if steps else 0.0, run_id
+    return wall, json.loads(output), median(steps) if steps else 0.0, run_id
 
 
 def loop_of(n: int, one: Callable[[], float]) -> float:
@@ -261,6 +295,80 @@ def part_run(sides: Sides, root: Path, image: str, reference: str,
     ]
 
 
+def part_first_and_whole(sides: Sides, root: Path, image: str, reference: str,
+                         run_ids: list[str]) -> list[Row]:
+    repo, _ = make_repo(root / f"repo-first-{image}",
+                        {".ci/pipeline.py": PIPELINE, "README": "bench\n"})
+    home = root / "home"
+    run_ids.append(cli_run_output(repo, home, 1, image)[3])  # warm-up: database, page cache
+    first: list[float] = []
+    nxt: list[float] = []
+    later: list[float] = []  # the first heavy step after a light one
+    later_nxt: list[float] = []
+    whole: list[float] = []
+    empty: list[float] = []
+    bare_cli: list[float] = []
+    isolated: list[float] = []
+
+    def steps(kept: list[float], kept_next: list[float], *params: str) -> None:
+        _, output, _, run_id = cli_run_output(repo, home, FIRST_OF, image, *params)
+        run_ids.append(run_id)
+        times = [float(t) for t in output["steps_s"]]
+        kept.append(times[0])
+        kept_next.append(median(times[1:]))
+
+    def run_of(n: int, kept: list[float]) -> None:
+        wall, _, _, run_id = cli_run_output(repo, home, n, image)
+        run_ids.append(run_id)
+        kept.append(wall)
+
+    order: list[Callable[[], Any]] = [
+        lambda: steps(first, nxt),
+        lambda: steps(later, later_nxt, "light_first=1"),
+        lambda: run_of(1, whole),
+        lambda: run_of(0, empty),
+        lambda: bare_cli.append(sides.docker_cli(reference)),
+        lambda: isolated.append(sides.docker_cli(reference, "--network", "none")),
+    ]
+    for r in range(ROUNDS_FIRST):
+        for side in order[r % len(order):] + order[:r % len(order)]:
+            side()
+        print(f"  [{image}] first-step round {r + 1}/{ROUNDS_FIRST}: first {ms(first[-1])},"
+              f" next {ms(nxt[-1])} (after a light step: {ms(later[-1])}, next"
+              f" {ms(later_nxt[-1])}); run of one step {ms(whole[-1])}, of none"
+              f" {ms(empty[-1])}; docker run {ms(bare_cli[-1])}, --network none"
+              f" {ms(isolated[-1])}", flush=True)
+    increment = [w - e for w, e in zip(whole, empty, strict=True)]
+
+    def row(figure: str, ours: list[float], peer: list[float], peer_name: str,
+            goal: float | None) -> Row:
+        paired = ratios(ours, peer)
+        ratio = median(paired)
+        return Row(figure, ms(median(ours)), f"{ms(median(peer))} {peer_name}",
+                   f"{ratio:.2f}x ({spread(paired)})",
+                   "-" if goal is None else f"<= {goal}x",
+                   "info" if goal is None else verdict(ratio <= goal))
+
+    extra = [f - n for f, n in zip(first, nxt, strict=True)]
+    extra_later = [f - n for f, n in zip(later, later_nxt, strict=True)]
+    return [
+        row(f"[{image}] (c) first heavy step vs the next", first, nxt, "next", GOAL_FIRST),
+        row("  ref: the first heavy step after a light step", later, later_nxt, "next", None),
+        Row("  ref: first - next, first step / after a light one",
+            f"{ms(median(extra))} ({ms(min(extra))}..{ms(max(extra))})",
+            f"{ms(median(extra_later))} ({ms(min(extra_later))}..{ms(max(extra_later))})",
+            "-", "-", "info"),
+        row(f"[{image}] (d) whole one-heavy-step run", whole, bare_cli, "docker run --rm",
+            GOAL_RATIO),
+        row("  ref: the same run vs an isolated docker run", whole, isolated,
+            "--network none", None),
+        row("  ref: a run with no step (the rest of the run)", empty, bare_cli,
+            "docker run --rm", None),
+        row("  ref: the one step's increment over it", increment, bare_cli,
+            "docker run --rm", None),
+    ]
+
+
 def leftovers(sides: Sides, run_ids: list[str]) -> int:
     found = sides.client.containers.list(all=True, filters={"label": "ci-runner=1"})
     found += sides.client.containers.list(all=True,
@@ -272,6 +380,13 @@ def leftovers(sides: Sides, run_ids: list[str]) -> int:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--parts", default="abcd",
+                        help="which parts to run: any of a, b, c and d (c and d run together;"
+                             " default: all)")
+    parts = set(parser.parse_args().parts)
+    if not parts or parts - set("abcd"):
+        raise SystemExit("--parts takes letters among a, b, c, d (e.g. --parts cd)")
     if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
         raise SystemExit("no Docker engine answers `docker info`: run scripts/docker-engine.sh")
     with tempfile.TemporaryDirectory(prefix="ci-runner-bench-") as tmp:
@@ -292,10 +407,13 @@ def main() -> None:
         rows: list[Row] = []
         run_ids: list[str] = []
         try:
-            for image in measured:
+            for image in measured if "a" in parts else []:
                 rows += part_executor(sides, image, images.tag_for(image))
-            for image in measured:
+            for image in measured if "b" in parts else []:
                 rows += part_run(sides, root, image, images.tag_for(image), run_ids)
+            for image in measured if parts & set("cd") else []:
+                rows += part_first_and_whole(sides, root, image, images.tag_for(image),
+                                             run_ids)
             left = leftovers(sides, run_ids)
         finally:
             sides.close()
@@ -305,17 +423,27 @@ def main() -> None:
     print_table(f"heavy step overhead vs a bare `docker run --rm IMAGE true`: (a) executor"
                 f" alone, {ROUNDS_EXECUTOR} interleaved rounds; (b) {N} x step.run(['true'],"
                 f" image=) via `ci-runner run --json`, {ROUNDS_RUN} interleaved rounds;"
-                " medians", rows, [
+                f" (c) first heavy step vs the next and (d) a whole one-heavy-step run,"
+                f" {ROUNDS_FIRST} interleaved rounds; medians", rows, [
         "ratios are ours / peer paired per round, then the median; absolute figures are medians",
-        "(a) ours: a fresh ContainerExecutor per command, as step.run makes one per step"
-        " (connects, pings, asks the engine's CPU count, checks the image each time)",
+        "(a) ours: a fresh ContainerExecutor per command, without the client a run's broker"
+        " shares (connects and negotiates the API version, checks the image each time)",
         "(a) 'SDK hardened' makes the executor's own calls (create, start, follow logs, wait,"
         " remove) with its options: network none, cap_drop ALL, no-new-privileges,"
         " read-only root + /tmp tmpfs, pids/memory/CPU limits, --init, worktree bind mount",
         f"(b) in-run = the pipeline's perf_counter around its loop / {N}; wall diff ="
-        f" (wall({N}) - wall(0)) / {N} of two whole CLI runs; both include the first heavy"
-        " step's one-time import of the docker SDK, spread over N",
+        f" (wall({N}) - wall(0)) / {N} of two whole CLI runs; both include what the first heavy"
+        " step still pays once (the SDK is imported and connected while the run starts),"
+        " spread over N",
         f"(b) peer: {N} x `docker run --rm IMAGE true` one after another, per command",
+        f"(c) per run of {FIRST_OF} heavy steps: the first step's time (the pipeline's"
+        " perf_counter around its await) over the median of the other two; spread ="
+        " min..max of the per-round ratios. 'After a light step': the same with one light"
+        " step first, which pays the run's first-step costs that are not Docker's (the"
+        " pipeline process's and the driver's first step), so its ratio is Docker's alone",
+        "(d) wall of `ci-runner run --json` from spawn to exit (default sandbox), paired"
+        " per round with one `docker run --rm IMAGE true`; 'a run with no step' is the same"
+        " pipeline with n=0, the rest of the run a heavy step cannot shorten",
         "'isolated docker run' = `docker run --rm --network none IMAGE true`: a heavy step"
         " runs with network none unless network=True; this engine has"
         + (" a bridge network, so a bare `docker run` is attached to it" if bridged else
