@@ -30,6 +30,7 @@ from ci_runner.errors import RunNotFound, UsageError
 if TYPE_CHECKING:
     import sqlite3
 
+    from ci_runner.cli.remote import Client
     from ci_runner.engine.driver import Engine
 
 LATEST = "latest"
@@ -446,7 +447,7 @@ def _decide_remotely(run_id: str | None, comment: str | None, who: str | None, d
     raise typer.Exit(follow_remote_run(api, full, json_out=json_out))
 
 
-def follow_remote_run(api: Any, run_id: str, *, json_out: bool) -> int:
+def follow_remote_run(api: Client, run_id: str, *, json_out: bool) -> int:
     """Show a server's run with the view a local run gets (its steps as they change,
     their new output, the summary; the record with --json) until it stops; the exit
     code its outcome means, as for a local run."""

@@ -269,9 +269,7 @@ class _RemoteLogs:
 
         self.record = remote.record(self.api, self.run_id)
         status = str(self.record["status"])
-        # An approval just given is not taken yet: the run is about to move on.
-        taken = all(a.get("step") is not None for a in self.record.get("approvals") or [])
-        if status in remote.MOVING or not taken:
+        if not remote.stopped(self.record):
             return False, None
         if status in ENDED:
             return True, None

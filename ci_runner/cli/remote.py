@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,6 @@ class Client:
 
     url: str
     token: str
-    user: str | None = None
 
     def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
                 body: Any = None) -> tuple[bytes, dict[str, str]]:
@@ -234,8 +233,7 @@ def client(server: str) -> Client:
     if saved is None or not saved.get("token"):
         raise UsageError(f"not logged in to {url}: `ci-runner login {url}` first")
     _check_transport(url, insecure=bool(saved.get("insecure")))
-    user = saved.get("user")
-    return Client(url, str(saved["token"]), str(user) if user else None)
+    return Client(url, str(saved["token"]))
 
 
 # -- login and logout -------------------------------------------------------------------
@@ -358,17 +356,6 @@ def cancel(api: Client, ref: str) -> str:
     return str(answer["run_id"])
 
 
-def settled(api: Client, run_id: str) -> dict[str, Any]:
-    """The run's record once the server has stopped driving it: ended, or hibernated at
-    a wait (an approval just given is taken first)."""
-    while True:
-        found = record(api, run_id)
-        taken = all(a.get("step") is not None for a in found.get("approvals") or [])
-        if found["status"] not in MOVING and taken:
-            return found
-        time.sleep(POLL_S)
-
-
 # -- logs ------------------------------------------------------------------------------
 
 
@@ -381,12 +368,15 @@ def step_log(api: Client, run_id: str, label: str, offset: int = 0) -> tuple[byt
     return raw, headers.get("x-log-exists", "1") != "0"
 
 
+def stopped(found: dict[str, Any]) -> bool:
+    """Whether the server has stopped driving the run (a record of it): it ended, or
+    hibernated at a wait; an approval given but not taken yet means it is about to move."""
+    taken = all(a.get("step") is not None for a in found.get("approvals") or [])
+    return found["status"] not in MOVING and taken
+
+
 def labels(found: dict[str, Any]) -> list[str]:
     return [str(s["name"]) for s in found.get("steps") or []]
-
-
-def steps_failed(found: dict[str, Any]) -> Iterator[str]:
-    return (str(s["name"]) for s in found.get("steps") or [] if s["status"] == "failed")
 
 
 # -- watching a run ----------------------------------------------------------------------
@@ -403,8 +393,7 @@ def watch(api: Client, run_id: str, observe: Callable[[dict[str, Any]], None]) -
     own = 0 if PIPELINE in seen else len(step_log(api, run_id, PIPELINE)[0])
     while True:
         found = record(api, run_id)
-        taken = all(a.get("step") is not None for a in found.get("approvals") or [])
-        stopped = found["status"] not in MOVING and taken
+        done = stopped(found)  # before the logs are read: all it wrote is then in them
         for step in found.get("steps") or []:
             label, status = str(step["name"]), str(step["status"])
             changed = seen.get(label) != status
@@ -431,7 +420,7 @@ def watch(api: Client, run_id: str, observe: Callable[[dict[str, Any]], None]) -
             if data:
                 observe({"type": "pipeline_output",
                          "text": data.decode("utf-8", errors="replace")})
-        if stopped:
+        if done:
             return found
         time.sleep(POLL_S)
 
