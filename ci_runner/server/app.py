@@ -1,5 +1,6 @@
 """The HTTP face of `ci-runner serve`: one webhook endpoint per forge, ``/health``, and a
-small API for people and scripts (runs, step logs, pending approvals, approve/reject).
+small API for people, scripts and `ci-runner --server` (runs, step logs, pending
+approvals, approve/reject, retry and cancel, and whose token it is).
 
 Only the hooks (signed per forge) and ``/health`` answer without a token; the API and
 its OpenAPI schema want ``Authorization: Bearer TOKEN``, compared in constant time.
