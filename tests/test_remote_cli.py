@@ -231,6 +231,10 @@ def test_approve_with_a_comment_records_the_logged_in_user(team: dict[str, Any])
     assert "\ndeployed\n" in logs.stdout
     every = as_user(team, "alice", "logs", run_id)
     assert "==> build <==" in every.stdout and "==> deploy <==" in every.stdout
+    nope = as_user(team, "alice", "logs", run_id, "nope")
+    assert nope.returncode == 2 and "has no step 'nope'" in one_line(nope)
+    hidden = as_user(team, "dave", "show", run_id)
+    assert hidden.returncode == 2 and f"no run {run_id!r}" in one_line(hidden)
 
 
 def test_reject_fails_the_run_as_the_logged_in_user(team: dict[str, Any]) -> None:

@@ -100,18 +100,16 @@ def print_remote_logs(api: Client, run_ref: str | None, step: str | None, *, fol
                header=step is None and (len(sections) > 1 or failed))
 
 
-LATEST_REF = "latest"
-
-
 def _remote_run(api: Client, ref: str | None, step: str | None,
                 repo: str | None) -> tuple[dict[str, Any], str | None]:
     """As ``_run_and_step``: ``logs test`` with no run "test" is the latest run's step."""
     from ci_runner.cli import remote
+    from ci_runner.cli.control import LATEST
 
     try:
         return remote.record(api, ref, repo), step
     except RunNotFound as not_a_run:
-        if ref is None or ref == LATEST_REF or step is not None:
+        if ref is None or ref == LATEST or step is not None:
             raise
         try:
             found = remote.record(api, None, repo)
