@@ -366,3 +366,73 @@ def test_no_engine_is_still_said_by_the_step_that_needed_it(cli: Any, repo_with:
     assert done.code == 1
     message = done.json()["error"]["message"]
     assert "a Docker engine is needed for step 'one' (image=busybox)" in message
+
+
+BAD_LIMITS = """
+from ci_runner import Pipeline
+class CI(Pipeline):
+    async def run(self, event, step):
+        await step.run("box", ["true"], image="busybox", retries=3, **event.payload)
+"""
+
+
+@pytest.mark.parametrize(("limit", "said"), [
+    ("memory=lots", "step 'box': memory is a size like '512m' or '2g', not 'lots'"),
+    ("memory=12q", "step 'box': memory is a size like '512m' or '2g', not '12q'"),
+    ("cpus=0", "step 'box': cpus is a number of CPUs above 0 (like 1.5), not '0'"),
+])
+def test_a_bad_limit_fails_the_run_at_once_and_says_why(
+    cli: Any, repo_with: Any, client: DockerClient, limit: str, said: str,
+) -> None:
+    """It used to hang the run: the SDK's own error escaped the broker unanswered."""
+    repo = repo_with(BAD_LIMITS)
+    done = cli("run", "--json", "-p", limit, cwd=repo, timeout=60)
+    assert done.code != 0, done.out
+    record = done.json()
+    assert said in record["error"]["message"], record["error"]
+    (box,) = record["steps"]
+    assert box["attempts"] == 1  # a configuration mistake is not retried
+
+
+def test_an_unexpected_error_in_the_broker_fails_the_step_instead_of_hanging_it(
+    tmp_path: Path, connects: list[dict[str, Any]], home: Path,
+) -> None:
+    """A request the broker chokes on (here an env the pipeline process could only send
+    by writing to the broker's socket itself) gets an error back, not silence."""
+    import json
+    import struct
+
+    from ci_runner.dispatch.broker import _frame
+
+    workspace = tmp_path / "worktree"
+    workspace.mkdir()
+    no_light_steps: Any = None
+    context = RunContext(run_id="r1", tenant="t", repo=workspace, workspace=workspace,
+                         sha="0" * 40, secrets_file=None, untrusted=False, cache_scope="t",
+                         confinement=no_light_steps)
+    ours, theirs = socket.socketpair()
+    broker = StepBroker(context, ours)
+    broker.start()
+    try:
+        theirs.settimeout(10)
+        theirs.sendall(_frame({"id": 1, "op": "exec", "args": {
+            "name": "box", "occurrence": 1, "attempt": 1, "argv": ["true"],
+            "env": ["not-a-pair"], "secrets": [], "cwd": ".", "timeout_s": 10,
+            "image": "busybox"}}))
+        (size,) = struct.unpack("!I", theirs.recv(4, socket.MSG_WAITALL))
+        reply = json.loads(theirs.recv(size, socket.MSG_WAITALL))
+    finally:
+        broker.close()
+        theirs.close()
+    assert reply["id"] == 1
+    assert reply["error"]["message"].startswith("exec failed: ValueError: ")
+
+
+def test_the_executor_says_a_limit_the_sdk_refuses(
+    client: DockerClient, labels: dict[str, str], tmp_path: Path,
+) -> None:
+    executor = ContainerExecutor("busybox", labels=labels, client=client, memory="lots")
+    with pytest.raises(ExecutorError, match=r"could not create the container for .*memory"):
+        asyncio.run(executor.run(CommandSpec(["true"], cwd=tmp_path, timeout_s=SAFETY_TIMEOUT),
+                                 lambda _text: None))
+    assert ours(client, labels) == []

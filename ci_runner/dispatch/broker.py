@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -345,6 +346,13 @@ class StepBroker:
             reply = {"id": call_id, "error": to_record(ExecutorError(
                 f"{op} failed: {exc.strerror or exc}"
                 + (f" ({exc.filename})" if exc.filename else "")))}
+        except Exception as exc:  # a bug: unanswered, the pipeline would wait for ever
+            import traceback
+
+            traceback.print_exc()
+            reply = {"id": call_id, "error": to_record(CIRunnerError(
+                f"{op} failed: {type(exc).__name__}: {exc} (a bug in ci-runner's step"
+                " broker: its traceback is on the runner's stderr)"))}
         with contextlib.suppress(ConnectionError, RuntimeError):
             writer.write(_frame(reply))
 
@@ -418,6 +426,8 @@ class StepBroker:
         log_path = paths.run_logs(ctx.run_id) / paths.step_log_name(name, occurrence)
         labels = {"ci-runner.run": ctx.run_id, "ci-runner.step": label}
         limit = _pids(name, pids)
+        if image is not None:
+            _check_container_limits(name, memory, cpus)
         if not self._swept:
             # A request comes only once the driver holds the run's lease: step cgroups of
             # the run still there are a killed driver's, whose steps a takeover stops.
@@ -724,6 +734,19 @@ def _pids(name: str, pids: int | None) -> int | None:
     if not isinstance(pids, int) or isinstance(pids, bool) or not 1 <= pids <= 1_000_000:
         raise UsageError(f"step {name!r}: pids must be a whole number from 1 to 1000000")
     return pids
+
+
+_MEMORY = re.compile(r"\d+(\.\d+)?([kmg]b?|b)?", re.IGNORECASE)  # as Docker reads it
+
+
+def _check_container_limits(name: str, memory: Any, cpus: Any) -> None:
+    if isinstance(memory, bool) or not (
+            (isinstance(memory, int) and memory > 0)
+            or (isinstance(memory, str) and _MEMORY.fullmatch(memory))):
+        raise UsageError(f"step {name!r}: memory is a size like '512m' or '2g', not {memory!r}")
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not cpus > 0:
+        raise UsageError(f"step {name!r}: cpus is a number of CPUs above 0 (like 1.5),"
+                         f" not {cpus!r}")
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], call_id: int) -> Callable[[Any], None]:

@@ -489,7 +489,7 @@ class _Pod:
         progress: images.Log,
     ) -> Container:
         """Ensure the images, start the services, create (not start) the step container."""
-        from docker.errors import APIError
+        from docker.errors import DockerException
         from docker.types import Mount
 
         ex = self.executor
@@ -525,7 +525,7 @@ class _Pod:
                 labels={**self.labels, LABEL_ROLE: "step", LABEL_DEADLINE: deadline},
                 **self._hardening(),
             )
-        except APIError as exc:
+        except DockerException as exc:  # the engine's refusal, or the SDK's (a bad limit)
             raise ExecutorError(
                 f"could not create the container for {self.image}: {_reason(exc)}",
                 image=self.image,
