@@ -438,12 +438,14 @@ def test_on_a_terminal_the_token_is_asked_for_unechoed_and_approve_shows_the_liv
 def test_the_shared_token_sees_every_run_but_decides_nothing(team: dict[str, Any],
                                                              tmp_path: Path) -> None:
     server, config = team["server"], tmp_path / "servers.json"
-    done = ci("login", team["url"], config=config, home=team["home"], stdin=kit.TOKEN)
+    env = {"CI_RUNNER_SERVER": team["url"]}
+    unnamed = ci("login", config=config, home=team["home"], stdin=kit.TOKEN)
+    assert unnamed.returncode == 2 and "give the server" in one_line(unnamed)
+    done = ci("login", config=config, home=team["home"], stdin=kit.TOKEN, env=env)
     assert done.returncode == 0, done.stderr
     assert "with the server's shared token" in done.stdout
     run_id = server.push()
     server.wait_status(run_id, "waiting_for_event")
-    env = {"CI_RUNNER_SERVER": team["url"]}
     shown = ci("show", run_id, "--json", config=config, home=team["home"], env=env)
     assert json.loads(shown.stdout)["status"] == "waiting"
     nobody = ci("approve", run_id, config=config, home=team["home"], env=env)

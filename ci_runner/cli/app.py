@@ -382,7 +382,9 @@ def logs(
 
 @app.command()
 def login(
-    url: Annotated[str, typer.Argument(metavar="URL", help="The server, as https://HOST[:PORT].")],
+    url: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        metavar="[URL]", show_default=False, envvar="CI_RUNNER_SERVER",
+        help="The server, as https://HOST[:PORT].")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Allow plain http:// to a host other than this machine (the"
         " token then crosses the network readable).")] = False,
@@ -391,6 +393,8 @@ def login(
     checked with the server and kept for `--server URL` (or CI_RUNNER_SERVER)."""
     from ci_runner.cli import remote
 
+    if url is None:
+        raise UsageError("give the server: `ci-runner login https://HOST[:PORT]`")
     where, user, kept = remote.login(url, remote.read_token(), insecure=insecure)
     who = f"as {user}" if user else "with the server's shared token"
     typer.echo(f"logged in to {where} {who} (token kept in {kept}); use it with"
