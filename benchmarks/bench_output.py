@@ -126,6 +126,17 @@ def ours(repo: Path, home: Path, secrets: Path, cmd: str, *, sample: bool = Fals
     return measured, tree
 
 
+def ours_plain(repo: Path, home: Path, secrets: Path, cmd: str) -> tuple[Measured, int]:
+    """The same run with plain output (no --json) into a file: every line of the step
+    goes through the plain view, prefixed, as `ci-runner run | tee` would see it."""
+    argv = [*cli(), "run", "--sandbox", "off", "-C", str(repo),
+            "--secrets-file", str(secrets), "-p", f"cmd={cmd}"]
+    measured, tree, stdout, _ = spawn(argv, run_env(home))
+    if "complete in" not in stdout[-400:] or stdout.count("\n") < SIZE // 80:
+        raise SystemExit(f"plain run: {stdout.count(chr(10))} lines, ends {stdout[-300:]!r}")
+    return measured, tree
+
+
 def check(home: Path, record: dict[str, Any], cmd: str) -> None:
     """The run completed; a 100 MB step's log holds 64 MiB and the marker; its result
     has the output's end."""
@@ -189,6 +200,7 @@ def main() -> None:
             "ours_lines": lambda: ours(repo, home, secrets, MANY_LINES),
             "peer_lines": lambda: peer(root, MANY_LINES),
             "ours_empty": lambda: ours(repo, home, secrets, "true"),
+            "plain_lines": lambda: ours_plain(repo, home, secrets, MANY_LINES),
         }
         names = list(sides)
         got: dict[str, list[Measured]] = {name: [] for name in names}
@@ -225,6 +237,16 @@ def main() -> None:
                 mib(tree["ours_empty"]) + " empty",
                 f"{tree[f'ours_{case}'] / tree['ours_empty']:.2f}x", "-", "info"),
         ]
+    plain, json_lines = wall["plain_lines"] - start, wall["ours_lines"] - start
+    rows += [
+        Row("100 MB in lines, plain output: wall (spread)",
+            f"{sec(wall['plain_lines'])} ({spreads['plain_lines']})",
+            f"{sec(wall['ours_lines'])} --json", f"{json_lines / plain:.2f}x throughput net",
+            ">= 0.5x --json", verdict(json_lines / plain >= 0.5)),
+        Row("100 MB in lines, plain output vs the file", sec(wall["plain_lines"]),
+            sec(wall["peer_lines"]) + " peer", f"{wall['plain_lines'] / wall['peer_lines']:.1f}x",
+            "<= 4x (issue 16)", verdict(wall["plain_lines"] <= 4 * wall["peer_lines"])),
+    ]
     line_ratio = (wall["ours_line"] - start) / (wall["ours_lines"] - start)
     rows += [
         Row("one line / many lines, net", sec(wall["ours_line"] - start),

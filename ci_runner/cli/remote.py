@@ -420,6 +420,9 @@ def watch(api: Client, run_id: str, observe: Callable[[dict[str, Any]], None]) -
             if data:
                 observe({"type": "pipeline_output",
                          "text": data.decode("utf-8", errors="replace")})
+        flush = getattr(observe, "flush", None)
+        if flush is not None:
+            flush()  # what this look found is shown before the next wait
         if done:
             return found
         time.sleep(POLL_S)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +45,17 @@ ERROR_LOOKING = re.compile(
 )
 
 
+_LINE_COL = re.compile(r":\d+:\d")
+
+
+def may_look_like_error(line: str) -> bool:
+    """A cheap test that every line ERROR_LOOKING finds passes (substring searches run
+    in C; the full expression tries all its branches at every position of a line)."""
+    return ("rror" in line or "ERR" in line or "Exception" in line or "FAIL" in line
+            or "Traceback" in line or "fatal:" in line or "panic:" in line
+            or line[:1].isupper() or (":" in line and _LINE_COL.search(line) is not None))
+
+
 @dataclass
 class StepState:
     label: str
@@ -69,7 +81,8 @@ class StepState:
     def add_line(self, line: str) -> None:
         self.tail.append(line)
         self.lines += 1
-        if len(self.errors) < FIRST_ERROR_LINES and ERROR_LOOKING.search(line):
+        if (len(self.errors) < FIRST_ERROR_LINES and may_look_like_error(line)
+                and ERROR_LOOKING.search(line)):
             self.errors.append((self.lines, line))
 
     def excerpt(self) -> list[str]:
@@ -199,6 +212,9 @@ class RunView:
     def close(self, record: dict[str, Any]) -> None:
         """The run stopped (ended or hibernated): print the summary."""
 
+    def flush(self) -> None:
+        """Nothing more has arrived for now: what was printed must reach the reader."""
+
     def settle(self, record: dict[str, Any]) -> None:
         """Steps still shown in flight take the state the run's record gives them: no
         event says so when the run was interrupted, or cancelled from elsewhere."""
@@ -217,17 +233,38 @@ class RunView:
 class PlainView(RunView):
     """Line output for logs and pipes: one line per step change, output prefixed."""
 
+    # Lines held before they are written anyway, however busy the run.
+    HOLD_LINES = 1024
+
     def __init__(self, stream: Any = None) -> None:
         super().__init__()
         self.stream = stream or sys.stdout
+        # Lines are held here, not written one by one: a step printing a line at a time
+        # must not cost a write per line (stdout may be unbuffered: PYTHONUNBUFFERED).
+        # flush() writes them when the driver finds nothing more to read, so a reader
+        # of the pipe still sees each line as soon as the run goes quiet. A lock: the
+        # pipeline's own lines come from the broker's thread.
+        self._held: list[str] = []
+        self._lock = threading.Lock()
 
     def _print(self, text: str) -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        with self._lock:
+            self._held.append(text)
+            full = len(self._held) >= self.HOLD_LINES
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+            if held:
+                self.stream.write("\n".join(held) + "\n")
+            self.stream.flush()
 
     def header(self, record: dict[str, Any]) -> None:
         super().header(record)
         self._print(self.title)
+        self.flush()
 
     def on_change(self, state: StepState) -> None:
         icon = ICONS.get(state.status, "?")
@@ -243,6 +280,7 @@ class PlainView(RunView):
         if state.note:
             parts.append(f"- {state.note}")
         self._print(" ".join(parts))
+        self.flush()
 
     def on_line(self, state: StepState, line: str) -> None:
         self._print(f"  [{state.label}] {line}")
@@ -260,6 +298,7 @@ class PlainView(RunView):
             self.on_pipeline_line(self.pipeline_partial)
             self.pipeline_partial = ""
         self._print(summary(record))
+        self.flush()
 
 
 class LiveView(RunView):

@@ -297,7 +297,10 @@ class Engine:
         try:
             while True:
                 try:
-                    ready = conn.poll(HOLD_S if held else CONTROL_POLL_S)
+                    ready = conn.poll(0)
+                    if not ready:  # the pipe ran dry: what the view buffered goes out
+                        service.idle()
+                        ready = conn.poll(HOLD_S if held else CONTROL_POLL_S)
                 except (EOFError, OSError):
                     ready = True
                 if service.deadline is not None and time.monotonic() > service.deadline:

@@ -96,6 +96,17 @@ class StepService:
         except Exception:
             self._observer = _quiet
 
+    def idle(self) -> None:
+        """The pipeline process has sent nothing more for now: an observer that buffers
+        what it shows (``flush()``) lets it out."""
+        flush = getattr(self._observer, "flush", None)
+        if flush is None:
+            return
+        try:
+            flush()
+        except Exception:
+            self._observer = _quiet
+
     def redact(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """``args`` of request ``op`` as they may be stored and shown."""
         if not self.redactor:
