@@ -128,13 +128,23 @@ def ours(repo: Path, home: Path, secrets: Path, cmd: str, *, sample: bool = Fals
 
 def ours_plain(repo: Path, home: Path, secrets: Path, cmd: str) -> tuple[Measured, int]:
     """The same run with plain output (no --json) into a file: every line of the step
-    goes through the plain view, prefixed, as `ci-runner run | tee` would see it."""
+    goes through the plain view, prefixed, as `ci-runner run | tee` would see it. The
+    output is checked in the file, never read into this process (a fork of a big
+    process would inflate the next runs' max RSS)."""
     argv = [*cli(), "run", "--sandbox", "off", "-C", str(repo),
             "--secrets-file", str(secrets), "-p", f"cmd={cmd}"]
-    measured, tree, stdout, _ = spawn(argv, run_env(home))
-    if "complete in" not in stdout[-400:] or stdout.count("\n") < SIZE // 80:
-        raise SystemExit(f"plain run: {stdout.count(chr(10))} lines, ends {stdout[-300:]!r}")
-    return measured, tree
+    with tempfile.NamedTemporaryFile() as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=run_env(home), stdout=out,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        size = Path(out.name).stat().st_size
+        out.seek(max(0, size - 400))
+        end = out.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0 or "complete in" not in end or size < SIZE:
+        raise SystemExit(f"plain run: {size} bytes, ends {end!r}")
+    return Measured(wall, usage.ru_maxrss), 0
 
 
 def check(home: Path, record: dict[str, Any], cmd: str) -> None:
