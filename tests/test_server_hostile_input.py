@@ -231,8 +231,12 @@ async def _slow_client(port: int, request: bytes, *, at_once: int = 0,
     """Send ``request``, its first ``at_once`` bytes in one write and the rest one byte a
     second, until the server closes the connection (or ``give_up_s`` passes); how long
     that took and what the server said."""
-    reader, writer = await asyncio.open_connection(kit.LOOPBACK, port)
+    # From before the connection: the server's deadline starts when it accepts, never
+    # earlier, while this coroutine may resume from its connect well after that on a
+    # loaded machine (with 199 others waiting to run), which once read as a cut-off
+    # 0.5 s early.
     start = time.monotonic()
+    reader, writer = await asyncio.open_connection(kit.LOOPBACK, port)
     answer = b""
     writer.write(request[:at_once])
     try:
