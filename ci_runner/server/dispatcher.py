@@ -236,8 +236,16 @@ class Dispatcher:
         finally:
             engine.close()
 
+    # While a backlog of deliveries is turned into runs (a fetch and a fork each, ~50-85
+    # ms), finished drivers are reaped and runs started at least this often: intake
+    # must not starve the runs already waiting for a slot.
+    DRIVE_EVERY_S = 0.05
+
     def tick(self, engine: Engine) -> None:
         self.start_deliveries(engine)
+        self._drive(engine)
+
+    def _drive(self, engine: Engine) -> None:
         if self._stop.is_set():  # from here on, stop() owns the drivers
             return
         self._reap()
@@ -259,9 +267,13 @@ class Dispatcher:
                              ("pr", found.supersede_pull_requests)):
                 if on and store.supersede_waiting(engine.conn, forge, name, kind):
                     waiting = []  # some were skipped: read again
+        driven = time.monotonic()
         for row in waiting or store.waiting(engine.conn):
             if self._stop.is_set():
                 break
+            if time.monotonic() - driven >= self.DRIVE_EVERY_S:
+                self._drive(engine)
+                driven = time.monotonic()
             if self._retry_at.get(row["id"], 0.0) > time.monotonic():
                 continue
             repo = self.config.repo(row["forge"], row["repo"])
