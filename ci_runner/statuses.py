@@ -47,6 +47,15 @@ def engine_words(user_word: str) -> tuple[str, ...]:
     return found
 
 
+
+def engine_words_of(words: str) -> tuple[str, ...]:
+    """``failed,cancelled`` -> the engine statuses they stand for, in order, once each;
+    raises ValueError for a word that is not a status."""
+    found: list[str] = []
+    for word in words.split(","):
+        found += [w for w in engine_words(word) if w not in found]
+    return tuple(found)
+
 def phrase(status: str, *, waiting_for: str | None = None) -> str:
     """An engine run status as a sentence fragment: 'waiting for approval', 'failed', ...
 

@@ -290,15 +290,12 @@ def _statuses(words: str | None) -> tuple[str, ...] | None:
     """``--status failed,cancelled`` -> the engine's words for them."""
     if words is None:
         return None
-    from ci_runner.statuses import engine_words
+    from ci_runner.statuses import engine_words_of
 
-    found: list[str] = []
-    for word in words.split(","):
-        try:
-            found += [w for w in engine_words(word) if w not in found]
-        except ValueError as exc:
-            raise UsageError(f"--status: {exc}") from exc
-    return tuple(found)
+    try:
+        return engine_words_of(words)
+    except ValueError as exc:
+        raise UsageError(f"--status: {exc}") from exc
 
 
 def _nothing_listed(conn: Any, scope: Scope, *, filtered: bool) -> str:

@@ -452,8 +452,7 @@ def follow_remote_run(api: Client, run_id: str, *, json_out: bool) -> int:
     their new output, the summary; the record with --json) until it stops; the exit
     code its outcome means, as for a local run."""
     from ci_runner.cli import remote
-    from ci_runner.cli.foreground import error_line, usage_error
-    from ci_runner.cli.report import exit_code
+    from ci_runner.cli.foreground import show_end
     from ci_runner.cli.view import make_view
 
     view = make_view(json_mode=json_out)
@@ -465,15 +464,7 @@ def follow_remote_run(api: Client, run_id: str, *, json_out: bool) -> int:
         typer.echo(f"stopped watching; the server drives run {run_id} on (`ci-runner logs"
                    f" {run_id} --follow --server {api.url}`)", err=True)
         return 130
-    said_apart = usage_error(record)
-    view.close({**record, "error": None} if said_apart else record)
-    if json_out:
-        typer.echo(json.dumps(record))
-    if said_apart:
-        from ci_runner.errors import error_line as one_line
-
-        error_line(one_line(record["error"]))
-    return exit_code(record)
+    return show_end(view, record, json_out=json_out)
 
 
 def _combined(codes: list[int]) -> int:

@@ -32,6 +32,14 @@ def drive_in_foreground(
                        err=True)
             return 130
         record = run_record(engine.conn, run_id)
+    return show_end(view, record, json_out=json_out)
+
+
+def show_end(view: Any, record: dict[str, Any], *, json_out: bool) -> int:
+    """A run shown in this terminal has stopped (driven here, or followed on a server):
+    the view's summary, the record with --json, and the exit code its outcome means."""
+    from ci_runner.cli.report import exit_code
+
     said_apart = usage_error(record)
     # A configuration error is said once, on its own `error:` line (below), not also in
     # the summary; any other error is in the summary, with the pipeline's lines.
@@ -42,8 +50,6 @@ def drive_in_foreground(
         from ci_runner.errors import error_line as one_line
 
         error_line(one_line(record["error"]))
-    from ci_runner.cli.report import exit_code
-
     return exit_code(record)
 
 

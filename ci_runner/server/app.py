@@ -725,15 +725,12 @@ def _statuses(words: str | None) -> tuple[str, ...] | None:
     """``failed,cancelled`` -> the engine's words for them; 400 for a word it is not."""
     if words is None:
         return None
-    from ci_runner.statuses import engine_words
+    from ci_runner.statuses import engine_words_of
 
-    found: list[str] = []
-    for word in words.split(","):
-        try:
-            found += [w for w in engine_words(word) if w not in found]
-        except ValueError as exc:
-            raise HTTPException(400, f"status: {exc}") from exc
-    return tuple(found)
+    try:
+        return engine_words_of(words)
+    except ValueError as exc:
+        raise HTTPException(400, f"status: {exc}") from exc
 
 
 async def _follow(db: _Db, run_id: str, path: Path, follow: bool,
