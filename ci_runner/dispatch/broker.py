@@ -13,6 +13,8 @@ claims):
   network and caches of its own, however the step is called.
 - ``cache_key``: the input-keyed cache key, computed from the commit's tree.
 - ``artifacts``: copy files of the worktree into the artifact store and record them.
+- ``files``: check out the worktree's files (it holds only ``.ci/`` until a step needs
+  them, see ``dispatch.runs``); ``exec`` and ``artifacts`` do it first themselves.
 
 One thread with an event loop per run, talking length-framed JSON over a socket
 pair whose other end the pipeline process inherits (``CI_RUNNER_BROKER_FD``).
@@ -68,6 +70,7 @@ class RunContext:
     untrusted: bool
     cache_scope: str  # the tenant, or the tenant and pull request for an untrusted run
     confinement: Confinement
+    submodules: bool | list[str] = True  # which ones the worktree's checkout includes
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], confinement: Confinement) -> RunContext:
@@ -79,7 +82,7 @@ class RunContext:
             workspace=Path(metadata["workspace"]), sha=str(metadata["sha"]),
             secrets_file=Path(secrets) if secrets and not untrusted else None,
             untrusted=untrusted, cache_scope=cache_scope(metadata),
-            confinement=confinement,
+            confinement=confinement, submodules=metadata.get("submodules", True),
         )
 
 
@@ -233,6 +236,9 @@ class StepBroker:
         self._swept = False
         self._cgroups: list[StepCgroup] = []  # removed when their last process is gone
         self._run_cgroup: RunCgroup | None = None
+        self._filled = False
+        self._filling: asyncio.Lock | None = None
+        self._copier: _PipelineOutput | None = None
 
     def start(self) -> None:
         # The thread's own handle on the pipeline's socket, taken here: whoever owns
@@ -268,6 +274,7 @@ class StepBroker:
         copier = _PipelineOutput(self._output, self._pipeline_log, self.redactor,
                                  self._on_output)
         copier.start(self._loop)
+        self._copier = copier
         self._warm_docker()
         try:
             await self._serve_requests()
@@ -373,12 +380,43 @@ class StepBroker:
 
         return input_key(self._tree, list(inputs), material)
 
+    async def _op_files(self, _event: Callable[[dict[str, Any]], None]) -> None:
+        await self.files()
+
+    async def files(self) -> None:
+        """Check out the worktree's files, once per drive, the first time a step needs
+        them: until then it holds only the pipeline's folder, so a run whose steps are
+        all served from the cache never checks out the rest of the tree."""
+        if self._filled:
+            return
+        if self._filling is None:
+            self._filling = asyncio.Lock()
+        async with self._filling:  # steps run side by side (step.parallel) wait for one
+            if self._filled:
+                return
+            notes = await asyncio.to_thread(self._fill)
+            self._filled = True
+        if notes and self._copier is not None:  # as a fork's notes were: the run's output
+            self._copier.note("".join(f"ci-runner: {note}\n" for note in notes))
+
+    def _fill(self) -> list[str]:
+        from ci_runner.workspace import fill, has_files, open_repo
+
+        ctx = self.context
+        if has_files(ctx.workspace):
+            return []
+        notes = fill(open_repo(ctx.repo), ctx.sha, ctx.workspace,
+                     submodules=ctx.submodules)
+        ctx.confinement.hand_over_workspace()  # written by git as us: the sandbox's now
+        return notes
+
     async def _op_artifacts(
         self, _event: Callable[[dict[str, Any]], None], *, step: str,
         patterns: list[str] | None = None, path: str | None = None, name: str | None = None,
     ) -> list[dict[str, Any]]:
         from ci_runner.dispatch import artifacts
 
+        await self.files()
         root = self.context.workspace
 
         def keep() -> list[dict[str, Any]]:
@@ -417,6 +455,7 @@ class StepBroker:
         ctx = self.context
         label = name if occurrence == 1 else f"{name}#{occurrence}"
         self._check_untrusted(name, secrets, network)
+        await self.files()
         workdir = self._workdir(cwd)
         values = resolve_secrets(list(secrets), environ=os.environ,
                                  secrets_file=ctx.secrets_file)
@@ -689,6 +728,11 @@ class _PipelineOutput:
         if cut:
             self._write(self._pending[:cut])
             self._pending = self._pending[cut:]
+
+    def note(self, text: str) -> None:
+        """ci-runner's own lines in the pipeline's output (a submodule left empty)."""
+        if self._log is not None:
+            self._write(text.encode())
 
     def _write(self, data: bytes) -> None:
         assert self._log is not None

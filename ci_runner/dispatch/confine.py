@@ -170,6 +170,15 @@ class Confinement:
                 if admin.is_dir():
                     _chown_tree(admin, self.ids)
 
+    def hand_over_workspace(self) -> None:
+        """Hand files git just checked out in the worktree (as our user) to whom the
+        sandbox runs as."""
+        if self.ids is not None and self.kind == "bwrap" and self.workspace.is_dir():
+            _chown_tree(self.workspace, self.ids, force=True)
+            for admin in self.step_rw:  # its index, rewritten
+                if admin.is_dir():
+                    _chown_tree(admin, self.ids, force=True)
+
 
 _LANDLOCK_EXEC = Path(__file__).resolve().parent.parent / "landlock_exec.py"
 
@@ -249,11 +258,12 @@ def _git_dirs(workspace: Path, repo: Path) -> tuple[Path | None, Path | None]:
     return None, admin
 
 
-def _chown_tree(root: Path, ids: tuple[int, int]) -> None:
-    """Hand a folder to the sandbox's user; cheap when it already has it."""
+def _chown_tree(root: Path, ids: tuple[int, int], *, force: bool = False) -> None:
+    """Hand a folder to the sandbox's user; cheap when it already has it (unless
+    ``force``: things were added to a folder it had)."""
     uid, gid = ids
     try:
-        if root.stat().st_uid == uid:
+        if root.stat().st_uid == uid and not force:
             return
     except OSError:
         return

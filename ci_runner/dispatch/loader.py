@@ -192,4 +192,5 @@ def _refork(metadata: dict[str, Any], workspace: Path) -> None:
     from ci_runner.workspace import fork, open_repo
 
     fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True,
-         submodules=metadata.get("submodules", True))
+         submodules=metadata.get("submodules", True),
+         only=str(Path(str(metadata.get("pipeline_file", PIPELINE_FILE))).parent))

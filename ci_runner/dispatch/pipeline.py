@@ -7,6 +7,7 @@ streamed to the live view and to the step's log file, secrets masked.
 
 from __future__ import annotations
 
+import inspect
 import re
 import shlex
 from abc import ABC, abstractmethod
@@ -77,6 +78,7 @@ class PipelineStep:
         # it is skipped too: a deploy behind an unapproved gate must never run.
         self._gate_closed: str | None = None
         self._broker_client: BrokerClient | None = None
+        self._files_ready = False
         self.parallel = step.parallel
 
     def _watch(self, name: object, coro: Coroutine[Any, Any, Any],
@@ -111,8 +113,23 @@ class PipelineStep:
         if skipped is not None:
             return skipped.result
         return await self._cached(name, inputs, {"kind": "do", "do": name},
-                                  lambda: self._step.do(name, fn, retries=retries,
-                                                        timeout=timeout))
+                                  lambda: self._step.do(name, self._with_files(fn),
+                                                        retries=retries, timeout=timeout))
+
+    def _with_files(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` run once the worktree holds its files: it may read them, and the
+        worktree holds only ``.ci/`` until a step needs more (see ``dispatch.runs``).
+        A step replayed or served from the cache never calls it."""
+        async def body() -> Any:
+            if not self._files_ready:
+                await self._broker.call("files", {})
+                self._files_ready = True
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return body
 
     @watched
     async def sleep(self, name: str, duration: float | str) -> None:

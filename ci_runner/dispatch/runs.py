@@ -1,5 +1,12 @@
-"""Starting and driving CI runs: resolve the sha, fork the worktree, wrap the envelope,
-create the instance, drive it, and clean up the worktree when the run is over."""
+"""Starting and driving CI runs: resolve the sha, wrap the envelope, create the
+instance, drive it, and clean up the worktree when the run is over.
+
+A run holds a worktree only while a driver drives it: a queued run has none (the
+number of waiting runs must not slow git, whose worktree commands read every entry),
+the driver forks one at the run's sha holding only ``.ci/`` (the broker checks out
+the rest when a step first needs the files, so a run served from the cache checks
+out nothing else), and removes it when the run hibernates or is handed back; the
+next drive forks it again at the same sha."""
 
 from __future__ import annotations
 
@@ -250,12 +257,11 @@ def _start_child(
 
 
 def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None) -> str:
-    """Fork the worktree and store the queued run; returns the run id.
+    """Store the queued run; returns the run id. Its worktree is forked by its driver.
 
     Nothing is written when the repo, the rev or the pipeline file is missing.
     """
     from ci_runner.workspace import (
-        fork,
         hold,
         open_repo,
         resolve_rev,
@@ -314,14 +320,13 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     }
     if request.include_uncommitted:
         hold(repo, run_id, sha)
-    _say_of_workspace(run_id, fork(repo, sha, workspace, submodules=submodules))
     _upsert_tenant(engine, tenant, repo.name, str(repo.root))
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
                   instance_id=run_id, claim=True)
     return run_id
 
 
-def _say_of_workspace(run_id: str, notes: list[str]) -> None:
+def say_of_workspace(run_id: str, notes: list[str]) -> None:
     """What the run's worktree lacks (a submodule left empty, and why), in the run's
     own output (``ci-runner logs RUN``) and on stderr."""
     if not notes:
@@ -353,7 +358,7 @@ def drive_run(
     run_id = str(row["id"])
     metadata, _ = unwrap_params(json.loads(row["payload"]))
     workspace = Path(metadata["workspace"])
-    if not workspace.is_dir() or not (workspace / ".git").exists():
+    if not (workspace / ".git").exists():
         _refork(metadata, workspace)  # here, not in the sandbox: it cannot write git's files
     try:
         confinement = plan(metadata)
@@ -386,6 +391,9 @@ def drive_run(
                                   timeout_s=metadata.get("timeout_s"))
         finally:
             broker.close()
+    except KeyboardInterrupt:
+        put_away_workspace(engine, metadata)  # handed back or interrupted: driven again later
+        raise
     except (OSError, sqlite3.OperationalError) as exc:
         from ci_runner.errors import disk_full
 
@@ -402,8 +410,51 @@ def drive_run(
 
         stop_processes_in(workspace)
     if status in TERMINAL:
+        if metadata.get("keep_workspace"):
+            _fill(metadata)  # kept to be looked at: with its files, even if no step ran
         finish_workspace(metadata)
+    else:
+        put_away_workspace(engine, metadata)
     return status
+
+
+def put_away_workspace(engine: Engine, metadata: dict[str, Any]) -> None:
+    """Remove the worktree of a run that is no longer driven but not over (it waits for
+    an approval, an event or a timer, or was handed back): it holds none until a driver
+    takes it again, which forks it anew at the same sha. Files its steps made are gone
+    then, as between the jobs of other CI systems; artifacts keep what must last.
+    A worktree the run keeps (``--keep-workspace``) stays."""
+    if metadata.get("keep_workspace"):
+        return
+    try:
+        row = engine.get(str(metadata["run_id"]))
+    except Exception:
+        return
+    if row["status"] in ("running", *TERMINAL):
+        return  # taken over by another driver meanwhile, or ended by another process
+    from ci_runner.dispatch.confine import remove_scratch
+    from ci_runner.errors import CIRunnerError
+    from ci_runner.workspace import open_repo, remove
+
+    try:
+        remove(open_repo(Path(metadata["repo"])), Path(metadata["workspace"]))
+    except CIRunnerError as exc:  # the repo moved away, say: nothing of ours to remove
+        print(f"note: the worktree of run {metadata['run_id']} was left: {exc.message}",
+              file=sys.stderr)
+    remove_scratch(str(metadata["run_id"]))
+
+
+def _fill(metadata: dict[str, Any]) -> None:
+    from ci_runner.errors import CIRunnerError
+    from ci_runner.workspace import fill, open_repo
+
+    try:
+        notes = fill(open_repo(Path(metadata["repo"])), str(metadata["sha"]),
+                     Path(metadata["workspace"]), submodules=metadata.get("submodules", True))
+    except CIRunnerError as exc:
+        print(f"note: the kept worktree holds only .ci/: {exc.message}", file=sys.stderr)
+        return
+    say_of_workspace(str(metadata["run_id"]), notes)
 
 
 def _pipeline_output(observer: Observer | None) -> Callable[[str], None] | None:
@@ -447,11 +498,14 @@ def _same_sandbox(started: Any, wanted: Any) -> bool:
 
 
 def _refork(metadata: dict[str, Any], workspace: Path) -> None:
+    """Fork the run's worktree holding only its pipeline's folder: the broker checks out
+    the rest when a step first needs it (``StepBroker.files``)."""
     from ci_runner.workspace import fork, open_repo
 
+    folder = str(Path(str(metadata.get("pipeline_file", PIPELINE_FILE))).parent)
     # --force: git may still have it registered, its folder gone or left empty.
     fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True,
-         submodules=metadata.get("submodules", True))
+         submodules=metadata.get("submodules", True), only=folder)
 
 
 def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> str | None:

@@ -4,9 +4,12 @@ A run is pinned to a commit: either one that exists (``resolve_rev``) or one mad
 the fly from the uncommitted working tree (``snapshot_uncommitted``). ``fork`` checks
 that commit out as a detached linked worktree, ``remove`` takes it away again, and
 ``hold``/``release`` keep a ref on the commit so ``git gc`` cannot prune a snapshot
-while its run lives. Submodules the user initialized are checked out too
-(``submodules.py``). Every git call goes through ``_git`` as an argument list, and so
-through ``gitcmd.run_git``: no hook, fsmonitor or ``ext::`` URL of the repository runs.
+while its run lives. ``fork(..., only=".ci")`` checks out one folder and leaves the
+rest of the tree to ``fill``, called when a step needs the files: a run whose steps
+are all served from the cache never pays for a checkout of the whole tree. Submodules
+the user initialized are checked out too (``submodules.py``). Every git call goes
+through ``_git`` as an argument list, and so through ``gitcmd.run_git``: no hook,
+fsmonitor or ``ext::`` URL of the repository runs.
 """
 
 from __future__ import annotations
@@ -187,7 +190,7 @@ def release(repo: RepoInfo, run_id: str) -> None:
 
 
 def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
-         submodules: Wanted = True) -> list[str]:
+         submodules: Wanted = True, only: str | None = None) -> list[str]:
     """Check out ``sha`` as a new detached worktree at ``dest``, with its submodules
     (``submodules``: True, every one the user initialized; False, none; or a list of
     paths; see ``workspace.submodules``). Returns a line for the run's output about
@@ -196,7 +199,8 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
     One git call and nothing else for a repo without submodules: this sits on the
     start-up path of every run. ``again``: ``dest`` was this run's worktree and its
     folder was deleted; git still has it registered, and ``--force`` lets it be
-    checked out there once more.
+    checked out there once more. ``only``: check out just this folder of the tree (a
+    ``--no-checkout`` worktree, then that folder); ``fill`` checks out the rest.
     """
     _check_rev(sha)
     target = Path(dest).absolute()
@@ -208,24 +212,34 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
 
             if is_mirror(repo):  # a filter it names would run during the checkout
                 reset_foreign_config(repo.root)
-        result = _add_worktree(repo, sha, target, again=again)
+        result = _add_worktree(repo, sha, target, again=again, files=only is None)
     if result.status != 0:
         raise _failure(f"could not create a worktree of {sha} at {target}", result,
                        "check that the path is free and the commit exists")
+    if only is not None:
+        _check_out_folder(repo, sha, target, only)
+        return []  # submodules come with the rest of the files (``fill``)
+    return _submodules(repo, sha, target, submodules)
+
+
+def _submodules(repo: RepoInfo, sha: str, target: Path, submodules: Wanted) -> list[str]:
     if not (target / ".gitmodules").is_file():
         return []
+    bare = repo.root == repo.common_dir
     from ci_runner.workspace.submodules import check_out
 
     return check_out(repo.common_dir, sha, target, wanted=submodules, bare=bare)
 
 
-def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool) -> GitResult:
+def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool,
+                  files: bool = True) -> GitResult:
     for attempt in range(_FORK_ATTEMPTS):
         # submodule.recurse (a user's setting) would clone from the commit's URLs:
         # submodules are checked out apart, from the user's clones (submodules.py).
         result = _git(
             repo.root, "-c", "submodule.recurse=false", "worktree", "add", "--detach",
-            "--quiet", *(["--force"] if again else []), str(target), sha,
+            "--quiet", *(["--force"] if again else []),
+            *([] if files else ["--no-checkout"]), str(target), sha,
         )
         if result.status == 0 or not _RACING_ADD.search(result.stderr):
             break
@@ -233,6 +247,71 @@ def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool) -> Git
         # half-way through writing its entry, which git reads and trips over.
         time.sleep(0.01 * (attempt + 1))
     return result
+
+
+def _check_out_folder(repo: RepoInfo, sha: str, target: Path, folder: str) -> None:
+    """Check out ``folder`` of ``sha`` into the ``--no-checkout`` worktree ``target``, and
+    mark the worktree as holding only it (``PARTIAL`` in its admin folder, which the
+    pipeline's sandbox cannot write)."""
+    admin = _admin_dir(target)
+    if admin is None:
+        raise WorkspaceError(f"{target} is not a linked worktree after `git worktree add`",
+                             path=str(target))
+    (admin / PARTIAL).write_text(sha + "\n", encoding="utf-8")
+    if _git(repo.root, "cat-file", "-e", f"{sha}:{folder}").status != 0:
+        return  # nothing to check out (a pipeline file that is missing fails later)
+    _git_ok(repo.root, f"check out {folder} of {sha} at {target}", *_in(admin, target),
+            "-c", "submodule.recurse=false", "checkout", sha, "--", folder)
+
+
+# In a worktree's admin folder while only one folder of its tree is checked out.
+PARTIAL = "ci-runner-partial"
+
+
+def has_files(dest: Path) -> bool:
+    """Whether the worktree at ``dest`` holds its whole tree (not only the folder a
+    ``fork(..., only=...)`` checked out)."""
+    admin = _admin_dir(Path(dest).absolute())
+    return admin is None or not (admin / PARTIAL).exists()
+
+
+def fill(repo: RepoInfo, sha: str, dest: Path, *, submodules: Wanted = True) -> list[str]:
+    """Check out the rest of the tree into a worktree ``fork(..., only=...)`` made, and
+    its submodules; returns ``fork``'s notes on submodules. Nothing happens (and
+    nothing is returned) when it holds its files already."""
+    _check_rev(sha)
+    target = Path(dest).absolute()
+    admin = _admin_dir(target)
+    if admin is None or not (admin / PARTIAL).exists():
+        return []
+    if repo.root == repo.common_dir:  # perhaps a mirror, which runs can write (as fork)
+        from ci_runner.workspace.mirror import is_mirror, reset_foreign_config
+
+        with _worktree_lock(repo):
+            if is_mirror(repo):
+                reset_foreign_config(repo.root)
+    # Run from the repository, naming both folders: the worktree may belong to the
+    # sandbox's user by now, and git refuses to work in a folder of another owner.
+    _git_ok(repo.root, f"check out {sha} at {target}", *_in(admin, target),
+            "-c", "submodule.recurse=false", "reset", "--hard", "--quiet", sha)
+    (admin / PARTIAL).unlink(missing_ok=True)
+    return _submodules(repo, sha, target, submodules)
+
+
+def _in(admin: Path, target: Path) -> tuple[str, ...]:
+    return (f"--git-dir={admin}", f"--work-tree={target}")
+
+
+def _admin_dir(target: Path) -> Path | None:
+    """The worktree's admin folder in the repository (``gitdir:`` of its ``.git`` file)."""
+    try:
+        text = (target / ".git").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    admin = Path(text.removeprefix("gitdir:").strip())
+    return (target / admin).resolve() if not admin.is_absolute() else admin
 
 
 @contextmanager
