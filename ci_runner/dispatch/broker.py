@@ -34,6 +34,7 @@ import re
 import shutil
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -396,7 +397,9 @@ class StepBroker:
                 return
             notes = await asyncio.to_thread(self._fill)
             self._filled = True
-        if notes and self._copier is not None:  # as a fork's notes were: the run's output
+        for note in notes:  # what the checkout left out: in the run's output and on stderr
+            print(f"note: {note}", file=sys.stderr, flush=True)
+        if notes and self._copier is not None:
             self._copier.note("".join(f"ci-runner: {note}\n" for note in notes))
 
     def _fill(self) -> list[str]:

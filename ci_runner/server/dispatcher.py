@@ -445,12 +445,22 @@ class Dispatcher:
         log_dir = paths.run_logs(run_id)
         log_dir.mkdir(parents=True, exist_ok=True)
         with (log_dir / "driver.log").open("ab") as out:
-            self.running[run_id] = subprocess.Popen(
+            proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=self.driver_env, start_new_session=True,
             )
+        self.running[run_id] = proc
+        # Its slot is free the moment it exits: the loop is woken to reap it and start
+        # the next run, rather than at its next poll (a second, by default, per run).
+        threading.Thread(target=self._wake_on_exit, args=(proc,), daemon=True,
+                         name=f"ci-runner-driver-{run_id}").start()
         log.info("driving run %s", run_id)
         self.on_change()
+
+    def _wake_on_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(Exception):
+            proc.wait()
+        self._wake.set()
 
     def _reap(self) -> None:
         for run_id, proc in list(self.running.items()):
