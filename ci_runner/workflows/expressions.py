@@ -19,6 +19,7 @@ CLI prints it in one red line) and a ``ValueError``.
 from __future__ import annotations
 
 import decimal
+import functools
 import json
 import math
 import re
@@ -426,7 +427,13 @@ def _parse(expr: str, contexts: Mapping[str, Any]) -> _Node | None:
         raise ExpressionError(
             f"Exceeded max expression length {MAX_LENGTH}: an expression of {len(expr)} characters"
         )
-    return _Parser(expr, frozenset(str(k).lower() for k in contexts)).parse()
+    return _parse_cached(expr, frozenset(str(k).lower() for k in contexts))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(expr: str, names: frozenset[str]) -> _Node | None:
+    # A workflow evaluates the same few expressions once per matrix cell and step.
+    return _Parser(expr, names).parse()
 
 
 # ---------------------------------------------------------------- values
