@@ -7,6 +7,9 @@ expects a value must give that kind and value; one that expects an error must ra
 an ``ExpressionError`` whose message contains GitHub's. A case we knowingly differ
 on is listed in ``KNOWN_DIFFERENCES`` with the reason, and must still fail there
 (strict xfail), so the list cannot rot.
+
+``generated/differential.json`` adds 1,594 random expressions with the answers
+GitHub's evaluator (the ``@actions/expressions`` package itself) gave for them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,21 @@ def _cases() -> list[Any]:
 
 
 CASES = _cases()
+
+
+def _differential() -> tuple[dict[str, Any], list[Any]]:
+    data = json.loads((FIXTURES / "generated" / "differential.json").read_text(encoding="utf-8"))
+    params = []
+    for n, case in enumerate(data["cases"]):
+        case_id = f"differential:{n}"
+        marks = []
+        if case_id in KNOWN_DIFFERENCES:
+            marks.append(pytest.mark.xfail(reason=KNOWN_DIFFERENCES[case_id], strict=True))
+        params.append(pytest.param(case, id=case_id, marks=marks))
+    return data["contexts"], params
+
+
+DIFFERENTIAL_CONTEXTS, DIFFERENTIAL = _differential()
 
 
 def _kind(value: Any) -> str:
@@ -79,19 +97,31 @@ def _one_line(text: str) -> str:
 
 
 def test_all_fixture_files_are_used() -> None:
-    assert len(CASES) > 1000, len(CASES)
+    assert len(CASES) == 1020
+    assert len(DIFFERENTIAL) == 1594
+
+
+def _check(
+    expr: str, contexts: dict[str, Any], expected: dict[str, Any] | None, err: str | None
+) -> None:
+    if err is not None:
+        with pytest.raises(ExpressionError) as caught:
+            evaluate(expr, contexts)
+        assert _one_line(err) in str(caught.value)
+        assert "\n" not in str(caught.value)
+        return
+    assert expected is not None
+    result = evaluate(expr, contexts)
+    assert _kind(result) == expected["kind"]
+    assert _as_json(result) == _as_json(expected["value"])
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_conformance(case: dict[str, Any]) -> None:
-    contexts = case.get("contexts") or {}
-    if "err" in case:
-        with pytest.raises(ExpressionError) as caught:
-            evaluate(case["expr"], contexts)
-        assert _one_line(case["err"]["value"]) in str(caught.value)
-        assert "\n" not in str(caught.value)
-        return
-    result = evaluate(case["expr"], contexts)
-    expected = case["result"]
-    assert _kind(result) == expected["kind"]
-    assert _as_json(result) == _as_json(expected["value"])
+    err = case["err"]["value"] if "err" in case else None
+    _check(case["expr"], case.get("contexts") or {}, case.get("result"), err)
+
+
+@pytest.mark.parametrize("case", DIFFERENTIAL)
+def test_differential(case: dict[str, Any]) -> None:
+    _check(case["expr"], DIFFERENTIAL_CONTEXTS, case.get("result"), case.get("err"))

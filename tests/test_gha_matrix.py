@@ -257,7 +257,7 @@ def test_256_cells_allowed_257_refused() -> None:
         ({"matrix": {"os": ["a"], "include": "x"}}, "include must be a list of mappings"),
         ({"matrix": {"os": ["a"], "include": ["x"]}}, r"include\[0\] must be a mapping"),
         ({"matrix": "${{ fromJSON('[1]') }}"}, "strategy.matrix must be a mapping, not a list"),
-        ({"matrix": "${{ fromJSON('{') }}"}, "Error parsing fromJson"),
+        ({"matrix": "${{ fromJSON('{') }}"}, "Error parsing JSON when evaluating fromJson"),
         ({"matrix": "${{ nope }}"}, "Unrecognized named-value: 'nope'"),
         ({"matrix": {"a": [1]}, "max-parallel": 0}, "max-parallel must be a whole number"),
         ({"matrix": {"a": [1]}, "fail-fast": "maybe"}, "fail-fast must be true or false"),

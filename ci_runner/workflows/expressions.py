@@ -712,8 +712,12 @@ def _to_json(v: Any) -> str:
     return "".join(out)
 
 
+class _NotJson(ValueError):
+    """fromJSON's input is not JSON; the message says where."""
+
+
 def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"{name} is not JSON")
 
 
 def _json_int(text: str) -> int | float:
@@ -724,12 +728,15 @@ def _json_int(text: str) -> int | float:
 def _from_json(text: str) -> Any:
     if not text.strip(_JS_SPACE):
         raise ValueError("empty input")
-    return json.loads(
-        text,
-        parse_constant=_reject_constant,
-        parse_int=_json_int,
-        parse_float=lambda s: _tidy_number(float(s)),
-    )
+    try:
+        return json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_int=_json_int,
+            parse_float=lambda s: _tidy_number(float(s)),
+        )
+    except json.JSONDecodeError as e:
+        raise _NotJson(str(e)) from None
 
 
 # ---------------------------------------------------------------- evaluation
@@ -825,8 +832,10 @@ class _Evaluator:
     functions: Functions
     memory: int = field(default=0)
 
-    def fail(self, message: str) -> NoReturn:
-        raise ExpressionError(f"{message}. Located within expression: {self.expr}")
+    def fail(self, message: str, detail: str = "") -> NoReturn:
+        # GitHub's wording first, then what we know beyond it
+        after = f" ({detail})" if detail else ""
+        raise ExpressionError(f"{message}. Located within expression: {self.expr}{after}")
 
     def run(self, node: _Node) -> Any:
         if isinstance(node, _Literal):
@@ -901,6 +910,8 @@ class _Evaluator:
             raise
         except RecursionError:
             self.fail(f"{name}: the value is nested too deeply")
+        except _NotJson as e:
+            self.fail("Error parsing JSON when evaluating fromJson", f"not JSON: {e}")
         except ValueError as e:
             self.fail(str(e))
         if _size(result) > MAX_MEMORY:
@@ -919,10 +930,7 @@ class _Evaluator:
         if name == "tojson":
             return _to_json(args[0])
         if name == "fromjson":
-            try:
-                return _from_json(_coerce_string(args[0]))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"Error parsing fromJson: {e}") from None
+            return _from_json(_coerce_string(args[0]))
         if name == "case":
             for n in range(0, len(args) - 1, 2):
                 if not isinstance(args[n], bool):
