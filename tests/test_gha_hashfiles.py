@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ci_runner.workflows.expressions import ExpressionError, Functions, evaluate
-from ci_runner.workflows.hashfiles import hash_files
+from ci_runner.workflows.hashfiles import FOLLOW_OPTION, hash_files
 
 FILES = {
     "a/b/x.txt": "ab\n",
@@ -130,6 +130,63 @@ def test_matches_github_runner(
     # The recorded file order explains the digest; both must hold.
     assert _expected(tree, files) == digest
     assert hash_files(tree, patterns) == digest
+
+
+# --follow-symbolic-links, recorded with followSymbolicLinks: true (FOLLOW=1)
+RECORDED_FOLLOW: list[tuple[list[str], str, list[str]]] = [
+    (
+        ["**/package-lock.json"],
+        "8b60273943ef31342a2b8e59c245cb0a420506d7350e7be0564900189cd9e18b",
+        [
+            "dir-link/dir/package-lock.json",
+            "node_modules/p/package-lock.json",
+            "package-lock.json",
+            "sub/dir/package-lock.json",
+        ],
+    ),
+    (
+        ["dir-link/**"],
+        "46a7b17d440f680570258249930a0a8c7de8a7ab1a246139217e2e92ccc0372a",
+        ["dir-link/dir/package-lock.json", "dir-link/keep.lock"],
+    ),
+    (
+        ["**"],
+        "f1380154ab8f2d3a75f7ea36aa354e1294fc0cc90362cb9b0a7dd22a0c94ab1d",
+        [
+            ".hidden/x.txt",
+            "B/x.txt",
+            "a/b/x.txt",
+            "a-c/x.txt",
+            "a.txt",
+            "dir-link/dir/package-lock.json",
+            "dir-link/keep.lock",
+            "link-to-file",
+            "node_modules/p/package-lock.json",
+            "package-lock.json",
+            "sub/dir/package-lock.json",
+            "sub/keep.lock",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "digest", "files"), RECORDED_FOLLOW, ids=[repr(r[0]) for r in RECORDED_FOLLOW]
+)
+def test_follow_symbolic_links_matches_github_runner(
+    tree: Path, patterns: list[str], digest: str, files: list[str]
+) -> None:
+    assert _expected(tree, files) == digest
+    assert hash_files(tree, [FOLLOW_OPTION, *patterns]) == digest
+
+
+def test_following_stops_at_cycles_and_the_root(tree: Path) -> None:
+    (tree / "sub" / "loop").symlink_to("..")
+    outside = tree.parent / "outside"
+    outside.mkdir()
+    (outside / "package-lock.json").write_text("o\n")
+    (tree / "out-link").symlink_to(outside)
+    assert hash_files(tree, [FOLLOW_OPTION, "**/package-lock.json"]) == RECORDED_FOLLOW[0][1]
 
 
 def test_several_arguments_are_several_patterns(tree: Path) -> None:

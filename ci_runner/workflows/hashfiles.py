@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-__all__ = ["hash_files"]
+__all__ = ["FOLLOW_OPTION", "hash_files"]
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -99,18 +99,28 @@ def _selected(patterns: list[_Pattern], path: tuple[str, ...], is_dir: bool) -> 
     return selected
 
 
-def _walk(root: Path, start: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], bool]]:
+def _walk(
+    root: Path, start: tuple[str, ...], *, follow: bool
+) -> Iterator[tuple[tuple[str, ...], bool]]:
     """Paths under ``start`` (itself included), depth first, names in byte order."""
     stack = [start]
     while stack:
         rel = stack.pop()
         full = root.joinpath(*rel)
         try:
-            mode = os.lstat(full).st_mode
+            mode = (os.stat if follow else os.lstat)(full).st_mode
         except OSError:
             continue
         is_dir = stat.S_ISDIR(mode)
         yield rel, is_dir
+        if is_dir and follow:
+            # a followed link may lead out of the root, or back to a directory
+            # it is inside of (a cycle)
+            real = full.resolve()
+            if not real.is_relative_to(root) or (
+                full.is_symlink() and full.parent.resolve().is_relative_to(real)
+            ):
+                continue
         if is_dir:
             try:
                 names = sorted((e.name for e in full.iterdir()), key=os.fsencode)
@@ -133,9 +143,19 @@ def _file_digest(root: Path, path: Path) -> bytes | None:
     return digest.digest()
 
 
+FOLLOW_OPTION = "--follow-symbolic-links"
+
+
 def hash_files(root: Path, patterns: Sequence[str]) -> str:
-    """GitHub's ``hashFiles(patterns...)`` over the workspace ``root``."""
+    """GitHub's ``hashFiles(patterns...)`` over the workspace ``root``.
+
+    As on GitHub, a first argument ``--follow-symbolic-links`` makes the walk
+    enter symbolic links to directories (within the root only, here).
+    """
     root = root.resolve()
+    follow = bool(patterns) and patterns[0] == FOLLOW_OPTION
+    if follow:
+        patterns = patterns[1:]
     parsed = _parse_patterns(root, patterns)
     # Walk from each include pattern's literal prefix, unless another pattern's
     # prefix is an ancestor of it (it is walked there).
@@ -149,7 +169,7 @@ def hash_files(root: Path, patterns: Sequence[str]) -> str:
     total = hashlib.sha256()
     matched = False
     for start in starts:
-        for rel, is_dir in _walk(root, start):
+        for rel, is_dir in _walk(root, start, follow=follow):
             if is_dir:
                 continue
             if not _selected(parsed, rel, is_dir=False):
