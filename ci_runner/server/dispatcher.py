@@ -3,8 +3,9 @@
 One background thread, in a loop woken by each accepted delivery and approval:
 
 1. each waiting delivery: fetch its sha from the repo's configured clone URL into the
-   tenant's bare mirror, fork the worktree and store the queued run (``start_run``),
-   then cancel the runs it supersedes (same branch or pull request, per repo);
+   tenant's bare mirror and store the queued run (``start_run``; its worktree is forked
+   by its driver, so queued runs hold none), then cancel the runs it supersedes (same
+   branch or pull request, per repo);
 2. every run that needs a driver (new, woken by a timer or an approval, or orphaned
    by a dead process) gets one, while the repo and the server are under their limits.
 
@@ -236,7 +237,7 @@ class Dispatcher:
         finally:
             engine.close()
 
-    # While a backlog of deliveries is turned into runs (a fetch and a fork each, ~50-85
+    # While a backlog of deliveries is turned into runs (a fetch and a store each, tens of
     # ms), finished drivers are reaped and runs started at least this often: intake
     # must not starve the runs already waiting for a slot.
     DRIVE_EVERY_S = 0.05
