@@ -28,18 +28,6 @@ def worktrees(repo: Path) -> list[str]:
             if line.startswith("worktree ")]
 
 
-def pipeline_log(home: Path, run_id: str) -> str:
-    return (home / "logs" / run_id / "pipeline.log").read_text(encoding="utf-8")
-
-
-def listing(home: Path, run_id: str) -> list[str]:
-    """What the pipeline's code saw at the top of its worktree after its steps."""
-    for line in pipeline_log(home, run_id).splitlines():
-        if line.startswith("LISTING "):
-            return list(json.loads(line.removeprefix("LISTING ")))
-    raise AssertionError(f"no listing in the pipeline's output:\n{pipeline_log(home, run_id)}")
-
-
 QUEUED = """
 from ci_runner import Pipeline
 
@@ -124,7 +112,6 @@ def test_a_waiting_run_with_keep_workspace_keeps_its_worktree(cli, repo_with) ->
 
 
 CACHED = """
-import json, os
 from ci_runner import Pipeline
 
 class CI(Pipeline):
@@ -132,31 +119,50 @@ class CI(Pipeline):
         for n in range(3):
             await step.run(f"check {n}", ["sh", "-c", f"cat src/f{n}.txt"],
                            inputs=["src/**"])
-        print("LISTING " + json.dumps(sorted(os.listdir(event.workspace))), flush=True)
 """
 
 MODES = ["off", "bwrap"]
 
 
+def checkouts(trace: Path) -> list[list[str]]:
+    """The git commands that wrote files of the tree into a worktree, from git's own
+    trace of every git process the run started (GIT_TRACE2_EVENT)."""
+    found = []
+    for line in trace.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("event") != "start":
+            continue
+        argv = event["argv"]
+        if ("worktree" in argv and "add" in argv and "--no-checkout" not in argv) or (
+                "reset" in argv and "--hard" in argv):
+            found.append(argv)
+    return found
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_fully_cached_run_checks_out_nothing_but_its_pipeline(
-    cli, repo_with, home: Path, mode: str,
+    cli, repo_with, tmp_path: Path, mode: str,
 ) -> None:
     repo = repo_with(CACHED, FILES)
-    first = cli("run", "--sandbox", mode, "--json", cwd=repo)
-    assert first.code == 0, first.err + first.out
-    assert "file 2" in cli("logs", first.json()["run_id"], "check 2").out
-    assert listing(home, first.json()["run_id"]) == [".ci", ".git", "src"]
 
-    cached = cli("run", "--sandbox", mode, "--json", cwd=repo)
-    assert cached.code == 0, cached.err + cached.out
-    record = cli("show", cached.json()["run_id"], "--json").json()
+    def run(name: str, *more: str) -> tuple[dict[str, object], list[list[str]]]:
+        trace = tmp_path / f"{name}.trace"
+        done = cli("run", "--sandbox", mode, "--json", *more, cwd=repo,
+                   env={"GIT_TRACE2_EVENT": str(trace)})
+        assert done.code == 0, done.err + done.out
+        return done.json(), checkouts(trace)
+
+    first, wrote = run("first")
+    assert len(wrote) == 1  # the tree, checked out for the first step that ran
+    assert "file 2" in cli("logs", str(first["run_id"]), "check 2").out
+
+    cached, wrote = run("cached")
+    record = cli("show", str(cached["run_id"]), "--json").json()
     assert [s["cached"] for s in record["steps"]] == [True, True, True], record["steps"]
-    assert listing(home, cached.json()["run_id"]) == [".ci", ".git"]  # no checkout
+    assert wrote == []  # nothing but .ci/ was ever checked out
 
-    uncached = cli("run", "--sandbox", mode, "--no-cache", "--json", cwd=repo)
-    assert uncached.code == 0, uncached.err + uncached.out
-    assert listing(home, uncached.json()["run_id"]) == [".ci", ".git", "src"]
+    _, wrote = run("uncached", "--no-cache")
+    assert len(wrote) == 1
     assert worktrees(repo) == [str(repo.resolve())]
 
 
@@ -229,3 +235,44 @@ def test_a_run_taken_over_before_any_step_checks_out_its_files(
     assert done.returncode == 0, done.stderr + done.stdout
     assert "file 1" in ci("logs", run_id, "files").stdout
     assert worktrees(repo) == [str(repo.resolve())]
+
+
+READS_EARLY = """
+import glob, json
+from pathlib import Path
+from ci_runner import Pipeline
+
+class CI(Pipeline):
+    async def run(self, event, step):
+        import helper  # .ci/ is there from the start, and imports work
+        %s
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reading_the_tree_outside_a_step_before_any_step_fails_clearly(
+    cli, repo_with, mode: str,
+) -> None:
+    """Before a step needed the files the worktree holds only .ci/: a listing there
+    would silently pick no steps, so it fails, saying what to do."""
+    early = READS_EARLY % "for f in sorted(glob.glob('src/*.txt')): await step.run(f, ['cat', f])"
+    repo = repo_with(early, {**FILES, ".ci/helper.py": "X = 1\n"})
+    done = cli("run", "--sandbox", mode, "--json", cwd=repo)
+    assert done.code != 0 and done.json()["status"] == "failed", done.err + done.out
+    message = done.json()["error"]["message"]
+    assert "reads 'src' of its worktree outside a step" in message, message
+    assert "inside a step.do" in message
+
+
+def test_reading_the_tree_in_a_do_step_or_after_a_step_works(cli, repo_with) -> None:
+    late = READS_EARLY % (
+        "names = await step.do('list', lambda: sorted(glob.glob('src/*.txt')))\n"
+        "        assert len(names) == 30, names\n"
+        "        assert Path('src/f1.txt').read_text() == 'file 1\\n'\n"
+        "        assert len(list(Path('src').iterdir())) == 30")
+    repo = repo_with(late, {**FILES, ".ci/helper.py": "X = 1\n"})
+    done = cli("run", "--json", cwd=repo)
+    assert done.code == 0, done.err + done.out
+    # Served from nowhere: a do step has no cache, so the second run lists again.
+    again = cli("run", "--json", cwd=repo)
+    assert again.code == 0, again.err + again.out

@@ -123,7 +123,7 @@ class PipelineStep:
         async def body() -> Any:
             if not self._files_ready:
                 await self._broker.call("files", {})
-                self._files_ready = True
+                self._got_files()
             result = fn()
             if inspect.isawaitable(result):
                 result = await result
@@ -162,11 +162,21 @@ class PipelineStep:
         async def save() -> dict[str, Any]:
             items = await self._broker.call("artifacts", {
                 "step": f"save_artifact:{name}", "path": str(path), "name": name})
+            self._got_files()
             item: dict[str, Any] = items[0]
             return item
 
         result: dict[str, Any] = await self._step.do(f"save_artifact:{name}", save)
         return result
+
+    def _got_files(self) -> None:
+        """The broker checked the worktree's files out (for this step or an earlier one):
+        the pipeline's own code may read them from now on (``dispatch.unfilled``)."""
+        if not self._files_ready:
+            from ci_runner.dispatch.unfilled import filled
+
+            filled()
+            self._files_ready = True
 
     def _left_out_step(
         self, name: str, kind: str, skipped_result: Any, *, gate: bool = False,
@@ -352,6 +362,7 @@ class PipelineStep:
             "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
             "previous": previous, "pids": command.pids, "log_cap": command.log_cap,
         }, on_event)
+        self._got_files()
         started = outcome.pop("started", None)
         if started is not None:  # a short step's detail, written with its result
             self._host.notify("set_detail", name=name, occurrence=occurrence, detail=started)
