@@ -250,18 +250,30 @@ class CI(Pipeline):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_reading_the_tree_outside_a_step_before_any_step_fails_clearly(
-    cli, repo_with, mode: str,
+@pytest.mark.parametrize("look", [
+    "names = sorted(glob.glob('src/*.txt'))",
+    "names = sorted(str(p) for p in Path('src').iterdir())",
+    "names = [f'src/f{i}.txt' for i in range(30) if Path(f'src/f{i}.txt').exists()]",
+    "names = [f'src/{n}' for n in os.listdir('src')] if os.path.isdir('src') else []",
+    "names = [l.strip() for l in open('LIST')]",
+])
+def test_the_pipelines_code_sees_the_files_before_any_step_needed_them(
+    cli, repo_with, tmp_path: Path, mode: str, look: str,
 ) -> None:
-    """Before a step needed the files the worktree holds only .ci/: a listing there
-    would silently pick no steps, so it fails, saying what to do."""
-    early = READS_EARLY % "for f in sorted(glob.glob('src/*.txt')): await step.run(f, ['cat', f])"
-    repo = repo_with(early, {**FILES, ".ci/helper.py": "X = 1\n"})
-    done = cli("run", "--sandbox", mode, "--json", cwd=repo)
-    assert done.code != 0 and done.json()["status"] == "failed", done.err + done.out
-    message = done.json()["error"]["message"]
-    assert "reads 'src' of its worktree outside a step" in message, message
-    assert "inside a step.do" in message
+    """Code outside steps that looks at the repo's files (to pick its steps, say) gets
+    them checked out first, as they are at the run's sha, however it looks."""
+    early = READS_EARLY % (
+        look + "\n"
+        "        assert len(names) == 30, names\n"
+        "        await step.run('count', ['sh', '-c', 'ls src | wc -l'], inputs=['src/**'])")
+    files = {**FILES, ".ci/helper.py": "X = 1\n", "LIST": "\n".join(FILES) + "\n"}
+    repo = repo_with(early.replace("import glob, json", "import glob, json, os"), files)
+    for name in ("first", "cached"):
+        trace = tmp_path / f"{mode}-{name}.trace"
+        done = cli("run", "--sandbox", mode, "--json", cwd=repo,
+                   env={"GIT_TRACE2_EVENT": str(trace)})
+        assert done.code == 0, done.err + done.out
+        assert len(checkouts(trace)) == 1  # the files, once, even for a cached step
 
 
 def test_reading_the_tree_in_a_do_step_or_after_a_step_works(cli, repo_with) -> None:

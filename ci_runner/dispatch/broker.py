@@ -240,11 +240,13 @@ class StepBroker:
     def __init__(
         self, context: RunContext, sock: socket.socket, *, redactor: Redactor | None = None,
         output: int | None = None, pipeline_log: Path | None = None,
-        on_output: Callable[[str], None] | None = None,
+        on_output: Callable[[str], None] | None = None, files: socket.socket | None = None,
     ) -> None:
         """``output``: a pipe of the pipeline process's stdout and stderr, copied to
         ``pipeline_log`` masked with ``redactor`` (which learns each secret resolved),
-        and passed, masked, whole lines at a time, to ``on_output`` (the live view)."""
+        and passed, masked, whole lines at a time, to ``on_output`` (the live view).
+        ``files``: a socket on which the pipeline's code asks, a byte at a time, for the
+        worktree's files (``dispatch.unfilled``); each is answered with one byte."""
         from ci_runner.dispatch.redact import Redactor
 
         self.context = context
@@ -272,6 +274,7 @@ class StepBroker:
         self._run_cgroup: RunCgroup | None = None
         self._filled = False
         self._filling: asyncio.Lock | None = None
+        self._files_sock = files
         self._copier: _PipelineOutput | None = None
 
     def start(self) -> None:
@@ -295,6 +298,8 @@ class StepBroker:
         if conn is not None:
             conn.close()  # the thread never took it over
         self._sock.close()
+        if self._files_sock is not None:
+            self._files_sock.close()
         if self._db is not None:
             self._db.close()
 
@@ -310,9 +315,12 @@ class StepBroker:
         copier.start(self._loop)
         self._copier = copier
         self._warm_docker()
+        asking = self._serve_files()
         try:
             await self._serve_requests()
         finally:
+            if asking is not None:
+                asking.cancel()
             await self._close_docker()
             copier.stop()
 
@@ -413,6 +421,30 @@ class StepBroker:
         from ci_runner.workspace.inputs import input_key
 
         return input_key(self._tree, list(inputs), material)
+
+    def _serve_files(self) -> asyncio.Task[None] | None:
+        if self._files_sock is None:
+            return None
+        return asyncio.ensure_future(self._answer_files(self._files_sock.dup()))
+
+    async def _answer_files(self, sock: socket.socket) -> None:
+        """The pipeline's code read the worktree outside a step: check its files out, and
+        answer b"1" (or b"0" if that failed: the read then fails, and so will the step
+        that needs them, saying why)."""
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            while await reader.read(1):
+                try:
+                    await self.files()
+                    writer.write(b"1")
+                except Exception as exc:
+                    print(f"ci-runner: could not check out the worktree's files: {exc}",
+                          file=sys.stderr, flush=True)
+                    writer.write(b"0")
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
 
     async def _op_files(self, _event: Callable[[dict[str, Any]], None]) -> None:
         await self.files()

@@ -8,6 +8,7 @@ streamed to the live view and to the step's log file, secrets masked.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import shlex
 from abc import ABC, abstractmethod
@@ -173,9 +174,9 @@ class PipelineStep:
         """The broker checked the worktree's files out (for this step or an earlier one):
         the pipeline's own code may read them from now on (``dispatch.unfilled``)."""
         if not self._files_ready:
-            from ci_runner.dispatch.unfilled import filled
+            from ci_runner.dispatch.unfilled import done
 
-            filled()
+            done()
             self._files_ready = True
 
     def _left_out_step(
@@ -327,8 +328,10 @@ class PipelineStep:
     def _workdir(self, cwd: str | None) -> Path:
         if cwd is None:
             return self._workspace
-        target = (self._workspace / cwd).resolve()
-        if not target.is_relative_to(self._workspace.resolve()):
+        # Checked by name only: the worktree's files may not be checked out yet (a
+        # cached step needs none), and the broker checks the real path before it runs.
+        target = Path(os.path.normpath(self._workspace / cwd))
+        if not target.is_relative_to(self._workspace):
             raise UsageError(f"cwd {cwd!r} is outside the run's worktree")
         return target
 

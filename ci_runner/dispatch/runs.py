@@ -222,6 +222,7 @@ def _start_child(
     log_dir: Path | None = None,
 ) -> ChildProcess:
     from ci_runner.dispatch.broker import BROKER_FD_ENV
+    from ci_runner.dispatch.unfilled import FILES_FD_ENV
 
     workspace = Path(metadata["workspace"])
     workspace.mkdir(parents=True, exist_ok=True)  # bound into the sandbox before git fills it
@@ -229,27 +230,34 @@ def _start_child(
     log_dir = log_dir or paths.run_logs(run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     ours, theirs = socket.socketpair()
+    # The pipeline's code asks through this one, blocking, for the worktree's files when
+    # it reads them outside a step before any step needed them (dispatch.unfilled).
+    files_ours, files_theirs = socket.socketpair()
     # The pipeline's own output goes through the broker, which masks it into
     # pipeline.log (a print of a secret it read from a file, say).
     out_r, out_w = os.pipe()
     try:
         env = confinement.child_env(os.environ)
         env[BROKER_FD_ENV] = str(theirs.fileno())
+        env[FILES_FD_ENV] = str(files_theirs.fileno())
         # What a CI run's pipeline process needs, imported while git forks the worktree.
         env["CI_RUNNER_PRELOAD"] = ",".join((
             "ci_runner.dispatch.dispatcher", "ci_runner.dispatch.loader",
             "ci_runner.dispatch.pipeline", "ci_runner.dispatch.broker",
             "ci_runner.dispatch.steplog", "ci_runner.engine.policy"))
         with os.fdopen(out_w, "wb", closefd=True) as stdio:
-            child = start_child(stdio=stdio, env=env, fork=fork,
-                                confinement=confinement.process((theirs.fileno(),)))
+            child = start_child(stdio=stdio, env=env, fork=fork, confinement=confinement.process(
+                (theirs.fileno(), files_theirs.fileno())))
     except BaseException:
         ours.close()
+        files_ours.close()
         os.close(out_r)
         raise
     finally:
         theirs.close()
+        files_theirs.close()
     child.side = ours
+    child.extra = (files_ours,)
     child.info = confinement
     child.output = out_r
     (log_dir / paths.PIPELINE_LOG).touch()
@@ -381,6 +389,7 @@ def drive_run(
     log_dir = paths.run_logs(run_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     broker = StepBroker(context, child.side, redactor=redactor, output=child.output,
+                        files=child.extra[0] if child.extra else None,
                         pipeline_log=log_dir / paths.PIPELINE_LOG,
                         on_output=_pipeline_output(observer))
     child.output = None  # the broker's now: it reads it to the end, then closes it

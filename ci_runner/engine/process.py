@@ -48,7 +48,8 @@ class ChildProcess:
     """A started pipeline process, waiting for the instance it should run.
 
     ``side`` is a socket the caller handed the child besides its pipe (closed with
-    it), ``info`` whatever the caller wants to remember about how it was started."""
+    it), ``extra`` more such sockets, ``info`` whatever the caller wants to remember
+    about how it was started."""
 
     def __init__(
         self, proc: ProcessHandle, conn: Connection, *, side: socket.socket | None = None,
@@ -59,12 +60,16 @@ class ChildProcess:
         self.side = side
         self.info = info
         self.output = output  # a pipe's read end the child's stdout goes to, if any
+        self.extra: tuple[socket.socket, ...] = ()
 
     def close(self) -> None:
         self.conn.close()
         if self.side is not None:
             self.side.close()
             self.side = None
+        for sock in self.extra:
+            sock.close()
+        self.extra = ()
         if self.output is not None:
             os.close(self.output)
             self.output = None
