@@ -675,7 +675,7 @@ def test_wait_for_event_hibernates_and_resume_finishes(
     assert [w["event_type"] for w in waiting["waits"]] == ["approve"]
     assert step_of(waiting, "build")["status"] == "complete"
     assert step_of(waiting, "count")["status"] == "complete"
-    assert Path(waiting["workspace"]).is_dir()  # kept while the run waits
+    assert not Path(waiting["workspace"]).exists()  # a waiting run holds no worktree
     assert cli("show", run_id, "--json").json() == waiting
 
     early = cli("resume", run_id, "--json")  # nothing sent yet: back to sleep
@@ -795,7 +795,8 @@ def test_replay_of_changed_code_is_a_nondeterminism_error(
     # import must not stand in for the changed file, which has the same size and likely
     # the same mtime second. Nor may importing the pipeline litter the worktree.
     env = {"PYTHONDONTWRITEBYTECODE": ""}
-    first = cli("run", "--json", cwd=repo, env=env)
+    # Kept: a waiting run's worktree is otherwise removed, and forked again on resume.
+    first = cli("run", "--json", "--keep-workspace", cwd=repo, env=env)
     assert first.code == 3, first.err
     # Tamper with the run's own checkout: replay now calls "prepare" as another kind.
     code = Path(first.json()["workspace"]) / ".ci" / "pipeline.py"
