@@ -116,6 +116,7 @@ from ci_runner import Pipeline
 
 class CI(Pipeline):
     async def run(self, event, step):
+        import colorsys, helper  # noqa: F401 - .ci/ is on the import path, not the tree
         for n in range(3):
             await step.run(f"check {n}", ["sh", "-c", f"cat src/f{n}.txt"],
                            inputs=["src/**"])
@@ -143,7 +144,7 @@ def checkouts(trace: Path) -> list[list[str]]:
 def test_a_fully_cached_run_checks_out_nothing_but_its_pipeline(
     cli, repo_with, tmp_path: Path, mode: str,
 ) -> None:
-    repo = repo_with(CACHED, FILES)
+    repo = repo_with(CACHED, {**FILES, ".ci/helper.py": "X = 1\n"})
 
     def run(name: str, *more: str) -> tuple[dict[str, object], list[list[str]]]:
         trace = tmp_path / f"{name}.trace"

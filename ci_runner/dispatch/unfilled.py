@@ -49,8 +49,6 @@ class _Watch:
     def audit(self, event: str, args: tuple[Any, ...]) -> None:
         if not self.active or event not in _EVENTS:
             return
-        if sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
-            return  # the import system looking along sys.path ("" is the worktree)
         if event == "open" and _writes(args):
             return  # a file the pipeline makes is its own
         self.look_at(args[0] if args else None, listing=event != "open")
@@ -122,7 +120,10 @@ def watch(workspace: Path, folder: str) -> None:
     fd = os.environ.get(FILES_FD_ENV, "")
     if not fd.isdigit():
         return
-    sock = socket.socket(fileno=int(fd))
+    try:
+        sock = socket.socket(fileno=int(fd))
+    except OSError:
+        return  # not handed to this process: a step's, say, which sees the files anyway
     sock.setblocking(True)
     if not _WATCHES:
         _WATCHES.append(_Watch())
