@@ -68,8 +68,9 @@ def body_and_signature(sha: str) -> tuple[bytes, str]:
 
 class Sampler(threading.Thread):
     """Every 20 ms: the worktrees git lists in the mirror, and the server's driver
-    processes (`ci-runner resume RUN`, children of the server) alive, each one's first
-    and last sighting making its lifetime; every 0.5 s, how many runs have ended."""
+    processes alive (its children running `ci-runner resume RUN`, from each of its
+    threads' `/proc/PID/task/TID/children`), a driver's life running from the first
+    sample that shows it to the last; every 0.5 s, how many runs have ended."""
 
     def __init__(self, home: Path, admin: Path, server: int) -> None:
         super().__init__(daemon=True)
@@ -78,32 +79,40 @@ class Sampler(threading.Thread):
         self.server = server
         self.most = 0
         self.done = 0
-        self.seen: dict[int, list[float]] = {}  # driver pid -> [first, last] seen
-        self.other: set[int] = set()
+        self.live: dict[int, list[float]] = {}  # driver pid -> [first, last] seen
+        self.lifetimes: list[float] = []
         self.stop = threading.Event()
+
+    def children(self) -> set[int]:
+        found: set[int] = set()
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{self.server}/task"):
+                with contextlib.suppress(OSError):
+                    found.update(int(p) for p in Path(task.path, "children").read_text().split())
+        return found
 
     def drivers(self) -> None:
         now = time.time()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            if pid in self.seen:
-                self.seen[pid][1] = now
-                continue
-            if pid in self.other:
+        kids = self.children()
+        for pid in [p for p in self.live if p not in kids]:  # exited (and reaped)
+            first, last = self.live.pop(pid)
+            self.lifetimes.append(last - first)
+        for pid in kids:
+            if pid in self.live:
+                self.live[pid][1] = now
                 continue
             try:
-                stat = Path(entry.path, "stat").read_bytes()
-                cmdline = Path(entry.path, "cmdline").read_bytes()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-            if ppid != self.server:
-                self.other.add(pid)
-            elif b"\0resume\0" in cmdline:
-                self.seen[pid] = [now, now]
-            # else: the server's child before its exec (or a git command): looked at again
+            if b"\0resume\0" in cmdline:  # else a git command, or not exec'd yet
+                self.live[pid] = [now, now]
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(timeout=5)
+        self.lifetimes += [last - first for first, last in self.live.values()]
+        self.live.clear()
 
     def run(self) -> None:
         last_count = 0.0
@@ -169,7 +178,7 @@ def main() -> None:
                     raise SystemExit(f"the server exited with {server.returncode}")
                 time.sleep(0.2)
         finally:
-            sampler.stop.set()
+            sampler.finish()
             server.terminate()
             server.wait(timeout=120)
         with sqlite3.connect(home / "ci-runner.db") as db:
@@ -183,7 +192,7 @@ def main() -> None:
     drain = max(r[3] for r in complete) - sent_at
     driving = sum(r[3] - r[2] for r in complete)
     share = driving / (workers * drain)
-    lifetimes = [last - first for first, last in sampler.seen.values()]
+    lifetimes = sampler.lifetimes
     busy = sum(lifetimes) / (workers * drain)
     per_run = statistics.median(r[3] - r[2] for r in complete)
     latency = sorted(r[3] - sent_at for r in complete)
