@@ -110,9 +110,16 @@ def run(
     timeout: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Fail the run if it runs longer than this ('30 minutes'; waits do not count)."
     )] = None,
+    workflow: WorkflowOpt = None,
+    job: JobOpt = None,
+    matrix: MatrixOpt = None,
+    event: EventOpt = None,
+    platform: PlatformOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
+    """Run the repo's pipeline at a commit in a fresh worktree, with a live view.
+
+    A repo without .ci/pipeline.py runs its GitHub workflows (.github/workflows)."""
     from ci_runner.dispatch.confine import chosen_mode
     from ci_runner.dispatch.runs import (
         RunRequest,
@@ -130,6 +137,7 @@ def run(
         secrets_file=secrets_file.resolve() if secrets_file else None,
         only=split_names(only), skip=split_names(skip), no_cache=no_cache, sandbox=mode,
         timeout_s=_timeout(timeout),
+        workflows=selection(workflow, job, matrix, event, platform),
     )
     run_id = new_instance_id()
     # First, so its start-up overlaps all that follows.
@@ -192,7 +200,7 @@ def demo(
         typer.echo(f"demo repo: {where}")
     run(repo=where, rev="HEAD", include_uncommitted=False, param=None, pipeline=None,
         keep_workspace=False, secrets_file=None, only=None, skip=None, no_cache=False,
-        json_out=json_out)
+        workflow=None, job=None, matrix=None, event=None, platform=None, json_out=json_out)
 
 
 @app.command("send-event")
@@ -346,6 +354,12 @@ def show(
         typer.echo(f"  {s['status']:<11} {s['name']:<24} {took:>8}  {tries:<11} {code}")
         if s["error"] and s["status"] != "complete":  # why it failed, was rejected or cancelled
             typer.echo(f"              {s['error']}")
+        if s.get("skipped_because"):
+            typer.echo(f"              skipped: {s['skipped_because']}")
+        if s.get("summary"):  # a workflow step's $GITHUB_STEP_SUMMARY
+            typer.echo("              summary:")
+            for line in s["summary"].rstrip().splitlines():
+                typer.echo(f"                {line}")
     typer.echo(summary(record))
 
 
@@ -425,9 +439,28 @@ def init(
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
 
 
-from ci_runner.cli import control, images, kept, prune, secrets, serve, ui, watch  # noqa: E402
+from ci_runner.cli import (  # noqa: E402
+    control,
+    images,
+    kept,
+    prune,
+    secrets,
+    serve,
+    ui,
+    watch,
+    workflows,
+)
+from ci_runner.cli.workflows import (  # noqa: E402
+    EventOpt,
+    JobOpt,
+    MatrixOpt,
+    PlatformOpt,
+    WorkflowOpt,
+    selection,
+)
 
 control.register(app)
+workflows.register(app)
 serve.register(app)
 images.register(app)
 kept.register(app)

@@ -406,7 +406,7 @@ class StepBroker:
         cwd: str, timeout_s: float, image: str | None = None, network: bool | str = False,
         services: dict[str, str] | None = None, cache: dict[str, str] | None = None,
         memory: str = "2g", cpus: float = 2.0, previous: dict[str, Any] | None = None,
-        pids: int | None = None, log_cap: int | None = None,
+        pids: int | None = None, log_cap: int | None = None, files: bool = False,
     ) -> dict[str, Any]:
         from ci_runner.dispatch.seal import seal
         from ci_runner.dispatch.steplog import StepLog
@@ -469,10 +469,13 @@ class StepBroker:
 
                 if isinstance(executor, ContainerExecutor):
                     outcome = await executor.adopt(labels, on_output)
+            box = StepFiles.make(ctx, label, attempt, light=image is None) if files else None
             if outcome is None:
                 log.note(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
-                spec = CommandSpec(argv=argv, cwd=workdir, env=_step_env(env, image is None,
-                                                                         ctx.confinement),
+                step_env = _step_env(env, image is None, ctx.confinement)
+                if box is not None:
+                    step_env[StepFiles.ENV] = str(box.inside)
+                spec = CommandSpec(argv=argv, cwd=workdir, env=step_env,
                                    secrets=values, timeout_s=timeout_s)
                 try:
                     outcome = await executor.run(spec, on_output, on_start=on_start)
@@ -489,6 +492,8 @@ class StepBroker:
         result = {"exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
                   "output_tail": outcome.output_tail, "timed_out": outcome.timed_out,
                   "display": display}
+        if box is not None:
+            result["files"] = box.collect(masker)
         if refused:
             result["process_limit"] = {"limit": cgroup.limit, "refused_forks": refused}
         if log.truncated:  # the run shows it: the log stops at its cap, the step ran on
@@ -754,6 +759,66 @@ def _forget(tasks: dict[int, asyncio.Task[None]], call_id: int) -> Callable[[Any
         tasks.pop(call_id, None)
 
     return done
+
+
+class StepFiles:
+    """A step's own folder for files it hands back (``step.run(files=True)``): made
+    empty before each attempt, named to the command by ``CI_RUNNER_FILES``; what the
+    command leaves there comes back, masked, as the result's ``files`` (``{name:
+    text}``, 256 KiB per file and 1 MiB in all at most), then the folder is removed.
+    It lies in the run's private ``/tmp``, which a light step sees as its own."""
+
+    ENV = "CI_RUNNER_FILES"
+    MAX_FILE = 256 << 10
+    MAX_TOTAL = 1 << 20
+
+    def __init__(self, host: Path, inside: Path) -> None:
+        self.host = host
+        self.inside = inside
+
+    @classmethod
+    def make(cls, ctx: RunContext, label: str, attempt: int, *, light: bool) -> StepFiles:
+        import hashlib
+        import shutil
+
+        from ci_runner.dispatch.confine import scratch
+
+        if not light:
+            raise UsageError(f"step {label!r}: files=True is for light steps (no image=)")
+        confinement = ctx.confinement
+        tmp = confinement.tmp if confinement.tmp is not None else scratch(ctx.run_id) / "tmp"
+        slug = hashlib.sha256(label.encode()).hexdigest()[:16]
+        relative = Path("ci-runner-files") / f"{slug}-{attempt}"
+        host = tmp / relative
+        shutil.rmtree(host, ignore_errors=True)
+        host.mkdir(parents=True, mode=0o700)
+        if confinement.kind == "bwrap" and confinement.ids is not None:
+            for folder in (host.parent, host):
+                os.chown(folder, *confinement.ids)
+        inside = Path("/tmp") / relative if confinement.kind == "bwrap" else host  # noqa: S108
+        return cls(host, inside)
+
+    def collect(self, masker: Any) -> dict[str, str]:
+        import shutil
+
+        found: dict[str, str] = {}
+        total = 0
+        try:
+            for path in sorted(self.host.iterdir()):
+                if not path.is_file() or path.is_symlink():
+                    continue
+                with path.open("rb") as handle:
+                    data = handle.read(self.MAX_FILE + 1)
+                if len(data) > self.MAX_FILE:
+                    raise UsageError(f"{path.name}: the step wrote more than"
+                                     f" {self.MAX_FILE >> 10} KiB to it")
+                total += len(data)
+                if total > self.MAX_TOTAL:
+                    raise UsageError("the step's files hold more than 1 MiB")
+                found[path.name] = masker.mask(data.decode("utf-8", "replace"))
+        finally:
+            shutil.rmtree(self.host, ignore_errors=True)
+        return found
 
 
 def _step_env(env: dict[str, str], light: bool, confinement: Confinement) -> dict[str, str]:

@@ -140,6 +140,16 @@ class PipelineStep:
         return await self._step.wait_for_approval(name, **options)
 
     @watched
+    async def skip(self, name: str, reason: str) -> None:
+        """Record a step that will not run, and why (``skipped`` in the view, its
+        reason as ``skipped_because``); replayed like any step."""
+        occurrence = self._step.occurrence(name)
+        if self._host.request("peek", name=name, occurrence=occurrence)["state"] is None:
+            self._host.request("record", name=name, occurrence=occurrence, kind="run",
+                               status="skipped", result=dict(SKIPPED_RUN),
+                               detail={"skipped": reason})
+
+    @watched
     async def save_artifact(self, name: str, path: str) -> dict[str, Any]:
         """Keep one file of the worktree as an artifact of this run, under ``name``."""
         async def save() -> dict[str, Any]:
@@ -241,6 +251,7 @@ class PipelineStep:
         artifacts: Sequence[str] = (),
         pids: int | None = None,
         log_cap: int | None = None,
+        files: bool = False,
     ) -> dict[str, Any]:
         """Run ``cmd`` in the worktree; returns ``{exit_code, duration_s, output_tail}``.
 
@@ -254,6 +265,9 @@ class PipelineStep:
         ``artifacts`` (globs in the worktree) are kept with the run. ``pids`` is a
         light step's process limit (512 by default; forks past it fail). ``log_cap``
         is the most bytes its log keeps (64 MiB by default; the step runs on).
+        ``files=True`` (light steps) gives the command an empty folder of its own,
+        named by ``$CI_RUNNER_FILES``: the files it leaves there come back as the
+        result's ``files`` (``{name: text}``, masked), replayed with the result.
         """
         from ci_runner.engine import policy as defaults
 
@@ -267,8 +281,10 @@ class PipelineStep:
                        else defaults.DEFAULT_TIMEOUT_S),
             image=image, network=network, services=dict(services or {}),
             cache=_cache_mounts(name, cache), memory=memory, cpus=cpus,
-            artifacts=list(artifacts), pids=pids, log_cap=log_cap,
+            artifacts=list(artifacts), pids=pids, log_cap=log_cap, files=files,
         )
+        if files and image is not None:
+            raise UsageError(f"step {name!r}: files=True is for light steps (no image=)")
         policy = RetryPolicy.parse(retries)
         skipped = self._left_out_step(name, "run", dict(SKIPPED_RUN))
         if skipped is not None:
@@ -334,6 +350,7 @@ class PipelineStep:
             "network": command.network, "services": command.services,
             "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
             "previous": previous, "pids": command.pids, "log_cap": command.log_cap,
+            **({"files": True} if command.files else {}),
         }, on_event)
         display = str(outcome.pop("display"))
         timed_out = bool(outcome.pop("timed_out"))
@@ -385,6 +402,7 @@ class Command:
     artifacts: list[str] = field(default_factory=list)
     pids: int | None = None
     log_cap: int | None = None
+    files: bool = False
 
 
 _CACHE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

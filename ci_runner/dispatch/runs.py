@@ -45,6 +45,9 @@ class RunRequest:
     timeout_s: float | None = None  # how long each drive of the run may last
     # More metadata for the envelope (a webhook's forge, delivery, PR...): no secrets.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Run the repo's GitHub workflows (--workflow, --job, --event...): a
+    # ``workflows.plan.Selection``; also taken when the repo has no .ci/pipeline.py.
+    workflows: Any = None
 
 
 def check_names(only: tuple[str, ...], skip: tuple[str, ...]) -> None:
@@ -290,13 +293,11 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     from ci_runner.workspace import file_at
     from ci_runner.workspace.submodules import declared_submodules
 
-    source = file_at(repo, sha, PIPELINE_FILE)
+    source = None if request.workflows is not None else file_at(repo, sha, PIPELINE_FILE)
+    workflow_meta: dict[str, Any] = {}
     if source is None:
-        raise PipelineNotFound(
-            f"no {PIPELINE_FILE} in {repo.root} at {sha[:12]}: `ci-runner init` writes a"
-            " starter (commit it, or run with --include-uncommitted)"
-        )
-    submodules = declared_submodules(source, request.pipeline)
+        workflow_meta = _workflow_metadata(repo, sha, ref, request, secrets_file)
+    submodules = declared_submodules(source, request.pipeline) if source is not None else True
     run_id = run_id or new_instance_id()
     workspace = paths.worktrees() / run_id
     tenant = tenant_key(repo)
@@ -310,6 +311,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
         "sandbox": request.sandbox, "timeout_s": request.timeout_s,
         "submodules": submodules,
+        **workflow_meta,
         **request.extra,
     }
     if request.include_uncommitted:
@@ -319,6 +321,23 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
                   instance_id=run_id, claim=True)
     return run_id
+
+
+def _workflow_metadata(repo: Any, sha: str, ref: str | None, request: RunRequest,
+                       secrets_file: Path | None) -> dict[str, Any]:
+    """A run of the repo's GitHub workflows, checked now: the repo has no
+    .ci/pipeline.py, or the user asked for workflows."""
+    from ci_runner.workflows.launch import has_workflows, workflow_metadata
+    from ci_runner.workflows.plan import Selection
+
+    if request.workflows is None and not has_workflows(repo, sha):
+        raise PipelineNotFound(
+            f"no {PIPELINE_FILE} and no .github/workflows/*.yml in {repo.root} at"
+            f" {sha[:12]}: `ci-runner init` writes a starter (commit it, or run with"
+            " --include-uncommitted)"
+        )
+    selection = request.workflows if request.workflows is not None else Selection()
+    return workflow_metadata(repo, sha, ref, selection, secrets_file)
 
 
 def _say_of_workspace(run_id: str, notes: list[str]) -> None:
