@@ -139,6 +139,13 @@ class PipelineStep:
             return skipped.result
         return await self._step.wait_for_approval(name, **options)
 
+    async def redacted(self, text: str) -> str:
+        """``text`` with the run's secrets (and values masked by its steps) as ``***``:
+        a name built from a command's text can then be a step's name."""
+        if not text:
+            return text
+        return str(await self._broker.call("redact", {"text": text}))
+
     @watched
     async def skip(self, name: str, reason: str) -> None:
         """Record a step that will not run, and why (``skipped`` in the view, its
@@ -252,6 +259,7 @@ class PipelineStep:
         pids: int | None = None,
         log_cap: int | None = None,
         files: bool = False,
+        add_mask: bool = False,
     ) -> dict[str, Any]:
         """Run ``cmd`` in the worktree; returns ``{exit_code, duration_s, output_tail}``.
 
@@ -268,6 +276,8 @@ class PipelineStep:
         ``files=True`` (light steps) gives the command an empty folder of its own,
         named by ``$CI_RUNNER_FILES``: the files it leaves there come back as the
         result's ``files`` (``{name: text}``, masked), replayed with the result.
+        ``add_mask=True``: an output line ``::add-mask::VALUE`` is taken out of the
+        output and VALUE is masked everywhere from then on in the run (GitHub's).
         """
         from ci_runner.engine import policy as defaults
 
@@ -282,6 +292,7 @@ class PipelineStep:
             image=image, network=network, services=dict(services or {}),
             cache=_cache_mounts(name, cache), memory=memory, cpus=cpus,
             artifacts=list(artifacts), pids=pids, log_cap=log_cap, files=files,
+            add_mask=add_mask,
         )
         if files and image is not None:
             raise UsageError(f"step {name!r}: files=True is for light steps (no image=)")
@@ -351,6 +362,7 @@ class PipelineStep:
             "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
             "previous": previous, "pids": command.pids, "log_cap": command.log_cap,
             **({"files": True} if command.files else {}),
+            **({"add_mask": True} if command.add_mask else {}),
         }, on_event)
         display = str(outcome.pop("display"))
         timed_out = bool(outcome.pop("timed_out"))
@@ -403,6 +415,7 @@ class Command:
     pids: int | None = None
     log_cap: int | None = None
     files: bool = False
+    add_mask: bool = False
 
 
 _CACHE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

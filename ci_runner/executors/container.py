@@ -322,7 +322,7 @@ class ContainerExecutor:
         the step ends; a timeout stops them and gives exit code 124.
         """
         argv = ["sh", "-c", spec.argv] if isinstance(spec.argv, str) else list(spec.argv)
-        masker = Masker(spec.secrets.values())
+        masker = Masker([*spec.secrets.values(), *spec.masks])
         if not argv:
             raise ExecutorError(
                 f"empty command (step cwd {spec.cwd}): give the step a program to run",

@@ -302,7 +302,7 @@ class JobCell:
         from ci_runner.workflows import actions, expressions
 
         step_env = self.step_env(step)
-        name = self.step_name(step, step_env)
+        name = await self.step.redacted(self.step_name(step, step_env))
         status: Status = "failure" if self.failed else "success"
         try:
             go = expressions.evaluate_if(step.if_, self.contexts(step_env),
@@ -367,7 +367,8 @@ class JobCell:
             shown = self.text(step.name, self.where(step, "name"), step_env)
         elif step.run is not None:
             first = next((line for line in step.run.splitlines() if line.strip()), "")
-            shown = f"Run {first.strip()}"
+            # A value the step masks must not be in its name: names are stored as they are.
+            shown = f"Run {re.sub(r'::add-mask::.*', '::add-mask::…', first.strip())}"
         else:
             shown = f"Run {step.uses}"
         shown = " ".join(contexts._MARKER.sub("***", shown).split())
@@ -446,7 +447,7 @@ class JobCell:
                 name, commands.command(template), env=env, secrets=secrets,
                 timeout=timeout, cwd=cwd or (self.workdir(step, step_env) if step is not None
                                              else self.dir_rel),
-                files=True, artifacts=artifacts or ())
+                files=True, add_mask=True, artifacts=artifacts or ())
         except StepFailed:
             self.spent_s += timeout  # unknown: assume it used what it had
             raise
