@@ -63,6 +63,10 @@ class Job:
     uses: str | None  # a reusable workflow
     with_: dict[str, Any]
     secrets: Any
+    lines: dict[str, int] = field(default_factory=dict)  # where each of its keys is
+
+    def line_of(self, key: str) -> int:
+        return self.lines.get(key, self.line)
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ def _job(check: _Check, job_id: str, value: Any, line: int) -> Job:
         raise check.fail(raw.line_of("steps"), f"{key}.steps",
                          "a job that `uses:` a workflow cannot have steps")
     if uses is None and "runs-on" not in raw:
-        raise check.fail(raw.line, f"{key}.runs-on", "missing: say where the job runs")
+        raise check.fail(line, f"{key}.runs-on", "missing: say where the job runs")
     needs_raw = raw.get("needs")
     if needs_raw is None:
         needs: tuple[str, ...] = ()
@@ -225,7 +229,7 @@ def _job(check: _Check, job_id: str, value: Any, line: int) -> Job:
     services = check.mapping(raw.get("services"), raw.line_of("services"), f"{key}.services")
     with_ = check.mapping(raw.get("with"), raw.line_of("with"), f"{key}.with")
     return Job(
-        id=job_id, line=raw.line, name=raw.get("name"), runs_on=raw.get("runs-on"),
+        id=job_id, line=line, lines=dict(raw.lines), name=raw.get("name"), runs_on=raw.get("runs-on"),
         needs=needs, if_=raw.get("if"), strategy=strategy,
         env=check.env(raw.get("env"), raw.line_of("env"), f"{key}.env"),
         defaults_run=dict(defaults_run), timeout_minutes=raw.get("timeout-minutes"),
@@ -268,7 +272,7 @@ def _check_needs(check: _Check, workflow: Workflow) -> None:
     for job in jobs.values():
         for need in job.needs:
             if need not in jobs:
-                raise check.fail(job.line, f"jobs.{job.id}.needs",
+                raise check.fail(job.line_of("needs"), f"jobs.{job.id}.needs",
                                  f"unknown job {need!r} (jobs: {', '.join(jobs)})")
     state: dict[str, int] = {}  # 1 visiting, 2 done
 
@@ -277,7 +281,7 @@ def _check_needs(check: _Check, workflow: Workflow) -> None:
             return
         if state.get(job_id) == 1:
             cycle = [*trail[trail.index(job_id):], job_id]
-            raise check.fail(jobs[job_id].line, f"jobs.{job_id}.needs",
+            raise check.fail(jobs[job_id].line_of("needs"), f"jobs.{job_id}.needs",
                              f"a cycle: {' -> '.join(cycle)}")
         state[job_id] = 1
         for need in jobs[job_id].needs:

@@ -6,7 +6,6 @@ run`` to check before a run is stored, and by the run itself.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,8 +93,9 @@ def choose(workflows: Sequence[Workflow], selection: Selection, *,
                 f" {', '.join(workflow.on)}): pass --event with one of those")
         chosen = [workflow]
     else:
+        # A pull request's filters name its base branch, which a local run has not.
         chosen = [w for w in workflows if w.triggered_by(selection.event)
-                  and branch_matches(w.on[selection.event], ref)]
+                  and (selection.event != "push" or branch_matches(w.on["push"], ref))]
         if not chosen:
             listed = "; ".join(f"{Path(w.path).name}: {', '.join(w.on)}" for w in workflows)
             raise WorkflowError(f"no workflow runs on {selection.event} here ({listed}):"
@@ -148,7 +148,7 @@ def _glob(pattern: str, name: str) -> bool:
     # GitHub: * does not cross /, ** does.
     regex = re.escape(pattern).replace(r"\*\*", "\0").replace(r"\*", "[^/]*")
     regex = regex.replace("\0", ".*").replace(r"\?", ".")
-    return re.fullmatch(regex, name) is not None or fnmatch.fnmatchcase(name, pattern)
+    return re.fullmatch(regex, name) is not None
 
 
 def job_order(workflow: Workflow, only: str | None = None) -> list[Job]:
