@@ -198,10 +198,19 @@ async def _setup_python(cell: JobCell, step: Step, name: str, step_env: Mapping[
         raise WorkflowError(f"{cell.where(step, 'with.python-version')}: Python {wanted} is"
                             " not installed here")
     prefix = str(Path(found["bin"]).parent)
-    script = (f"echo \"Python {found['version']} at {found['python']}\"\n"
-              f"{shlex.quote(found['python'])} --version")
-    await cell.execute(name, _SH, script, step, step_env)
-    return {"path": [found["bin"]],
+    minor = ".".join(found["version"].split(".")[:2])
+    python = shlex.quote(found["python"])
+    # python, python3 and python3.X all name it (Debian's /usr/bin has no `python`),
+    # ahead of its own folder (pip and the scripts installed there).
+    script = "\n".join([
+        f'dir="$RUNNER_TEMP/ci-runner-tools/python-{found["version"]}"', 'mkdir -p "$dir"',
+        f'for n in python python3 python{minor}; do ln -sf {python} "$dir/$n"; done',
+        f"echo {shlex.quote(found['bin'])} >> \"$GITHUB_PATH\"",
+        'echo "$dir" >> "$GITHUB_PATH"',
+        f"echo \"Python {found['version']} at {found['python']}\"",
+        '"$dir/python" --version'])
+    handed = await cell.execute(name, _SH, script, step, step_env)
+    return {"path": handed.get("path", []),
             "env": {"pythonLocation": prefix, "Python_ROOT_DIR": prefix,
                     "Python3_ROOT_DIR": prefix, "PKG_CONFIG_PATH": f"{prefix}/lib/pkgconfig"},
             "outputs": {"python-version": found["version"], "python-path": found["python"],
@@ -227,23 +236,36 @@ async def _setup_uv(cell: JobCell, step: Step, name: str, step_env: Mapping[str,
                     with_: Mapping[str, Any]) -> dict[str, Any]:
     from ci_runner.workflows import expressions
 
-    folder = cell.flow.tools["programs"]["uv"]
-    script = f"{shlex.quote(folder)}/uv --version"
-    handed = await cell.execute(name, _SH, script, step, step_env)
+    handed = await cell.execute(name, _SH, _link_tool(cell, "uv"), step, step_env)
     env = {}
     python = with_.get("python-version")
     if python:
         env["UV_PYTHON"] = str(expressions.to_string(python))
-    version = (handed.get("outputs") or {}).get("uv-version", "")
-    return {"path": [folder], "env": env, "outputs": {"uv-version": version,
-                                                      "cache-hit": "false"}}
+    return {"path": handed.get("path", []), "env": env,
+            "outputs": {"uv-version": handed.get("outputs", {}).get("version", ""),
+                        "uv-path": handed.get("outputs", {}).get("path", ""),
+                        "cache-hit": "false"}}
+
+
+def _link_tool(cell: JobCell, program: str) -> str:
+    """A script putting ``program`` (found on this machine) on PATH alone: linked into a
+    folder of its own, so its install folder's other programs (a pyenv version's
+    python, say) do not come first on PATH too."""
+    real = f"{cell.flow.tools['programs'][program]}/{program}"
+    return "\n".join([
+        f'dir="$RUNNER_TEMP/ci-runner-tools/{program}"', 'mkdir -p "$dir"',
+        f'ln -sf {shlex.quote(real)} "$dir/{program}"',
+        f'echo "{program} $("$dir/{program}" --version) from {real}"',
+        'echo "$dir" >> "$GITHUB_PATH"',
+        f'echo "version=$("$dir/{program}" --version | sed \'s/^[^0-9]*//; s/ .*//\')"'
+        ' >> "$GITHUB_OUTPUT"',
+        f'echo "path=$dir/{program}" >> "$GITHUB_OUTPUT"'])
 
 
 async def _setup_pnpm(cell: JobCell, step: Step, name: str, step_env: Mapping[str, str],
                       with_: Mapping[str, Any]) -> dict[str, Any]:
-    folder = cell.flow.tools["programs"]["pnpm"]
-    await cell.execute(name, _SH, f"{shlex.quote(folder)}/pnpm --version", step, step_env)
-    return {"path": [folder]}
+    handed = await cell.execute(name, _SH, _link_tool(cell, "pnpm"), step, step_env)
+    return {"path": handed.get("path", []), "env": {}, "outputs": {}}
 
 
 def _cache_paths(cell: JobCell, step: Step, with_: Mapping[str, Any]) -> list[str]:

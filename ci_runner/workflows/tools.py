@@ -87,8 +87,15 @@ def find_programs(*names: str) -> dict[str, str]:
     found = {}
     for name in names:
         path = shutil.which(name)
-        if path:
-            found[name] = str(Path(path).parent)
+        if not path:
+            continue
+        where = Path(path).parent
+        if where.name == "shims":  # pyenv's: a script that picks a version by the cwd
+            real = sorted(where.parent.glob(f"versions/*/bin/{name}"))
+            if not real:
+                continue
+            where = real[-1].parent
+        found[name] = str(where)
     return found
 
 
