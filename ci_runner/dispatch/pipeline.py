@@ -364,6 +364,9 @@ class PipelineStep:
             **({"files": True} if command.files else {}),
             **({"add_mask": True} if command.add_mask else {}),
         }, on_event)
+        started = outcome.pop("started", None)
+        if started is not None:  # a short step's detail, written with its result
+            self._host.notify("set_detail", name=name, occurrence=occurrence, detail=started)
         display = str(outcome.pop("display"))
         timed_out = bool(outcome.pop("timed_out"))
         result: dict[str, Any] = outcome

@@ -1,4 +1,5 @@
-"""GitHub Actions workflows (``.github/workflows/*.yml``) run as ci-runner runs.
+"""GitHub Actions workflows (``.github/workflows/*.yml``) run offline as ci-runner runs
+(issue 15).
 
 A workflow is translated, not emulated: ``plan`` picks the workflows, jobs and matrix
 cells; ``runner.WorkflowPipeline`` drives them with the same step API a
