@@ -229,7 +229,8 @@ def _job(check: _Check, job_id: str, value: Any, line: int) -> Job:
     services = check.mapping(raw.get("services"), raw.line_of("services"), f"{key}.services")
     with_ = check.mapping(raw.get("with"), raw.line_of("with"), f"{key}.with")
     return Job(
-        id=job_id, line=line, lines=dict(raw.lines), name=raw.get("name"), runs_on=raw.get("runs-on"),
+        id=job_id, line=line, lines=dict(raw.lines), name=raw.get("name"),
+        runs_on=raw.get("runs-on"),
         needs=needs, if_=raw.get("if"), strategy=strategy,
         env=check.env(raw.get("env"), raw.line_of("env"), f"{key}.env"),
         defaults_run=dict(defaults_run), timeout_minutes=raw.get("timeout-minutes"),
