@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ci_runner.workflows import tools
@@ -278,9 +278,27 @@ def _cache_paths(cell: JobCell, step: Step, with_: Mapping[str, Any]) -> list[st
     return paths
 
 
-# The cache lives in the repo's tool cache ($XDG_CACHE_HOME in the run's sandbox, kept
-# per repo between runs): one tarball per key, paths relative to the job's folder.
-_CACHE_DIR = '"${XDG_CACHE_HOME:-$HOME/.cache}/ci-runner-actions-cache"'
+# The cache lives in the repo's tool cache (kept per repo between runs; a fork's pull
+# request has its own): one tarball per key, paths relative to the job's folder.
+_CACHE_DIR = '"$cache_dir"'
+
+
+def _cache_dir(cell: JobCell) -> str:
+    """``cache_dir=...``: the run's tool cache, ``$XDG_CACHE_HOME`` in its sandbox; with
+    the sandbox off, the same folder the sandbox would have mounted there."""
+    import hashlib
+    import os
+
+    if os.environ.get("CI_RUNNER") == "1" and os.environ.get("XDG_CACHE_HOME"):
+        return 'cache_dir="$XDG_CACHE_HOME/ci-runner-actions-cache"'
+    from ci_runner import paths
+
+    meta = cell.flow.metadata
+    scope = hashlib.sha256(str(meta.get("tenant", "")).encode()).hexdigest()[:16]
+    if meta.get("untrusted"):
+        scope += f"-pr-{meta.get('pr') or 'unknown'}"
+    folder = paths.home() / "toolcache" / scope / "ci-runner-actions-cache"
+    return f"cache_dir={shlex.quote(str(folder))}"
 
 
 def _cache_file(key: str) -> str:
@@ -304,7 +322,7 @@ async def _cache(cell: JobCell, step: Step, name: str, step_env: Mapping[str, st
     restore = [r.strip() for r in str(expressions.to_string(
         with_.get("restore-keys") or "")).splitlines() if r.strip()]
     index = f"{_CACHE_DIR}/keys"
-    lines = [f"mkdir -p {_CACHE_DIR}", f"touch {index}",
+    lines = [_cache_dir(cell), f"mkdir -p {_CACHE_DIR}", f"touch {index}",
              f"key={shlex.quote(key)}", f"file={_cache_file(key)}",
              'hit=""; matched=""',
              'if [ -f "$file" ]; then hit=true; matched=$key; else',
@@ -338,7 +356,7 @@ async def _cache_save(cell: JobCell, name: str, key: str, paths: list[str],
                       step: Step | None, step_env: Mapping[str, str]) -> None:
     quoted = " ".join(shlex.quote(p) for p in paths)
     script = "\n".join([
-        f"mkdir -p {_CACHE_DIR}", 'cd "$GITHUB_WORKSPACE"',
+        _cache_dir(cell), f"mkdir -p {_CACHE_DIR}", 'cd "$GITHUB_WORKSPACE"',
         f"set -- {quoted}", 'for p; do [ -e "$p" ] || { echo "cache: $p does not exist,'
         ' not saved"; exit 0; }; done',
         f'tar -cf {_cache_file(key)}.part "$@"',
@@ -365,10 +383,20 @@ async def _upload(cell: JobCell, step: Step, name: str, step_env: Mapping[str, s
     missing = str(expressions.to_string(with_.get("if-no-files-found") or "warn"))
     lines = ['cd "$GITHUB_WORKSPACE"', f"store={shlex.quote(str(cell.flow.root / store))}",
              'rm -rf "$store"; mkdir -p "$store"', "n=0"]
-    for path in paths:
-        lines.append(f"for p in {_glob_word(path)}; do [ -e \"$p\" ] || continue;"
-                     ' mkdir -p "$store/$(dirname "$p")"; cp -R "$p" "$store/$(dirname "$p")/";'
-                     " n=$((n + 1)); done")
+    if len(paths) == 1 and not any(c in paths[0] for c in "*?["):
+        # One path: a folder's content, or the file itself, is the artifact (GitHub's).
+        one = shlex.quote(paths[0].rstrip("/") or ".")
+        lines.append(f'if [ -d {one} ]; then cp -R {one}/. "$store"/; n=1;'
+                     f' elif [ -e {one} ]; then cp {one} "$store"/; n=1; fi')
+    else:
+        # Several, or globs: paths are kept relative to what their folders share.
+        root = _common_root(paths)
+        lines.append(f"cd {shlex.quote(root)}")
+        for path in paths:
+            rel = path[len(root):].lstrip("/") if root != "." else path
+            lines.append(f"for p in {_glob_word(rel)}; do [ -e \"$p\" ] || continue;"
+                         ' mkdir -p "$store/$(dirname "$p")"; cp -R "$p" "$store/$(dirname "$p")/";'
+                         " n=$((n + 1)); done")
     lines.append('if [ "$n" -eq 0 ]; then echo "no files found for the artifact";'
                  + (" exit 1; fi" if missing == "error" else " fi"))
     lines.append(f"echo \"artifact {artifact}: $n path(s) kept\"")
@@ -400,6 +428,21 @@ async def _download(cell: JobCell, step: Step, name: str, step_env: Mapping[str,
             " done",
             f'echo "download-path=$(cd {dest} && pwd)" >> "$GITHUB_OUTPUT"'])
     return await cell.execute(name, _SH, script, step, step_env, cwd=cell.dir_rel)
+
+
+def _common_root(patterns: list[str]) -> str:
+    """The folder the patterns' fixed parts share (``dist/a/*.whl``, ``dist/b`` ->
+    ``dist``): what an artifact's paths are relative to."""
+    import os
+
+    folders = []
+    for pattern in patterns:
+        fixed = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        parent = str(PurePosixPath(fixed.rstrip("/")).parent)
+        folders.append(("" if parent == "." else parent) if fixed == pattern
+                       else fixed.rsplit("/", 1)[0] if "/" in fixed else "")
+    common = os.path.commonpath([f or "." for f in folders]) if folders else "."
+    return common or "."
 
 
 def _glob_word(pattern: str) -> str:
