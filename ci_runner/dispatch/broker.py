@@ -856,7 +856,8 @@ class StepFiles:
     empty before each attempt, named to the command by ``CI_RUNNER_FILES``; what the
     command leaves there comes back, masked, as the result's ``files`` (``{name:
     text}``, 256 KiB per file and 1 MiB in all at most), then the folder is removed.
-    It lies in the run's private ``/tmp``, which a light step sees as its own."""
+    It lies in the run's private ``/tmp``, which a light step sees as its own (a heavy
+    step's, in the worktree, which its container sees at ``/workspace``)."""
 
     ENV = "CI_RUNNER_FILES"
     MAX_FILE = 256 << 10
@@ -873,12 +874,15 @@ class StepFiles:
 
         from ci_runner.dispatch.confine import scratch
 
-        if not light:
-            raise UsageError(f"step {label!r}: files=True is for light steps (no image=)")
         confinement = ctx.confinement
-        tmp = confinement.tmp if confinement.tmp is not None else scratch(ctx.run_id) / "tmp"
         slug = hashlib.sha256(label.encode()).hexdigest()[:16]
-        relative = Path("ci-runner-files") / f"{slug}-{attempt}"
+        relative = Path(".ci-runner-files") / f"{slug}-{attempt}"
+        if not light:  # a container sees the worktree (only) at /workspace
+            host = ctx.workspace / relative
+            shutil.rmtree(host, ignore_errors=True)
+            host.mkdir(parents=True, mode=0o700)
+            return cls(host, Path("/workspace") / relative)
+        tmp = confinement.tmp if confinement.tmp is not None else scratch(ctx.run_id) / "tmp"
         host = tmp / relative
         shutil.rmtree(host, ignore_errors=True)
         host.mkdir(parents=True, mode=0o700)

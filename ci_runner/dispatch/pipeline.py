@@ -273,7 +273,7 @@ class PipelineStep:
         ``artifacts`` (globs in the worktree) are kept with the run. ``pids`` is a
         light step's process limit (512 by default; forks past it fail). ``log_cap``
         is the most bytes its log keeps (64 MiB by default; the step runs on).
-        ``files=True`` (light steps) gives the command an empty folder of its own,
+        ``files=True`` gives the command an empty folder of its own,
         named by ``$CI_RUNNER_FILES``: the files it leaves there come back as the
         result's ``files`` (``{name: text}``, masked), replayed with the result.
         ``add_mask=True``: an output line ``::add-mask::VALUE`` is taken out of the
@@ -294,8 +294,6 @@ class PipelineStep:
             artifacts=list(artifacts), pids=pids, log_cap=log_cap, files=files,
             add_mask=add_mask,
         )
-        if files and image is not None:
-            raise UsageError(f"step {name!r}: files=True is for light steps (no image=)")
         policy = RetryPolicy.parse(retries)
         skipped = self._left_out_step(name, "run", dict(SKIPPED_RUN))
         if skipped is not None:

@@ -339,7 +339,7 @@ class ContainerExecutor:
         labels = {**self.labels, LABEL_SECRETS: ",".join(sorted(spec.secrets))}
         client = await self._connect(self.labels)
         pod = _Pod(client, self, labels)
-        output = MaskedOutput(masker, on_output)
+        output = MaskedOutput(masker, on_output, on_mask=spec.on_mask)
         loop = asyncio.get_running_loop()
 
         def progress(line: str) -> None:

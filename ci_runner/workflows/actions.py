@@ -66,6 +66,8 @@ def _unavailable(cell: JobCell, step: Step) -> str | None:
     if uses.startswith("docker://") or name not in STAND_INS:
         return (f"{uses} is not available offline (stand-ins: {', '.join(STAND_INS[:6])},"
                 " cache, upload/download-artifact; or a local ./action)")
+    if cell.image is not None and name.startswith(("actions/setup-", "astral-sh/", "pnpm/")):
+        return f"{uses} in a container: job is not available offline"
     with_ = _with_early(cell, step)
     if name == "actions/setup-python":
         wanted = _python_wanted(cell, with_)

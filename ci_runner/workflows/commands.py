@@ -21,6 +21,9 @@ SHELLS = {
     "sh": ["sh", "-e", "{0}"],
     "python": ["python", "{0}"],
 }
+# A container job's default (GitHub's): bash when the image has it, else sh.
+CONTAINER_DEFAULT = ["sh", "-c", 'if command -v bash >/dev/null 2>&1; then exec bash -e "$1";'
+                     ' else exec sh -e "$1"; fi', "sh", "{0}"]
 SCRIPT_ENV = "CI_RUNNER_SCRIPT"
 # The wrapper: $1.. is the shell template; {0} in it becomes the script's path.
 WRAPPER = r"""f=$CI_RUNNER_FILES

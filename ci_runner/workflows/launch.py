@@ -57,9 +57,72 @@ def workflow_metadata(repo: RepoInfo, sha: str, ref: str | None, selection: Sele
         "loader": LOADER,
         "pipeline": ", ".join(Path(w.path).name for w in chosen),
         "gha": {"selection": selection.to_json(), "files": [w.path for w in workflows],
-                "tools": found, "secret_names": names, "repository": _repository(repo)},
+                "tools": found, "secret_names": names, "repository": _repository(repo),
+                "images": check_images(job_images(chosen, selection))},
         "toolchains": tools.toolchain_dirs(found),
     }
+
+
+def job_images(workflows: list[Workflow], selection: Selection) -> list[str]:
+    """The images of the chosen jobs' ``container:`` and ``services:``, per matrix cell
+    (those that hold expressions of other jobs' outputs are checked when they run)."""
+    from ci_runner.workflows import expressions
+    from ci_runner.workflows.plan import expand_job
+
+    found: list[str] = []
+    for workflow in workflows:
+        for job in workflow.jobs.values():
+            if job.container is None and not job.services:
+                continue
+            ctx: dict[str, Any] = {"github": {}, "env": {}, "vars": {}, "secrets": {},
+                                   "inputs": {}, "needs": {}, "runner": {}, "strategy": {},
+                                   "matrix": {}, "steps": {}, "job": {}, "jobs": {}}
+            try:
+                cells = [c.matrix for c in expand_job(job, ctx, selection.matrix).cells]
+            except Exception:
+                cells = []
+            for cell in cells:
+                specs = [job.container, *job.services.values()]
+                for spec in specs:
+                    raw = spec.get("image") if isinstance(spec, dict) else spec
+                    if not isinstance(raw, str):
+                        continue
+                    try:
+                        image = expressions.interpolate(raw, {**ctx, "matrix": cell})
+                    except expressions.ExpressionError:
+                        continue
+                    if isinstance(image, str) and image and image not in found:
+                        found.append(image)
+    return found
+
+
+def check_images(names: list[str]) -> dict[str, str | None]:
+    """``{image: None}`` for each image present here (or a sandbox image ci-runner
+    builds), ``{image: why not}`` otherwise: nothing is pulled, no registry is reachable."""
+    if not names:
+        return {}
+    from ci_runner import images
+
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        reason = f"Docker is not available here ({str(exc).splitlines()[0][:120]})"
+        return dict.fromkeys(names, reason)
+    checked: dict[str, str | None] = {}
+    known = set(images.known_names())
+    for name in names:
+        reference = images.resolve(name)
+        short = reference.split("/", 1)[-1].split(":", 1)[0]
+        if images._exists(client, reference) or (reference != name and short in known):
+            checked[name] = None
+        else:
+            checked[name] = (f"image {name} is not here and is never pulled: docker pull or"
+                             " docker load it first")
+    client.close()
+    return checked
 
 
 def _repository(repo: RepoInfo) -> str:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ci_runner.workflows.expressions import Status
 
 JOBS_DIR = ".ci-runner-jobs"  # each job cell's own checkout, inside the run's worktree
+CONTAINER_WORKSPACE = "/workspace"  # where a heavy step sees the run's worktree
+_IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_MAX = 190
 
 
@@ -225,6 +227,8 @@ class JobCell:
         self.spent_s = 0.0  # of the job's timeout-minutes, from the steps' own results
         self.post: list[Any] = []  # stand-ins' post steps (actions/cache saves), in order
         self.inside: tuple[str, int] | None = None  # a composite action's file and line
+        self.image: str | None = None  # the job's container: its run: steps are heavy
+        self.services: dict[str, str] = {}
 
     # -- contexts -------------------------------------------------------------------
 
@@ -281,7 +285,7 @@ class JobCell:
             "strategy": self.ctx["strategy"]}))
         runs_on = self.interpolate(self.job.runs_on, self.where(key="runs-on"))
         where = platform(runs_on, dict(self.flow.selection.platforms))
-        reason = where.skip or actions.preflight(self)
+        reason = where.skip or self._containers() or actions.preflight(self)
         if reason is not None:
             return await self.flow._skip_job(self.label, reason)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -297,6 +301,29 @@ class JobCell:
         result = JobResult("failure" if failed else "success", outputs)
         self.flow.labels[self.label] = result
         return result
+
+    def _containers(self) -> str | None:
+        """Read ``container:`` and ``services:``; why the cell cannot run, or None."""
+        container = self.job.container
+        if container is not None:
+            raw = container.get("image") if isinstance(container, Mapping) else container
+            self.image = self.text(raw, self.where(key="container")) or None
+            if isinstance(container, Mapping) and isinstance(container.get("env"), Mapping):
+                for key, value in container["env"].items():
+                    self.job_env[key] = self.text(value, self.where(key=f"container.env.{key}"))
+        for name, spec in self.job.services.items():
+            raw = spec.get("image") if isinstance(spec, Mapping) else spec
+            image = self.text(raw, self.where(key=f"services.{name}"))
+            if image:
+                self.services[name] = image
+        if self.services and self.image is None:
+            return ("services: run here only beside a container: job's steps (give the job"
+                    " a container:)")
+        checked = self.flow.metadata["gha"].get("images", {})
+        for wanted in [self.image, *self.services.values()]:
+            if wanted is not None and checked.get(wanted):
+                return str(checked[wanted])
+        return None
 
     async def _step(self, step: Step) -> None:
         from ci_runner.workflows import actions, expressions
@@ -376,13 +403,21 @@ class JobCell:
 
     # -- running commands ---------------------------------------------------------------
 
-    def command_env(self, step_env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    def command_env(self, step_env: Mapping[str, str], *, heavy: bool = False,
+                    ) -> tuple[dict[str, str], list[str]]:
         """The environment of a step's command, and the secrets it needs."""
         github = self.ctx["github"]
+        workspace = f"{CONTAINER_WORKSPACE}/{self.dir_rel}" if heavy else str(self.dir)
         env = {**contexts.default_env(github, self.flow.runner),
-               "GITHUB_WORKSPACE": str(self.dir), "GITHUB_JOB": self.job.id,
+               "GITHUB_WORKSPACE": workspace, "GITHUB_JOB": self.job.id,
                **self.job_env, **self.extra_env, **step_env}
-        env["PATH"] = os.pathsep.join([*self.path, env.get("PATH") or self.flow.base_path])
+        if heavy:  # the image's own PATH, unless a step added to it
+            env["RUNNER_TEMP"] = "/tmp/runner-temp"  # noqa: S108 - the container's tmpfs
+            if self.path or "PATH" in env:
+                env["PATH"] = os.pathsep.join([*self.path, env.get("PATH") or _IMAGE_PATH])
+        else:
+            env["PATH"] = os.pathsep.join([*self.path,
+                                           env.get("PATH") or self.flow.base_path])
         secrets: list[str] = []
         aliases = []
         for key in list(env):
@@ -430,15 +465,20 @@ class JobCell:
             or self.flow.workflow.defaults_run.get("shell")
         shell_text = None if shell is None else self.text(shell, self.where(step, "shell"))
         template = commands.shell_argv(shell_text, self.where(step, "shell"))
+        if shell_text is None and self.image is not None:
+            template = list(commands.CONTAINER_DEFAULT)  # bash if the image has it, else sh
         script = self.text(step.run, self.where(step, "run"), step_env)
         script = contexts.in_script(script, shell_text, self.where(step, "run"))
-        return await self.execute(name, template, script, step, step_env)
+        return await self.execute(name, template, script, step, step_env,
+                                  heavy=self.image is not None)
 
     async def execute(self, name: str, template: list[str], script: str, step: Step | None,
                       step_env: Mapping[str, str], *, cwd: str | None = None,
-                      artifacts: list[str] | None = None) -> dict[str, Any]:
-        """Run ``script`` through ``template`` as a light step; returns what it hands on."""
-        env, secrets = self.command_env(step_env)
+                      artifacts: list[str] | None = None, heavy: bool = False,
+                      ) -> dict[str, Any]:
+        """Run ``script`` through ``template`` as a light step (``heavy``: in the job's
+        container, its services beside it); returns what it hands on."""
+        env, secrets = self.command_env(step_env, heavy=heavy)
         env[commands.SCRIPT_ENV] = script
         env[commands.WRAPPER_ENV] = commands.WRAPPER
         timeout = self.timeout_s(step, step_env)
@@ -447,7 +487,9 @@ class JobCell:
                 name, commands.command(template), env=env, secrets=secrets,
                 timeout=timeout, cwd=cwd or (self.workdir(step, step_env) if step is not None
                                              else self.dir_rel),
-                files=True, add_mask=True, artifacts=artifacts or ())
+                files=True, add_mask=True, artifacts=artifacts or (),
+                image=self.image if heavy else None,
+                services=self.services if heavy else None)
         except StepFailed:
             self.spent_s += timeout  # unknown: assume it used what it had
             raise
