@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from ci_runner.executors.masking import Masker
@@ -20,6 +23,7 @@ from ci_runner.workflows.plan import (
     workflow_files,
 )
 from ci_runner.workflows.source import WorkflowError
+from tests.conftest import ROOT
 
 CI = ".github/workflows/ci.yml"
 
@@ -216,3 +220,20 @@ def test_add_mask_lines_are_taken_out_and_masked_from_then_on() -> None:
     out += masker.feed(commands_.flush()) + masker.flush()
     assert seen == ["tok3n"]
     assert out == "before tok3n\nafter ***\n:: not a command\n"
+
+
+def test_a_runs_toolchains_are_mounted_read_only_in_its_sandbox(tmp_path: Path) -> None:
+    """setup-python's interpreter may be in no folder on the runner's PATH (uv's, a
+    pyenv version): the run's metadata names it and its sandbox mounts its prefix."""
+    from ci_runner.dispatch.confine import plan
+    from ci_runner.sandbox import probe
+
+    if probe("bwrap").kind != "bwrap":
+        if os.environ.get("CI") == "true":
+            pytest.fail("bubblewrap is needed here (scripts/sandbox-tools.sh)")
+        pytest.skip("no bubblewrap")
+    prefix = ROOT / "benchmarks"  # stands for /opt/python-3.x: outside /tmp and HOME
+    metadata = {"run_id": "r1", "workspace": str(tmp_path / "wt"), "repo": str(tmp_path),
+                "sandbox": "bwrap", "toolchains": [str(prefix)]}
+    assert prefix in plan(metadata).ro
+    assert prefix not in plan({**metadata, "toolchains": []}).ro

@@ -308,7 +308,9 @@ jobs:
           - os: haiku
             n: 9
     steps:
-      - run: echo "os=${{ matrix.os }} n=${{ matrix.n }} extra=${{ matrix.extra }}"
+      - run: >-
+          echo "os=${{ matrix.os }} n=${{ matrix.n }} extra=${{ matrix.extra }}
+          at=${{ strategy.job-index }}/${{ strategy.job-total }}"
 """
 
 
@@ -327,13 +329,13 @@ def test_matrix_include_exclude_and_selection(cli: Any, tmp_path: Path) -> None:
         line.strip() for s in record["steps"]
         for line in _log(cli, record["run_id"], s["name"], repo).splitlines()
         if line.startswith("os="))
-    assert outputs == ["os=bsd n=1 extra=", "os=haiku n=9 extra=",
-                       "os=linux n=1 extra=yes", "os=linux n=2 extra=yes"]
+    assert outputs == ["os=bsd n=1 extra= at=2/4", "os=haiku n=9 extra= at=3/4",
+                       "os=linux n=1 extra=yes at=0/4", "os=linux n=2 extra=yes at=1/4"]
     only = cli("run", "--json", "--matrix", "os=linux", "--matrix", "n=2", cwd=repo)
     assert only.code == 0, only.err
     assert [s["name"] for s in only.json()["steps"]] == [
         'cell (linux, 2, yes) / Run echo "os=${{ matrix.os }} n=${{ matrix.n }} extra='
-        '${{ matrix.extra }}"']
+        '${{ matrix.extra }} at=${{ strategy.job-index }}/${{ strategy.job-total }}"']
 
 
 def test_workflows_lists_jobs_cells_and_skips_like_act(cli: Any, tmp_path: Path) -> None:

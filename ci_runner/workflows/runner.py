@@ -173,7 +173,11 @@ class WorkflowRun:
                     reason = f"fail-fast: {failed[0]} failed"
                     result = await self._skip_job(self.prefix + cell.label, reason)
                 else:
-                    result = await JobCell(self, job, cell, ctx).run()
+                    strategy = {"fail-fast": expanded.fail_fast, "job-index": cell.index,
+                                "job-total": cell.total,
+                                "max-parallel": expanded.max_parallel or cell.total}
+                    result = await JobCell(self, job, cell, {**ctx,
+                                                             "strategy": strategy}).run()
                 if result.result == "failure":
                     failed.append(self.prefix + cell.label)
                 return result
@@ -217,8 +221,6 @@ class JobCell:
         self.dir_rel = f"{JOBS_DIR}/{slug}"
         self.dir = run.root / self.dir_rel
         self.ctx = {**ctx, "matrix": dict(cell.matrix),
-                    "strategy": {"fail-fast": True, "job-index": cell.index,
-                                 "job-total": cell.total, "max-parallel": cell.total},
                     "github": {**run.github, "job": job.id, "workspace": str(self.dir)}}
         self.extra_env: dict[str, str] = {}
         self.path: list[str] = []
