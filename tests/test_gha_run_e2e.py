@@ -425,3 +425,33 @@ def test_bad_repos_and_options_get_one_line(cli: Any, tmp_path: Path, files: dic
     assert len(lines) == 1, done.err
     assert error in lines[0], lines[0]
     assert cli("runs", "--json", cwd=repo).json() == []  # nothing was stored
+
+
+def test_job_selection_and_platform_mapping(cli: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "select", {".github/workflows/ci.yml": """\
+on: push
+jobs:
+  prepare:
+    runs-on: ubuntu-latest
+    steps: [{name: prep, run: echo prep}]
+  mac:
+    needs: prepare
+    runs-on: macos-latest
+    steps: [{name: on mac, run: 'echo "mac job on $RUNNER_OS"'}]
+  other:
+    runs-on: ubuntu-latest
+    steps: [{name: other, run: echo other}]
+"""})
+    plain = cli("run", "--json", "--job", "mac", cwd=repo)
+    assert plain.code == 0, plain.err + plain.out
+    steps = {s["name"]: s for s in plain.json()["steps"]}
+    assert set(steps) == {"prepare / prep", "mac"}  # the job and what it needs, only
+    assert steps["mac"]["skipped_because"].startswith("runs-on macos-latest is not Linux")
+    mapped = cli("run", "--json", "--job", "mac", "--platform", "macos-latest=host",
+                 cwd=repo)
+    assert mapped.code == 0, mapped.err + mapped.out
+    assert "mac job on Linux" in cli("logs", mapped.json()["run_id"], "mac / on mac",
+                                     cwd=repo).out
+    bad = cli("run", "--platform", "macos-latest=docker", cwd=repo)
+    assert bad.code == 2
+    assert "only LABEL=host is supported" in bad.err
