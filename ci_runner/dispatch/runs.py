@@ -336,8 +336,17 @@ def _workflow_metadata(repo: Any, sha: str, ref: str | None, request: RunRequest
             f" {sha[:12]}: `ci-runner init` writes a starter (commit it, or run with"
             " --include-uncommitted)"
         )
-    selection = request.workflows if request.workflows is not None else Selection()
-    return workflow_metadata(repo, sha, ref, selection, secrets_file)
+    event = request.extra.get("event")  # a webhook's: push or pull_request
+    selection = request.workflows if request.workflows is not None else Selection(
+        event=event if event in ("push", "pull_request") else "push")
+    # A fork's run gets no secrets: its workflows see none of their names either.
+    meta = workflow_metadata(repo, sha, ref, selection,
+                             None if request.extra.get("untrusted") else secrets_file)
+    if request.extra.get("loader"):  # a fork's gate: it loads the workflows once approved
+        meta["inner_loader"] = meta.pop("loader")
+    if request.extra.get("sender"):
+        meta["gha"]["actor"] = str(request.extra["sender"])
+    return meta
 
 
 def _say_of_workspace(run_id: str, notes: list[str]) -> None:

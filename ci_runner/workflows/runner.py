@@ -161,7 +161,11 @@ class WorkflowRun:
             from ci_runner.workflows.reusable import run_reusable
 
             return await run_reusable(self, job, ctx, label)
-        expanded = expand_job(job, ctx, self.selection.matrix)
+        try:
+            expanded = expand_job(job, ctx, self.selection.matrix)
+        except WorkflowError as exc:
+            raise WorkflowError(f"{self.workflow.path}:{job.line_of('strategy')}:"
+                                f" {exc.message}") from None
         if not expanded.cells:
             return await self._skip_job(label, "no matrix cell matches --matrix")
         limit = asyncio.Semaphore(expanded.max_parallel or len(expanded.cells))
@@ -191,18 +195,22 @@ class WorkflowRun:
         self.labels[label] = result
         return result
 
-    def _env(self, raw: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, str]:
+    def _env(self, raw: Mapping[str, Any], ctx: Mapping[str, Any], where: str = "env",
+             ) -> dict[str, str]:
         """Evaluate an ``env:`` mapping (each value may hold ``${{ }}``)."""
         from ci_runner.workflows import expressions
 
-        if "__expression__" in raw:
-            value = expressions.interpolate(raw["__expression__"], self.contexts(**ctx))
-            raw = value if isinstance(value, Mapping) else {}
-        env = {}
-        for key, value in raw.items():
-            shown = expressions.interpolate(value, self.contexts(**ctx)) \
-                if isinstance(value, str) else value
-            env[key] = expressions.to_string(shown)
+        try:
+            if "__expression__" in raw:
+                value = expressions.interpolate(raw["__expression__"], self.contexts(**ctx))
+                raw = value if isinstance(value, Mapping) else {}
+            env = {}
+            for key, value in raw.items():
+                shown = expressions.interpolate(value, self.contexts(**ctx)) \
+                    if isinstance(value, str) else value
+                env[key] = expressions.to_string(shown)
+        except expressions.ExpressionError as exc:
+            raise WorkflowError(f"{self.workflow.path}: {where}: {exc}") from None
         return env
 
 
@@ -284,7 +292,7 @@ class JobCell:
         self.job_env = self.flow._env(self.flow.workflow.env, {"matrix": self.ctx["matrix"]})
         self.job_env.update(self.flow._env(self.job.env, {
             "matrix": self.ctx["matrix"], "env": self.job_env, "needs": self.ctx["needs"],
-            "strategy": self.ctx["strategy"]}))
+            "strategy": self.ctx["strategy"]}, f"jobs.{self.job.id}.env"))
         runs_on = self.interpolate(self.job.runs_on, self.where(key="runs-on"))
         where = platform(runs_on, dict(self.flow.selection.platforms))
         reason = where.skip or self._containers() or actions.preflight(self)
