@@ -26,7 +26,9 @@ jobs:
       - name: deps
         run: |
           echo "hit=${{ steps.cache.outputs.cache-hit }}"
-          if [ ! -d deps ]; then mkdir deps; echo "built $(od -An -N8 -tx8 /dev/urandom)" > deps/stamp; fi
+          if [ ! -d deps ]; then
+            mkdir deps; echo "built $(od -An -N8 -tx8 /dev/urandom)" > deps/stamp
+          fi
           cat deps/stamp
       - uses: ./.github/actions/greet
         id: greet
@@ -34,7 +36,9 @@ jobs:
           who: ci
       - name: greeting
         run: echo "greeting=${{ steps.greet.outputs.greeting }}"
-      - run: mkdir -p dist/sub && echo "wheel ${{ github.sha }}" > dist/pkg.whl && echo n > dist/sub/notes.txt
+      - run: |
+          mkdir -p dist/sub && echo "wheel ${{ github.sha }}" > dist/pkg.whl
+          echo n > dist/sub/notes.txt
       - uses: actions/upload-artifact@v4
         with:
           name: dist

@@ -237,3 +237,29 @@ def test_a_runs_toolchains_are_mounted_read_only_in_its_sandbox(tmp_path: Path) 
                 "sandbox": "bwrap", "toolchains": [str(prefix)]}
     assert prefix in plan(metadata).ro
     assert prefix not in plan({**metadata, "toolchains": []}).ro
+
+
+def test_a_webhooks_run_takes_its_event_and_a_forks_goes_behind_the_gate(
+        tmp_path: Path) -> None:
+    from ci_runner.dispatch.runs import RunRequest, _workflow_metadata
+    from ci_runner.workspace import open_repo, resolve_rev
+    from tests.gitrepos import make_repo
+
+    path = make_repo(tmp_path / "hooked", {CI: GOOD})
+    repo = open_repo(path)
+    sha = resolve_rev(repo, "HEAD").sha
+    secrets = tmp_path / "secrets.yml"
+    secrets.write_text("TOKEN: x\n")
+    secrets.chmod(0o600)
+    trusted = _workflow_metadata(repo, sha, "refs/heads/main", RunRequest(
+        repo_path=path, extra={"event": "pull_request", "sender": "alice"}), secrets)
+    assert trusted["gha"]["selection"]["event"] == "pull_request"
+    assert trusted["gha"]["actor"] == "alice"
+    assert trusted["gha"]["secret_names"] == ["TOKEN"]
+    assert trusted["loader"] == "ci_runner.workflows.loader:load_runner"
+    fork = _workflow_metadata(repo, sha, None, RunRequest(
+        repo_path=path, extra={"event": "pull_request", "untrusted": True,
+                               "loader": "ci_runner.server.gate:load_untrusted"}), secrets)
+    assert "loader" not in fork  # the request's own (the gate) stays
+    assert fork["inner_loader"] == "ci_runner.workflows.loader:load_runner"
+    assert fork["gha"]["secret_names"] == []
