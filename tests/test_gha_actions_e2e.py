@@ -178,3 +178,31 @@ jobs:
     assert "docker://alpine:3 is not available offline" in reason
     assert "\n" not in reason
     assert steps["fine / Run echo fine"]["status"] == "complete"
+
+
+def test_checkout_with_submodules_from_the_runs_worktree(cli: Any, tmp_path: Path) -> None:
+    """In bubblewrap (the worktree is not the sandbox user's): the job's checkout gets
+    the submodule from the run's worktree, no URL used, and a clean `git status`."""
+    from tests.gitrepos import git
+
+    lib = make_repo(tmp_path / "lib", {"lib.txt": "the library\n"})
+    repo = make_repo(tmp_path / "app", {".github/workflows/ci.yml": """\
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+        with:
+          submodules: true
+          fetch-depth: 0
+      - name: look
+        run: cat vendor/lib/lib.txt; git status --short | wc -l; git log --oneline | wc -l
+"""})
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib),
+        "vendor/lib")
+    git(repo, "commit", "-q", "-m", "vendor lib")
+    done = cli("run", "--json", "--sandbox", "bwrap", cwd=repo)
+    assert done.code == 0, done.err + done.out
+    log = _log(cli, done.json()["run_id"], "a / look", repo)
+    assert "the library\n0\n2\n" in log

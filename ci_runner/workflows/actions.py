@@ -183,8 +183,13 @@ async def _checkout(cell: JobCell, step: Step, name: str, step_env: Mapping[str,
             " while read -r key sub; do name=${key#submodule.}; name=${name%.path};"
             f" [ -e {shlex.quote(source)}/\"$sub\"/.git ] || continue;"
             f" git config submodule.\"$name\".url {shlex.quote(source)}/\"$sub\"; done")
-        lines.append("git -c protocol.file.allow=always submodule update -q --init"
-                     " 2>&1 || echo 'note: a submodule could not be checked out offline'")
+        # git's local transport drops -c settings: safe.directory (the worktree is not
+        # the sandbox user's) comes from a global config of the step's own.
+        lines.append('mkdir -p "$RUNNER_TEMP"; gc="$RUNNER_TEMP/ci-runner-gitconfig";'
+                     " printf '[safe]\\n\\tdirectory = *\\n' > \"$gc\"")
+        lines.append('GIT_CONFIG_GLOBAL="$gc" git -c protocol.file.allow=always submodule'
+                     " update -q --init 2>&1 || echo 'note: a submodule could not be checked"
+                     " out offline'")
     lines.append("echo \"checked out $(git rev-parse --short HEAD) from the run's worktree\"")
     return await cell.execute(name, _SH, "\n".join(lines), step, step_env,
                               cwd=cell.dir_rel)
