@@ -455,3 +455,52 @@ jobs:
     bad = cli("run", "--platform", "macos-latest=docker", cwd=repo)
     assert bad.code == 2
     assert "only LABEL=host is supported" in bad.err
+
+
+def test_fail_fast_cancels_running_cells_and_skips_waiting_ones(
+        cli: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "failfast", {".github/workflows/ci.yml": """\
+on: push
+jobs:
+  wide:
+    runs-on: ubuntu-latest
+    strategy:
+      matrix:
+        n: [1, 2]
+    steps:
+      - name: work
+        run: |
+          if [ ${{ matrix.n }} = 1 ]; then
+            for i in $(seq 400); do [ -f started-2 ] && break; sleep 0.05; done; exit 1
+          fi
+          touch ../wide-0/started-2; sleep 30
+  narrow:
+    runs-on: ubuntu-latest
+    strategy:
+      max-parallel: 1
+      matrix:
+        n: [1, 2, 3]
+    steps:
+      - name: work
+        run: exit ${{ matrix.n }}
+  tolerant:
+    runs-on: ubuntu-latest
+    strategy:
+      fail-fast: false
+      matrix:
+        n: [1, 2]
+    steps:
+      - name: work
+        run: exit $(( ${{ matrix.n }} - 1 ))
+"""})
+    done = cli("run", "--json", cwd=repo, timeout=50)
+    assert done.code == 1, done.err + done.out
+    steps = _steps(done.json())
+    assert steps["wide (1) / work"]["status"] == "failed"
+    assert steps["wide (2) / work"]["status"] == "cancelled"
+    assert steps["wide (2) / work"]["error"] == "cancelled: fail-fast: wide (1) failed"
+    assert steps["narrow (1) / work"]["status"] == "failed"
+    assert steps["narrow (2)"]["skipped_because"] == "fail-fast: narrow (1) failed"
+    assert steps["narrow (3)"]["skipped_because"] == "fail-fast: narrow (1) failed"
+    assert steps["tolerant (1) / work"]["status"] == "complete"
+    assert steps["tolerant (2) / work"]["status"] == "failed"

@@ -169,24 +169,47 @@ class WorkflowRun:
         if not expanded.cells:
             return await self._skip_job(label, "no matrix cell matches --matrix")
         limit = asyncio.Semaphore(expanded.max_parallel or len(expanded.cells))
-        failed: list[str] = []
+        failed: list[str] = []  # with fail-fast: the cell that failed first
+        tasks: list[asyncio.Task[JobResult]] = []
 
         async def one(cell: Cell) -> JobResult:
-            async with limit:
-                if failed and expanded.fail_fast:
-                    reason = f"fail-fast: {failed[0]} failed"
-                    result = await self._skip_job(self.prefix + cell.label, reason)
-                else:
+            label = self.prefix + cell.label
+            started = False
+            try:
+                async with limit:
+                    if failed:
+                        return await self._skip_job(label, f"fail-fast: {failed[0]} failed")
+                    started = True
                     strategy = {"fail-fast": expanded.fail_fast, "job-index": cell.index,
                                 "job-total": cell.total,
                                 "max-parallel": expanded.max_parallel or cell.total}
                     result = await JobCell(self, job, cell, {**ctx,
                                                              "strategy": strategy}).run()
-                if result.result == "failure":
-                    failed.append(self.prefix + cell.label)
-                return result
+            except asyncio.CancelledError:
+                if not failed:
+                    raise  # the run is stopping or hibernating: so does every cell
+                # Cancelled by fail-fast (its running step is recorded cancelled).
+                uncancel = getattr(asyncio.current_task(), "uncancel", None)  # 3.11+
+                if uncancel is not None:
+                    uncancel()
+                if not started:
+                    return await self._skip_job(label, f"fail-fast: {failed[0]} failed")
+                self.labels[label] = JobResult("cancelled")
+                return self.labels[label]
+            if result.result == "failure" and expanded.fail_fast and not failed:
+                failed.append(label)
+                for task in tasks:
+                    if task is not asyncio.current_task() and not task.done():
+                        task.cancel(f"fail-fast: {label} failed")
+            return result
 
-        cells = await asyncio.gather(*(one(c) for c in expanded.cells))
+        tasks.extend(asyncio.ensure_future(one(c)) for c in expanded.cells)
+        try:
+            cells = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
         return _aggregate(cells)
 
     async def _skip_job(self, label: str, reason: str) -> JobResult:
