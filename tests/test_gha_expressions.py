@@ -360,3 +360,22 @@ def test_string_literals_round_trip(text: str) -> None:
     literal = "'" + text.replace("'", "''") + "'"
     assert evaluate(literal, {}) == text
     assert interpolate("${{ " + literal + " }}", {}) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["${{", "}}", "'", " ", "matrix.os", "x", "(", "1"]), max_size=12))
+def test_interpolate_gives_a_value_or_an_expression_error(parts: list[str]) -> None:
+    try:
+        interpolate("".join(parts), CONTEXTS)
+    except ExpressionError as e:
+        assert "\n" not in str(e)
+
+
+def test_deeply_nested_values_are_errors_not_crashes() -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        to_string(deep)
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        evaluate("toJSON(x)", {"x": deep})

@@ -268,3 +268,11 @@ def test_errors_are_one_line(strategy: dict[str, Any], message: str) -> None:
     with pytest.raises(MatrixError, match=message) as caught:
         expand(strategy, {})
     assert "\n" not in str(caught.value)
+
+
+def test_deeply_nested_values_are_errors_not_crashes() -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(MatrixError, match="nested too deeply"):
+        expand({"matrix": {"a": [deep]}}, {})

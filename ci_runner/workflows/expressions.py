@@ -568,7 +568,10 @@ def to_string(value: Any) -> str:
     a mapping in a string field or print ``Object``, the host gets their content.
     """
     if isinstance(value, (Mapping, list, tuple)):
-        return _to_json(value)
+        try:
+            return _to_json(value)
+        except RecursionError:
+            raise ExpressionError("A value is nested too deeply to be printed") from None
     return _coerce_string(value)
 
 

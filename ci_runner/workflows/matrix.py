@@ -194,6 +194,13 @@ def expand(strategy: Mapping[str, Any] | None, contexts: Mapping[str, Any]) -> S
     ``contexts`` are what ``${{ }}`` in the strategy may use (``github``,
     ``inputs``, ``vars``, ``needs``). Errors are ``MatrixError``, one line.
     """
+    try:
+        return _expand(strategy, contexts)
+    except RecursionError:
+        raise MatrixError("strategy: a value is nested too deeply") from None
+
+
+def _expand(strategy: Mapping[str, Any] | None, contexts: Mapping[str, Any]) -> Strategy:
     if strategy is None:
         return Strategy(cells=[])
     resolved = _resolve(strategy, contexts)
