@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_if",
     "interpolate",
     "is_truthy",
+    "loose_equals",
     "to_string",
 ]
 
@@ -633,6 +634,11 @@ def _equals(left: Any, right: Any) -> bool:
     if lk == "bool":
         return bool(left == right)
     return left is right
+
+
+def loose_equals(left: Any, right: Any) -> bool:
+    """The expression language's ``==`` (matrix include/exclude filters use it)."""
+    return _equals(left, right)
 
 
 def _greater(left: Any, right: Any) -> bool:
