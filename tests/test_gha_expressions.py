@@ -379,3 +379,34 @@ def test_deeply_nested_values_are_errors_not_crashes() -> None:
         to_string(deep)
     with pytest.raises(ExpressionError, match="nested too deeply"):
         evaluate("toJSON(x)", {"x": deep})
+
+
+def test_values_that_are_not_text_pass_through() -> None:
+    assert interpolate(10, CONTEXTS) == 10  # type: ignore[arg-type]
+    assert interpolate(None, CONTEXTS) is None  # type: ignore[arg-type]
+
+
+def test_public_names_are_pinned() -> None:
+    from ci_runner.workflows import expressions, hashfiles, matrix
+
+    assert sorted(expressions.__all__) == [
+        "ExpressionError",
+        "Functions",
+        "Status",
+        "evaluate",
+        "evaluate_if",
+        "interpolate",
+        "is_truthy",
+        "loose_equals",
+        "to_string",
+    ]
+    assert sorted(matrix.__all__) == [
+        "Cell",
+        "MAX_CELLS",
+        "MatrixError",
+        "Strategy",
+        "cell_label",
+        "expand",
+    ]
+    assert sorted(hashfiles.__all__) == ["FOLLOW_OPTION", "hash_files"]
+    assert issubclass(matrix.MatrixError, UsageError)

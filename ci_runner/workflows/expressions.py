@@ -388,8 +388,11 @@ def interpolate(text: str, contexts: Mapping[str, Any], functions: Functions = F
 
     When ``text`` is exactly one ``${{ expr }}`` (whitespace around it allowed) the
     value itself is returned, not a string: that is how ``matrix: ${{ fromJSON(...) }}``
-    and ``with:`` values keep their type.
+    and ``with:`` values keep their type. A value that is not text (a YAML number,
+    say) is returned as it is.
     """
+    if not isinstance(text, str):
+        return text
     parts = list(_segments(text))
     expressions = [p for is_expr, p in parts if is_expr]
     if not expressions:
