@@ -410,3 +410,10 @@ def test_public_names_are_pinned() -> None:
     ]
     assert sorted(hashfiles.__all__) == ["FOLLOW_OPTION", "hash_files"]
     assert issubclass(matrix.MatrixError, UsageError)
+
+
+def test_doubled_quotes_all_unescape() -> None:
+    # GitHub's runner (C#) replaces every '' in a string literal; the TypeScript
+    # package replaces only the first, which we do not copy.
+    assert evaluate("'a''b''c'", {}) == "a'b'c"
+    assert evaluate("''''''", {}) == "''"

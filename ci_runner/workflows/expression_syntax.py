@@ -109,6 +109,7 @@ def tokenize(expr: str) -> list[Token]:
             end += 1
         return end
 
+    start = 0
     while i < n:
         c = expr[i]
         start = i
@@ -163,7 +164,8 @@ def tokenize(expr: str) -> list[Token]:
                 tokens.append(Token("NUMBER", word, start, _KEYWORDS[word]))
             else:
                 tokens.append(Token("IDENT", word, start))
-    tokens.append(Token("EOF", "", n))
+    # GitHub reports the end where the last token (or blank) began: "a." ends at 2
+    tokens.append(Token("EOF", "", start))
     return tokens
 
 
