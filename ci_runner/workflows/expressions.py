@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
 from ci_runner.workflows.expression_syntax import (
@@ -190,7 +190,6 @@ class _Evaluator:
     expr: str
     contexts: Mapping[str, Any]
     functions: Functions
-    memory: int = field(default=0)
 
     def fail(self, message: str, detail: str = "") -> NoReturn:
         # GitHub's wording first, then what we know beyond it
@@ -301,7 +300,12 @@ class _Evaluator:
         assert name == "hashfiles"
         if self.functions.hash_files is None:
             raise ValueError("hashFiles is not available here")
-        return self.functions.hash_files([coerce_string(a) for a in args])
+        patterns = [coerce_string(a) for a in args]
+        try:
+            return self.functions.hash_files(patterns)
+        except OSError as e:
+            shown = ", ".join(repr(p) for p in patterns)
+            raise ValueError(f"hashFiles({shown}) failed: {e}") from None
 
 
 def _pick(item: Any, star: bool, key: str | None, position: int | None) -> list[Any]:
