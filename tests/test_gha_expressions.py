@@ -417,3 +417,16 @@ def test_doubled_quotes_all_unescape() -> None:
     # package replaces only the first, which we do not copy.
     assert evaluate("'a''b''c'", {}) == "a'b'c"
     assert evaluate("''''''", {}) == "''"
+
+
+def test_other_python_values_in_contexts_act_as_strings() -> None:
+    from pathlib import PurePosixPath
+
+    ctx = {"runner": {"temp": PurePosixPath("/tmp/x")}}
+    assert evaluate("runner.temp == '/TMP/X'", ctx) is True
+    assert evaluate("contains(runner.temp, 'tmp')", ctx) is True
+    assert interpolate("cd ${{ runner.temp }}", ctx) == "cd /tmp/x"
+    assert evaluate("github.run_id", {"github": {"run_id": 2**40 + 1}}) == 2**40 + 1
+    assert interpolate("id=${{ github.run_id }}", {"github": {"run_id": 2**40 + 1}}) == (
+        f"id={2**40 + 1}"
+    )

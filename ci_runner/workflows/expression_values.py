@@ -53,7 +53,9 @@ def is_number(v: Any) -> bool:
 
 
 def is_primitive(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
+    # Anything a host put in a context that is not a container counts as a
+    # scalar (a string of its str(), see kind_of).
+    return not isinstance(v, (Mapping, list, tuple))
 
 
 def tidy_number(x: float) -> int | float:
@@ -138,6 +140,8 @@ def coerce_string(v: Any) -> str:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, int) and abs(v) < 2**53:
+        return str(v)  # what JavaScript prints too, without the float round trip
     if is_number(v):
         return number_string(float(v))
     if isinstance(v, str):
