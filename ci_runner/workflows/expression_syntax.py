@@ -75,6 +75,8 @@ _KEYWORDS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Token:
+    """One lexeme of an expression, with where it starts."""
+
     kind: str  # LPAREN ... STAR, NOT, NE, EQ, GT, GE, LT, LE, AND, OR, NUMBER, STRING, IDENT,
     # TRUE, FALSE, NULL, EOF
     lexeme: str
@@ -94,6 +96,12 @@ def _is_boundary(c: str) -> bool:
 
 
 def tokenize(expr: str) -> list[Token]:
+    """The tokens of ``expr``, ending with EOF; a malformed lexeme is an error.
+
+    As GitHub's lexer: a "." after a name, ")", "]" or "*" is an access, elsewhere it
+    starts a number; a word runs to the next boundary character or blank, so
+    ``1 =2`` fails on "=2" and ``foo.b@r`` on "b@r".
+    """
     tokens: list[Token] = []
     i, n = 0, len(expr)
 
@@ -410,6 +418,7 @@ class _Parser:
 
 
 def parse(expr: str, contexts: Mapping[str, Any]) -> Node | None:
+    """The tree of ``expr`` (``None`` when it is empty); names must be in ``contexts``."""
     if len(expr) > MAX_LENGTH:
         raise ExpressionError(
             f"Exceeded max expression length {MAX_LENGTH}: an expression of {len(expr)} characters"
