@@ -334,7 +334,7 @@ def test_matrix_include_exclude_and_selection(cli: Any, tmp_path: Path) -> None:
     only = cli("run", "--json", "--matrix", "os=linux", "--matrix", "n=2", cwd=repo)
     assert only.code == 0, only.err
     assert [s["name"] for s in only.json()["steps"]] == [
-        'cell (linux, 2, yes) / Run echo "os=${{ matrix.os }} n=${{ matrix.n }} extra='
+        'cell (linux, 2) / Run echo "os=${{ matrix.os }} n=${{ matrix.n }} extra='
         '${{ matrix.extra }} at=${{ strategy.job-index }}/${{ strategy.job-total }}"']
 
 
