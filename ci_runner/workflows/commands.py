@@ -25,16 +25,17 @@ SHELLS = {
 CONTAINER_DEFAULT = ["sh", "-c", 'if command -v bash >/dev/null 2>&1; then exec bash -e "$1";'
                      ' else exec sh -e "$1"; fi', "sh", "{0}"]
 SCRIPT_ENV = "CI_RUNNER_SCRIPT"
-# The wrapper: $1.. is the shell template; {0} in it becomes the script's path.
+# The wrapper: $1.. is the shell template; {0} in it becomes the script's path (in a
+# folder of the step's own: only the files beside it come back in the result).
 WRAPPER = r"""f=$CI_RUNNER_FILES
 eval "${CI_RUNNER_SECRET_ENV:-}"; unset CI_RUNNER_SECRET_ENV
-printf '%s\n' "$CI_RUNNER_SCRIPT" > "$f/script"; unset CI_RUNNER_SCRIPT
+mkdir "$f/run" && printf '%s\n' "$CI_RUNNER_SCRIPT" > "$f/run/script"; unset CI_RUNNER_SCRIPT
 for n in output env path summary; do : > "$f/$n"; done
 export GITHUB_OUTPUT="$f/output" GITHUB_ENV="$f/env" GITHUB_PATH="$f/path"
 export GITHUB_STEP_SUMMARY="$f/summary"
 [ -z "${RUNNER_TEMP:-}" ] || mkdir -p "$RUNNER_TEMP"
 n=$#; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1))
-  while case $a in *'{0}'*) true;; *) false;; esac; do a="${a%%'{0}'*}$f/script${a#*'{0}'}"; done
+  while case $a in *'{0}'*) true;; *) false;; esac; do a="${a%%'{0}'*}$f/run/script${a#*'{0}'}"; done
   set -- "$@" "$a"; done
 unset CI_RUNNER_STEP; exec "$@"
 """
