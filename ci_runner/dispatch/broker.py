@@ -895,6 +895,8 @@ class StepFiles:
     def collect(self, masker: Any) -> dict[str, str]:
         import shutil
 
+        from ci_runner.errors import NonRetryableError
+
         found: dict[str, str] = {}
         total = 0
         try:
@@ -904,11 +906,11 @@ class StepFiles:
                 with path.open("rb") as handle:
                     data = handle.read(self.MAX_FILE + 1)
                 if len(data) > self.MAX_FILE:
-                    raise UsageError(f"{path.name}: the step wrote more than"
-                                     f" {self.MAX_FILE >> 10} KiB to it")
+                    raise NonRetryableError(f"{path.name}: the step wrote more than"
+                                            f" {self.MAX_FILE >> 10} KiB to it")
                 total += len(data)
                 if total > self.MAX_TOTAL:
-                    raise UsageError("the step's files hold more than 1 MiB")
+                    raise NonRetryableError("the step's files hold more than 1 MiB")
                 found[path.name] = masker.mask(data.decode("utf-8", "replace"))
         finally:
             shutil.rmtree(self.host, ignore_errors=True)
