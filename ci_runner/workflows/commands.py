@@ -35,7 +35,8 @@ export GITHUB_OUTPUT="$f/output" GITHUB_ENV="$f/env" GITHUB_PATH="$f/path"
 export GITHUB_STEP_SUMMARY="$f/summary"
 [ -z "${RUNNER_TEMP:-}" ] || mkdir -p "$RUNNER_TEMP"
 n=$#; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1))
-  while case $a in *'{0}'*) true;; *) false;; esac; do a="${a%%'{0}'*}$f/run/script${a#*'{0}'}"; done
+  while case $a in *'{0}'*) true;; *) false;; esac; do
+    a="${a%%'{0}'*}$f/run/script${a#*'{0}'}"; done
   set -- "$@" "$a"; done
 unset CI_RUNNER_STEP; exec "$@"
 """
