@@ -106,6 +106,14 @@ def test_on_and_yes_stay_strings_as_in_githubs_parser() -> None:
     ("on: push\njobs:\n  a: [\n", f"{CI}:4: not valid YAML"),
     ("on: push\njobs:\n  a:\n    runs-on: x\n    runs-on: y\n    steps: [{run: echo}]\n",
      f"{CI}: line 5: 'runs-on' appears twice"),
+    ("on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ foo.bar }}\n",
+     f"{CI}:6: jobs.a.steps[0].run: Unrecognized named-value: 'foo'. Located at position 1"
+     " within expression: foo.bar"),
+    ("on: push\njobs:\n  a:\n    runs-on: x\n    if: github.ref == 'x' &&\n"
+     "    steps: [{run: echo}]\n",
+     f"{CI}:5: jobs.a.if: Unexpected end of expression: '&&'."),
+    ("on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ x\n",
+     f"{CI}:6: jobs.a.steps[0].run: the expression is not closed: ${{{{ x"),
 ])
 def test_bad_files_get_one_line_naming_file_line_and_key(text: str, error: str) -> None:
     with pytest.raises(WorkflowError) as caught:

@@ -165,6 +165,7 @@ def parse_workflow(text: str | bytes, path: str) -> Workflow:
                         on=on, env=check.env(raw.get("env"), raw.line_of("env"), "env"),
                         defaults_run=defaults_run, jobs=jobs)
     _check_needs(check, workflow)
+    _check_expressions(check, raw, "", raw.line)
     return workflow
 
 
@@ -291,3 +292,53 @@ def _check_needs(check: _Check, workflow: Workflow) -> None:
 
     for job_id in jobs:
         visit(job_id, [])
+
+
+# Every context a workflow may name somewhere: which key may use which is GitHub's
+# finer rule, left to the run (a name unknown everywhere is an error at once).
+_CONTEXTS = dict.fromkeys(("github", "env", "vars", "job", "jobs", "steps", "runner",
+                           "secrets", "strategy", "matrix", "needs", "inputs"))
+
+
+def _check_expressions(check: _Check, value: Any, key: str, line: int) -> None:
+    """Parse every ``${{ }}`` (and each bare ``if:``) of the file, so a syntax error or
+    an unknown context fails before any job runs, naming where it is."""
+    from ci_runner.workflows.expression_syntax import ExpressionError, parse
+
+    if isinstance(value, Located):
+        for name, item in value.items():
+            _check_expressions(check, item, f"{key}.{name}" if key else name,
+                               value.line_of(name))
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_expressions(check, item, f"{key}[{index}]",
+                               item.line if isinstance(item, Located) else line)
+        return
+    if not isinstance(value, str):
+        return
+    try:
+        if key.endswith(".if") and "${{" not in value:
+            parse(value, _CONTEXTS)
+        for expression in _expressions(value):
+            parse(expression.strip(), _CONTEXTS)
+    except ExpressionError as exc:
+        raise check.fail(line, key, str(exc)) from None
+
+
+def _expressions(text: str) -> list[str]:
+    """The texts inside ``${{ }}`` (a ``}}`` in a quoted string does not close one)."""
+    from ci_runner.workflows.expression_syntax import ExpressionError
+
+    found = []
+    start = text.find("${{")
+    while start >= 0:
+        j, quoted = start + 3, False
+        while j < len(text) and (quoted or not text.startswith("}}", j)):
+            quoted ^= text[j] == "'"
+            j += 1
+        if j >= len(text):
+            raise ExpressionError(f"the expression is not closed: {text[start:start + 60]}")
+        found.append(text[start + 3:j])
+        start = text.find("${{", j + 2)
+    return found
