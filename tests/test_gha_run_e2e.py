@@ -504,3 +504,30 @@ jobs:
     assert steps["narrow (3)"]["skipped_because"] == "fail-fast: narrow (1) failed"
     assert steps["tolerant (1) / work"]["status"] == "complete"
     assert steps["tolerant (2) / work"]["status"] == "failed"
+
+
+def test_params_give_workflow_dispatch_inputs(cli: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "inputs", {".github/workflows/ci.yml": """\
+on:
+  push:
+  workflow_dispatch:
+    inputs:
+      level:
+        default: low
+      other:
+        default: kept
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - name: show
+        run: echo "level=${{ inputs.level }} other=${{ inputs.other }}"
+"""})
+    plain = cli("run", "--json", cwd=repo)
+    assert plain.code == 0, plain.err
+    assert "level=low other=kept" in cli("logs", plain.json()["run_id"], "a / show",
+                                         cwd=repo).out
+    given = cli("run", "--json", "--param", "level=high", cwd=repo)
+    assert given.code == 0, given.err
+    assert "level=high other=kept" in cli("logs", given.json()["run_id"], "a / show",
+                                          cwd=repo).out

@@ -66,6 +66,8 @@ class WorkflowPipeline(Pipeline):
         several = len(workflows) > 1
         runs = [WorkflowRun(self.metadata, w, selection, step, root, several)
                 for w in workflows]
+        for flow in runs:  # --param NAME=VALUE gives a workflow_dispatch input
+            flow.inputs.update({k: v for k, v in event.payload.items() if k in flow.inputs})
         results = await asyncio.gather(*(r.run() for r in runs))
         summaries = [s for r in runs for s in r.summaries]
         for title, text in summaries:
@@ -387,7 +389,9 @@ class JobCell:
             handed = {}
         else:
             outcome = "success"
-        self.extra_env.update(handed.get("env", {}))
+        # ci-runner's own variables stay its own (the wrapper and the broker set them).
+        self.extra_env.update({k: v for k, v in handed.get("env", {}).items()
+                               if not k.startswith("CI_RUNNER")})
         self.path[:0] = handed.get("path", [])
         if handed.get("summary", "").strip():
             self.flow.summaries.append((name, handed["summary"]))
