@@ -531,3 +531,52 @@ jobs:
     assert given.code == 0, given.err
     assert "level=high other=kept" in cli("logs", given.json()["run_id"], "a / show",
                                           cwd=repo).out
+
+
+def test_step_timeout_minutes_working_directory_and_shells(cli: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "shells", {"sub/dir/marker.txt": "here\n",
+                                           ".github/workflows/ci.yml": """\
+on: push
+defaults:
+  run:
+    shell: sh
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    defaults:
+      run:
+        working-directory: sub
+    steps:
+      - uses: actions/checkout@v4
+      - name: slow
+        timeout-minutes: 0.02
+        continue-on-error: true
+        run: sleep 20
+      - name: where
+        working-directory: sub/dir
+        run: cat marker.txt; echo "shell is $0"
+      - name: default dir
+        run: pwd
+      - name: pipefail
+        shell: bash
+        run: false | true; echo not reached
+      - name: python
+        if: always()
+        shell: python3 {0}
+        run: |
+          import os
+          print("python in", os.path.basename(os.getcwd()))
+"""})
+    done = cli("run", "--json", cwd=repo, timeout=60)
+    assert done.code == 1, done.err + done.out
+    record = done.json()
+    steps = _steps(record)
+    assert steps["a / slow"]["status"] == "failed"
+    assert "timed out after 1.2s" in steps["a / slow"]["error"]
+    where = _log(cli, record["run_id"], "a / where", repo)
+    assert "here\n" in where and "shell is " in where and "/run/script" in where
+    assert _log(cli, record["run_id"], "a / default dir", repo).splitlines()[1].endswith(
+        "/.ci-runner-jobs/a-0/sub")
+    assert steps["a / pipefail"]["status"] == "failed"
+    assert "not reached" not in _log(cli, record["run_id"], "a / pipefail", repo)
+    assert "python in sub" in _log(cli, record["run_id"], "a / python", repo)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_runner.dispatch.pipeline import Pipeline, PipelineEvent, PipelineStep
-from ci_runner.errors import CIRunnerError, StepFailed
+from ci_runner.errors import StepFailed
 from ci_runner.workflows import commands, contexts
 from ci_runner.workflows.model import Job, Step, Workflow
 from ci_runner.workflows.plan import Cell, Selection, choose, expand_job, job_order, platform
@@ -519,17 +519,15 @@ class JobCell:
         env[commands.SCRIPT_ENV] = script
         env[commands.WRAPPER_ENV] = commands.WRAPPER
         timeout = self.timeout_s(step, step_env)
-        try:
-            result = await self.step.run(
-                name, commands.command(template), env=env, secrets=secrets,
-                timeout=timeout, cwd=cwd or (self.workdir(step, step_env) if step is not None
-                                             else self.dir_rel),
-                files=True, add_mask=True, artifacts=artifacts or (),
-                image=self.image if heavy else None,
-                services=self.services if heavy else None)
-        except StepFailed:
-            self.spent_s += timeout  # unknown: assume it used what it had
-            raise
+        result = await self.step.run(
+            name, commands.command(template), env=env, secrets=secrets,
+            timeout=timeout, cwd=cwd or (self.workdir(step, step_env) if step is not None
+                                         else self.dir_rel),
+            files=True, add_mask=True, artifacts=artifacts or (),
+            image=self.image if heavy else None,
+            services=self.services if heavy else None)
+        # What the job's timeout-minutes has left: the durations its steps' results
+        # recorded (a failed step's is not known; it does not count).
         self.spent_s += float(result.get("duration_s") or 0.0)
         if result.get("skipped"):
             return {}
@@ -586,4 +584,4 @@ def _clip(name: str) -> str:
     return name if len(name) <= _NAME_MAX else name[:_NAME_MAX - 1] + "…"
 
 
-__all__ = ["CIRunnerError", "JobResult", "WorkflowPipeline"]
+__all__ = ["JobResult", "WorkflowPipeline"]
