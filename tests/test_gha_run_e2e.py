@@ -580,3 +580,27 @@ jobs:
     assert steps["a / pipefail"]["status"] == "failed"
     assert "not reached" not in _log(cli, record["run_id"], "a / pipefail", repo)
     assert "python in sub" in _log(cli, record["run_id"], "a / python", repo)
+
+
+def test_only_takes_a_matrix_cells_step_whose_name_has_a_comma(
+        cli: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "only", {".github/workflows/ci.yml": """\
+on: push
+jobs:
+  t:
+    runs-on: ubuntu-latest
+    strategy:
+      matrix:
+        x: [1]
+        y: [2, 3]
+    steps:
+      - name: first
+        run: echo first
+      - name: second
+        run: echo second
+"""})
+    done = cli("run", "--json", "--only", "t (1, 2) / second,t (1, 3) / first", cwd=repo)
+    assert done.code == 0, done.err + done.out
+    ran = {s["name"]: s["status"] for s in done.json()["steps"]}
+    assert ran == {"t (1, 2) / first": "skipped", "t (1, 2) / second": "complete",
+                   "t (1, 3) / first": "complete", "t (1, 3) / second": "skipped"}

@@ -172,8 +172,12 @@ def _timeout(value: str | None) -> float | None:
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
-    """``--only a,b --only c`` -> ``("a", "b", "c")``."""
-    return tuple(n.strip() for v in values or () for n in v.split(",") if n.strip())
+    """``--only a,b --only c`` -> ``("a", "b", "c")``; a comma in parentheses is part
+    of a name (a workflow's matrix cell: ``test (3.12, ubuntu-latest) / Run pytest``)."""
+    import re
+
+    return tuple(n.strip() for v in values or ()
+                 for n in re.split(r",(?![^()]*\))", v) if n.strip())
 
 
 def check_selection(engine: Any, request: Any) -> None:
