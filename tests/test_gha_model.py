@@ -271,3 +271,22 @@ def test_a_webhooks_run_takes_its_event_and_a_forks_goes_behind_the_gate(
     assert "loader" not in fork  # the request's own (the gate) stays
     assert fork["inner_loader"] == "ci_runner.workflows.loader:load_runner"
     assert fork["gha"]["secret_names"] == []
+
+
+def test_github_context_and_default_env_from_the_runs_metadata() -> None:
+    from ci_runner.workflows.contexts import default_env, github_context, runner_context
+
+    wf = parse_workflow(GOOD, CI)
+    meta = {"sha": "a" * 40, "ref": "refs/heads/feature/x", "repo_name": "proj",
+            "run_id": "20261201-1", "gha": {"repository": "acme/proj", "actor": "alice"}}
+    github = github_context(meta, "pull_request", wf, "/w")
+    assert (github["ref_name"], github["head_ref"], github["base_ref"]) == (
+        "feature/x", "feature/x", "main")
+    assert github["repository_owner"] == "acme" and github["actor"] == "alice"
+    assert github["event"]["pull_request"]["head"]["sha"] == "a" * 40
+    env = default_env(github, runner_context("/t"))
+    assert env["GITHUB_EVENT_NAME"] == "pull_request"
+    assert env["GITHUB_REPOSITORY"] == "acme/proj" and env["RUNNER_OS"] == "Linux"
+    assert env["GITHUB_ACTIONS"] == "true" and env["RUNNER_TEMP"] == "/t"
+    tag = github_context({**meta, "ref": "refs/tags/v1"}, "push", wf, "/w")
+    assert (tag["ref_type"], tag["ref_name"], tag["head_ref"]) == ("tag", "v1", "")

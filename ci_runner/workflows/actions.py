@@ -342,6 +342,7 @@ async def _cache(cell: JobCell, step: Step, name: str, step_env: Mapping[str, st
               'if [ -n "$matched" ]; then',
               '  f=$(printf %s "$matched" | sha256sum | cut -d" " -f1)',
               f'  tar -xf {_CACHE_DIR}/"$f".tar -C "$GITHUB_WORKSPACE"',
+              f'  touch {_CACHE_DIR}/"$f".tar  # used: kept (GitHub evicts after 7 days unused)',
               '  echo "cache restored from key: $matched"',
               'else echo "cache not found for key: $key"; fi',
               'echo "cache-hit=$hit" >> "$GITHUB_OUTPUT"',
@@ -368,6 +369,8 @@ async def _cache_save(cell: JobCell, name: str, key: str, paths: list[str],
         ' not saved"; exit 0; }; done',
         f'tar -cf {_cache_file(key)}.part "$@"',
         f"mv {_cache_file(key)}.part {_cache_file(key)}",
+        # As GitHub does: entries not used for 7 days go (their keys stay listed, harmless).
+        f"find {_CACHE_DIR} -name '*.tar' -mtime +7 -delete 2>/dev/null || true",
         f"grep -qxF -- {shlex.quote(key)} {_CACHE_DIR}/keys 2>/dev/null ||"
         f" printf '%s\\n' {shlex.quote(key)} >> {_CACHE_DIR}/keys",
         f"echo \"cache saved with key: {key}\""])
