@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_runner import paths
 from ci_runner.dispatch.envelope import PIPELINE_FILE, WORKFLOW, unwrap_params, wrap_params
@@ -22,6 +22,9 @@ from ci_runner.engine.process import ChildProcess, start_child
 from ci_runner.engine.service import Observer
 from ci_runner.errors import PipelineNotFound, UsageError
 from ci_runner.store.db import immediate, now
+
+if TYPE_CHECKING:
+    from ci_runner.workflows.plan import Selection
 
 TERMINAL = ("complete", "errored", "terminated")
 
@@ -47,7 +50,7 @@ class RunRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     # Run the repo's GitHub workflows (--workflow, --job, --event...): a
     # ``workflows.plan.Selection``; also taken when the repo has no .ci/pipeline.py.
-    workflows: Any = None
+    workflows: Selection | None = None
 
 
 def check_names(only: tuple[str, ...], skip: tuple[str, ...]) -> None:
