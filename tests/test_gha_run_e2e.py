@@ -604,3 +604,43 @@ jobs:
     ran = {s["name"]: s["status"] for s in done.json()["steps"]}
     assert ran == {"t (1, 2) / first": "skipped", "t (1, 2) / second": "complete",
                    "t (1, 3) / first": "complete", "t (1, 3) / second": "skipped"}
+
+
+def test_each_cell_and_each_call_of_a_reusable_workflow_has_its_own_folders(
+        cli: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "folders", {
+        ".github/workflows/ci.yml": """\
+on: push
+jobs:
+  one:
+    uses: ./.github/workflows/called.yml
+  two:
+    uses: ./.github/workflows/called.yml
+  cells:
+    runs-on: ubuntu-latest
+    strategy:
+      matrix:
+        n: [1, 2]
+    steps:
+      - name: mine
+        run: |
+          test ! -e "$RUNNER_TEMP/claimed" && echo "$PWD" > "$RUNNER_TEMP/claimed"
+          echo "temp $RUNNER_TEMP"
+""",
+        ".github/workflows/called.yml": """\
+on: workflow_call
+jobs:
+  work:
+    runs-on: ubuntu-latest
+    steps:
+      - name: claim
+        run: test ! -e claimed && touch claimed && echo "dir $PWD"
+"""})
+    done = cli("run", "--json", cwd=repo)
+    assert done.code == 0, done.err + done.out
+    run_id = done.json()["run_id"]
+    dirs = {_log(cli, run_id, f"{caller} / work / claim", repo).split("dir ")[1].split()[0]
+            for caller in ("one", "two")}
+    temps = {_log(cli, run_id, f"cells ({n}) / mine", repo).split("temp ")[1].split()[0]
+             for n in (1, 2)}
+    assert len(dirs) == 2 and len(temps) == 2

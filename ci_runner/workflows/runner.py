@@ -248,12 +248,13 @@ class JobCell:
         self.cell = cell
         self.label = run.prefix + cell.label
         self.step = run.step
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{job.id}-{cell.index}").strip("-")
-        if run.prefix:
-            slug = f"{Path(run.workflow.path).stem}-{slug}"
+        # Its own folder and RUNNER_TEMP: cells and jobs run side by side. The prefix
+        # tells apart two workflows' jobs, and one reusable workflow called twice.
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{run.prefix}{job.id}-{cell.index}").strip("-")
         self.dir_rel = f"{JOBS_DIR}/{slug}"
         self.dir = run.root / self.dir_rel
-        self.ctx = {**ctx, "matrix": dict(cell.matrix),
+        self.runner = {**run.runner, "temp": f"{run.runner['temp']}/{slug}"}
+        self.ctx = {**ctx, "matrix": dict(cell.matrix), "runner": self.runner,
                     "github": {**run.github, "job": job.id, "workspace": str(self.dir)}}
         self.extra_env: dict[str, str] = {}
         self.path: list[str] = []
@@ -445,7 +446,7 @@ class JobCell:
         """The environment of a step's command, and the secrets it needs."""
         github = self.ctx["github"]
         workspace = f"{CONTAINER_WORKSPACE}/{self.dir_rel}" if heavy else str(self.dir)
-        env = {**contexts.default_env(github, self.flow.runner),
+        env = {**contexts.default_env(github, self.runner),
                "GITHUB_WORKSPACE": workspace, "GITHUB_JOB": self.job.id,
                **self.job_env, **self.extra_env, **step_env}
         if heavy:  # the image's own PATH, unless a step added to it
