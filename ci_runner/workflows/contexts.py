@@ -9,7 +9,6 @@ to the environment variable the broker fills with the value, masked.
 
 from __future__ import annotations
 
-import os
 import platform as host_platform
 import re
 from collections.abc import Mapping
@@ -127,7 +126,3 @@ def default_env(github: Mapping[str, Any], runner: Mapping[str, Any]) -> dict[st
         "RUNNER_TOOL_CACHE": runner["tool_cache"], "RUNNER_ENVIRONMENT": "self-hosted",
     }
 
-
-def temp_dir() -> str:
-    """``RUNNER_TEMP``: in the run's private ``/tmp`` (what ``TMPDIR`` names in its sandbox)."""
-    return str(Path(os.environ.get("TMPDIR") or "/tmp") / "runner-temp")  # noqa: S108

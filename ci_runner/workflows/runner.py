@@ -94,8 +94,8 @@ class WorkflowRun:
         self.prefix = f"{Path(workflow.path).stem}: " if prefix else ""
         gha = metadata["gha"]
         self.tools: dict[str, Any] = gha.get("tools", {})
-        temp = contexts.temp_dir()
-        self.runner = contexts.runner_context(temp)
+        # RUNNER_TEMP: in the run's worktree (each cell its own), so it goes with it.
+        self.runner = contexts.runner_context(str(root / JOBS_DIR / ".temp"))
         self.github = contexts.github_context(metadata, selection.event, workflow, str(root))
         self.secrets = {name: contexts.secret_marker(name)
                         for name in gha.get("secret_names", [])}
@@ -253,7 +253,8 @@ class JobCell:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{run.prefix}{job.id}-{cell.index}").strip("-")
         self.dir_rel = f"{JOBS_DIR}/{slug}"
         self.dir = run.root / self.dir_rel
-        self.runner = {**run.runner, "temp": f"{run.runner['temp']}/{slug}"}
+        self.temp_rel = f"{JOBS_DIR}/.temp/{slug}"
+        self.runner = {**run.runner, "temp": str(run.root / self.temp_rel)}
         self.ctx = {**ctx, "matrix": dict(cell.matrix), "runner": self.runner,
                     "github": {**run.github, "job": job.id, "workspace": str(self.dir)}}
         self.extra_env: dict[str, str] = {}
@@ -450,7 +451,7 @@ class JobCell:
                "GITHUB_WORKSPACE": workspace, "GITHUB_JOB": self.job.id,
                **self.job_env, **self.extra_env, **step_env}
         if heavy:  # the image's own PATH, unless a step added to it
-            env["RUNNER_TEMP"] = "/tmp/runner-temp"  # noqa: S108 - the container's tmpfs
+            env["RUNNER_TEMP"] = f"{CONTAINER_WORKSPACE}/{self.temp_rel}"
             if self.path or "PATH" in env:
                 env["PATH"] = os.pathsep.join([*self.path, env.get("PATH") or _IMAGE_PATH])
         else:
