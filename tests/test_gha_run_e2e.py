@@ -191,6 +191,8 @@ jobs:
       - name: Later step sees env and path
         run: |
           echo "flavor=$BUILD_FLAVOR stage=$STAGE"
+          python3 -c "import json, os; p = os.environ['GITHUB_EVENT_PATH'];
+          print('event ref', json.load(open(p))['ref'])"
           mytool
           echo "version from steps: ${{ steps.read.outputs.version }}"
   use:
@@ -218,6 +220,7 @@ def test_outputs_env_path_and_summary_pass_between_steps_and_jobs(
     assert "flavor=fast stage=ci" in later
     assert "tool says hi" in later
     assert "version from steps: 4.5.6" in later
+    assert "event ref refs/heads/main" in later
     used = _log(cli, run_id, "use / Use 4.5.6", repo)
     assert "got version 4.5.6" in used
     assert "result=success" in used

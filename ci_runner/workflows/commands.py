@@ -25,11 +25,14 @@ SHELLS = {
 CONTAINER_DEFAULT = ["sh", "-c", 'if command -v bash >/dev/null 2>&1; then exec bash -e "$1";'
                      ' else exec sh -e "$1"; fi', "sh", "{0}"]
 SCRIPT_ENV = "CI_RUNNER_SCRIPT"
+EVENT_ENV = "CI_RUNNER_EVENT"  # github.event as JSON, written to $GITHUB_EVENT_PATH
 # The wrapper: $1.. is the shell template; {0} in it becomes the script's path (in a
 # folder of the step's own: only the files beside it come back in the result).
 WRAPPER = r"""f=$CI_RUNNER_FILES
 eval "${CI_RUNNER_SECRET_ENV:-}"; unset CI_RUNNER_SECRET_ENV
 mkdir "$f/run" && printf '%s\n' "$CI_RUNNER_SCRIPT" > "$f/run/script"; unset CI_RUNNER_SCRIPT
+printf '%s' "${CI_RUNNER_EVENT:-{\}}" > "$f/run/event.json"; unset CI_RUNNER_EVENT
+export GITHUB_EVENT_PATH="$f/run/event.json"
 for n in output env path summary; do : > "$f/$n"; done
 export GITHUB_OUTPUT="$f/output" GITHUB_ENV="$f/env" GITHUB_PATH="$f/path"
 export GITHUB_STEP_SUMMARY="$f/summary"

@@ -12,6 +12,7 @@ replays to the same decisions without running anything twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -519,6 +520,7 @@ class JobCell:
         container, its services beside it); returns what it hands on."""
         env, secrets = self.command_env(step_env, heavy=heavy)
         env[commands.SCRIPT_ENV] = script
+        env[commands.EVENT_ENV] = json.dumps(self.ctx["github"]["event"])
         env[commands.WRAPPER_ENV] = commands.WRAPPER
         timeout = self.timeout_s(step, step_env)
         result = await self.step.run(
