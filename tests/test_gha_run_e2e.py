@@ -80,7 +80,10 @@ def test_python_matrix_with_setup_python_and_setup_uv(cli: Any, tmp_path: Path) 
     """One cell runs on the installed Python, in the sandbox (its interpreter's prefix
     is mounted); the one not installed is skipped with its reason; the tests' result
     matches the same command run by hand with that interpreter."""
-    if shutil.which("uv") is None:
+    from ci_runner.workflows.tools import find_programs
+
+    uv_dir = find_programs("uv").get("uv")  # on PATH, or in the test venv ([test] has it)
+    if uv_dir is None:
         if os.environ.get("CI") == "true":
             pytest.fail("uv is needed here (pip install uv)")
         pytest.skip("uv is not installed")
@@ -101,7 +104,7 @@ def test_python_matrix_with_setup_python_and_setup_uv(cli: Any, tmp_path: Path) 
     assert versions["sandbox"] == "bwrap"
     log = _log(cli, record["run_id"], f"test ({minor}) / Versions", repo)
     assert f"python {have['version']}\n" in log
-    uv_by_hand = subprocess.run(["uv", "--version"], capture_output=True, text=True,
+    uv_by_hand = subprocess.run([f"{uv_dir}/uv", "--version"], capture_output=True, text=True,
                                 check=True).stdout
     assert uv_by_hand in log
     by_hand = subprocess.run([have["python"], "-m", "unittest", "-v"], cwd=repo,

@@ -83,10 +83,14 @@ def find_nodes(home: Path | None = None) -> list[dict[str, str]]:
 
 
 def find_programs(*names: str) -> dict[str, str]:
-    """The folder of each program on PATH (uv, pnpm...)."""
+    """The folder of each program (uv, pnpm...) on PATH, else beside ci-runner's own
+    interpreter (its venv or pipx folder, where `pip install uv` put it)."""
+    import sys
+
+    beside = str(Path(sys.executable).parent)
     found = {}
     for name in names:
-        path = shutil.which(name)
+        path = shutil.which(name) or shutil.which(name, path=beside)
         if not path:
             continue
         where = Path(path).parent
