@@ -32,6 +32,7 @@ from ci_runner.errors import (
 )
 from ci_runner.store import connect
 from ci_runner.store import journal as j
+from ci_runner.store.db import is_url
 
 # How often an idle driver checks whether its run was cancelled.
 CONTROL_POLL_S = 1.0
@@ -65,7 +66,8 @@ class LocalHost:
 
 
 class Engine:
-    """A durable engine over one SQLite file. Not thread-safe: one per thread."""
+    """A durable engine over one database (a SQLite file or PostgreSQL). Not thread-safe:
+    one per thread."""
 
     def __init__(
         self,
@@ -82,7 +84,8 @@ class Engine:
         single thread (see ``ci_runner.engine.process``), else by spawning.
         ``reap_orphan`` stops a step's processes the journal names (its ``detail``);
         ``sweep_orphans`` whatever else a dead driver of the instance left behind."""
-        self.db_path = Path(db_path)
+        # A SQLite file's path, or a postgresql:// URL (which Path would mangle).
+        self.db_path: Path | str = db_path if is_url(db_path) else Path(db_path)
         self.fork_children = fork_children
         self.conn = connect(self.db_path)
         self.inline_sleep_max_s = inline_sleep_max_s

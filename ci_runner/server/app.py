@@ -122,7 +122,7 @@ class _Db:
     """One SQLite connection per worker thread (connections are not shared across
     threads while in use)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
         self._local = threading.local()
 
@@ -479,7 +479,7 @@ class _WriteProbe:
     most once every ``HEALTH_PROBE_EVERY_S``, and at once after a delivery could not
     be stored."""
 
-    def __init__(self, path: Path, intake: Intake) -> None:
+    def __init__(self, path: Path | str, intake: Intake) -> None:
         self.path = path
         self.intake = intake
         self.reason: str | None = None  # why the last probe failed; None: it worked

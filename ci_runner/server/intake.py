@@ -77,7 +77,7 @@ class Intake:
     """Receives deliveries for the HTTP layer; ``on_accept`` is called after each commit
     that stored something new (the dispatcher's wake-up)."""
 
-    def __init__(self, config: Config, db_path: Path, on_accept: Callable[[], None]) -> None:
+    def __init__(self, config: Config, db_path: Path | str, on_accept: Callable[[], None]) -> None:
         self.config = config
         self.db_path = db_path
         self.on_accept = on_accept

@@ -28,7 +28,7 @@ LOG_CHUNK = 256 * 1024  # bytes of log read and sent at once
 class ChangeFeed:
     """Counts the database's commits by other connections, while anyone listens."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path | str) -> None:
         self.db_path = db_path
         self.version = 0
         self._listeners = 0
@@ -70,7 +70,7 @@ class ChangeFeed:
             while self._listeners > 0:
                 try:
                     now = await asyncio.to_thread(_data_version, conn)
-                except sqlite3.Error:  # busy, or the file went: say "changed", look again
+                except Exception:  # busy, or the file went: say "changed", look again
                     now = None
                 if now != last or now is None:
                     if last is not None:
@@ -81,11 +81,24 @@ class ChangeFeed:
             conn.close()
 
     def _connect(self) -> sqlite3.Connection:
+        from ci_runner.store.db import is_url
+
+        if is_url(self.db_path):
+            from ci_runner.store import pg
+
+            return pg.PgConnection(pg.open_raw(str(self.db_path)), str(self.db_path))  # type: ignore[return-value]
         return sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
                                check_same_thread=False, timeout=1.0)
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
+    from ci_runner.store.db import is_postgres
+
+    if is_postgres(conn):
+        # The next transaction id: it moves with every write, by any host, and reads
+        # (this one included) leave it where it is, as SQLite's data_version does.
+        return int(conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
+                                ).fetchone()[0])
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 

@@ -1,0 +1,169 @@
+"""The PostgreSQL backend: a connection with the small surface of ``sqlite3.Connection``
+the store uses, so every store function runs on either database.
+
+The store writes its SQL once, in the dialect both databases share; this adapter
+turns SQLite's ``?`` placeholders into psycopg's, and ``INSERT OR IGNORE`` into
+``ON CONFLICT DO NOTHING``. What the two dialects do differently (JSON paths, row
+locks, the clock) the store asks for with ``is_postgres``, in the few places it matters.
+
+psycopg is imported here only, and this module only when a ``postgresql://`` URL is
+opened: the CLI's start-up never pays for it. Statements are bound on the client
+(``ClientCursor``), as SQLite binds them: a parameter's type is never left for the
+server to guess (``? IS NULL`` would not compile with server-side binding).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from ci_runner.errors import UsageError
+
+if TYPE_CHECKING:
+    import psycopg
+
+CONNECT_TIMEOUT_S = 10
+
+
+def shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+class Row:
+    """A row readable by column name and by position, as ``sqlite3.Row`` is."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]) -> None:
+        self._values = tuple(values)
+        self._index = index
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[self._index[key]]
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Row) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(self._values)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._index, self._values, strict=True))!r})"
+
+
+def _row_factory(cursor: Any) -> Any:
+    description = cursor.description or ()
+    index = {column.name: i for i, column in enumerate(description)}
+    return lambda values: Row(values, index)
+
+
+@lru_cache(maxsize=512)
+def translate(sql: str) -> str:
+    """SQLite's spelling of a statement in PostgreSQL's (placeholders, OR IGNORE)."""
+    if sql.lstrip().upper().startswith("INSERT OR IGNORE"):
+        sql = re.sub(r"(?i)^\s*INSERT OR IGNORE", "INSERT", sql) + " ON CONFLICT DO NOTHING"
+    # psycopg reads % as its own: a LIKE pattern's % is doubled, each ? becomes %s.
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConnection:
+    """One psycopg connection in autocommit mode; ``begin``/``commit`` make transactions
+    (``store.db.immediate``), as ``BEGIN IMMEDIATE`` does on SQLite."""
+
+    dialect = "postgresql"
+
+    def __init__(self, raw: psycopg.Connection[Any], url: str) -> None:
+        self.raw = raw
+        self.url = url
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        cur = self.raw.cursor()
+        if params is None:
+            return cur.execute(sql)
+        return cur.execute(translate(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        cur = self.raw.cursor()
+        cur.executemany(translate(sql), [tuple(r) for r in rows])
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self.raw.info.transaction_status != TransactionStatus.IDLE
+
+    def begin(self, *, durable: bool) -> None:
+        self.raw.execute("BEGIN")
+        if not durable:
+            # The commit returns before its WAL record is flushed: survives a killed
+            # process (the server has it), made durable by the next flushed commit.
+            self.raw.execute("SET LOCAL synchronous_commit = off")
+
+    def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.raw.execute("ROLLBACK")
+
+    def clock(self) -> float:
+        """The database server's time (seconds since the epoch): every host's lease
+        expiry is read on the same clock, whatever each host's own says."""
+        row = self.raw.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        assert row is not None
+        return float(row[0])
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> PgConnection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def open_raw(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A psycopg connection to ``url``, or one line saying why there is none."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise UsageError(
+            "a postgresql:// database needs psycopg: pip install 'ci-runner[postgres]'"
+            " (or 'psycopg[binary]')") from exc
+    try:
+        return psycopg.connect(url, autocommit=autocommit, cursor_factory=psycopg.ClientCursor,
+                               row_factory=_row_factory, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.ProgrammingError as exc:  # a URL libpq cannot parse
+        raise UsageError(f"bad database URL {shown(url)}: {_first_line(exc)}") from exc
+    except psycopg.OperationalError as exc:
+        raise UsageError(
+            f"cannot reach the database at {shown(url)}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def connect(url: str) -> PgConnection:
+    """Open (migrating if needed) the PostgreSQL database at ``url``."""
+    conn = PgConnection(open_raw(url), url)
+    from ci_runner.store.pgschema import migrate
+
+    migrate(conn)
+    return conn
