@@ -10,6 +10,7 @@ steps return their stored result without running again.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -164,7 +165,7 @@ class Engine:
         instance_id = row["id"]
         epoch = j.acquire_lease(
             self.conn, instance_id, owner=self.owner, ttl_s=self.lease_ttl_s,
-            owner_dead=not leases.owner_alive(row["owner"]),
+            owner_dead=not leases.owner_alive(row["owner"]) or _handed_over(row["owner"]),
         )
         journal = j.Journal(self.conn, instance_id, epoch)
         self._reap(journal)
@@ -399,6 +400,12 @@ class Engine:
             service.handle("fail", {"name": current["name"], "occurrence": current["occurrence"],
                                     "error": error, "final": True})
         return {"kind": "errored", "error": error}
+
+
+def _handed_over(owner: str | None) -> bool:
+    """Whether the run's holder is the fleet worker that claimed it for this process
+    (``store.claims``): it hands its lease over, and is alive doing so."""
+    return owner is not None and owner == os.environ.get("CI_RUNNER_HANDOVER")
 
 
 class _Heartbeat:

@@ -116,6 +116,17 @@ def lock_row(conn: sqlite3.Connection) -> str:
     return " FOR UPDATE" if is_postgres(conn) else ""
 
 
+CHANNEL = "ci_runner_runs"  # NOTIFYed when a run may have become claimable
+
+
+def notify(conn: sqlite3.Connection) -> None:
+    """Wake a fleet's workers when this transaction commits: a run was queued, woken,
+    released or ended (which frees a slot of its repo). Nothing on SQLite, where
+    workers poll one file."""
+    if is_postgres(conn):
+        conn.execute(f"NOTIFY {CHANNEL}")
+
+
 def now() -> float:
     return time.time()
 

@@ -20,7 +20,7 @@ from ci_runner.errors import (
     UsageError,
 )
 from ci_runner.statuses import run_word
-from ci_runner.store.db import clock, immediate, is_postgres, lock_row, now
+from ci_runner.store.db import clock, immediate, is_postgres, lock_row, notify, now
 
 TERMINAL = ("complete", "errored", "terminated")
 HIBERNATING = ("waiting", "waiting_for_event")
@@ -57,6 +57,7 @@ def create_instance(
             (instance_id, tenant, workflow, dumps(payload), t, t, owner,
              t + ttl_s if owner else None),
         )
+        notify(conn)
 
 
 def get_instance(
@@ -270,6 +271,7 @@ def send_event(
             "INSERT INTO events (instance_id, type, payload, created_at) VALUES (?, ?, ?, ?)"
             " RETURNING id", (instance_id, event_type, dumps(payload), now()),
         ).fetchone()
+        notify(conn)
         return int(row[0])
 
 
@@ -304,6 +306,7 @@ def terminate(
             " finished_at = ?, updated_at = ?, error = ? WHERE id = ?",
             (status, t, t, dumps(why), row["id"]),
         )
+        notify(conn)
         steps = conn.execute(
             "SELECT detail FROM steps WHERE instance_id = ? AND status = 'running'",
             (row["id"],),
@@ -357,6 +360,7 @@ def unpause(conn: sqlite3.Connection, instance_id: str) -> str:
             "UPDATE instances SET status = ?, control = NULL, updated_at = ? WHERE id = ?",
             (status, now(), row["id"]),
         )
+        notify(conn)
         return status
 
 
@@ -390,6 +394,7 @@ def reset_from(conn: sqlite3.Connection, instance_id: str, step: str | None) -> 
             " WHERE id = ?",
             (now(), row["id"]),
         )
+        notify(conn)
         return int(dropped)
 
 
@@ -804,6 +809,7 @@ class Journal:
                 " lease_expires_at = NULL, control = NULL, updated_at = ? WHERE id = ?",
                 (status, wake_at, dumps(waiting_for), t, self.instance_id),
             )
+            notify(self.conn)
 
     def release(self, status: str = "queued") -> None:
         """Give the instance back without finishing it (shutdown, paused)."""
@@ -814,6 +820,7 @@ class Journal:
                 " updated_at = ? WHERE id = ?",
                 (status, now(), self.instance_id),
             )
+            notify(self.conn)
 
     def finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
@@ -839,6 +846,7 @@ class Journal:
                               " while it ran (a step beside it failed)", "fields": {}}),
                  self.instance_id),
             ).fetchall()
+            notify(self.conn)
         return [(str(r[0]), int(r[1])) for r in cancelled]
 
     def status(self) -> str:

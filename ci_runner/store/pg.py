@@ -157,7 +157,7 @@ def open_raw(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
 
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    return lines[0] if lines else type(exc).__name__
 
 
 def connect(url: str) -> PgConnection:
