@@ -15,18 +15,34 @@ files; what any host sees: everything in the database, step logs included.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ci_runner import paths
 from ci_runner.dispatch.runs import REQUEUE_ENV
 from ci_runner.dispatch.worker import Worker
+
+
+def localize(conn: Any, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's metadata for driving it on this host (``localized``); when it changed,
+    stored too, so the run's pipeline process, ``show`` and a later takeover all see
+    where it is driven now."""
+    from ci_runner.dispatch.envelope import unwrap_params, wrap_params
+    from ci_runner.store import journal as j
+
+    metadata, params = unwrap_params(json.loads(row["payload"]))
+    local = localized(metadata)
+    if local != metadata:
+        j.set_payload(conn, str(row["id"]), wrap_params(local, params))
+    return local
 
 
 def localized(metadata: dict[str, Any]) -> dict[str, Any]:

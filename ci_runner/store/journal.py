@@ -215,6 +215,13 @@ def acquire_lease(
     return epoch
 
 
+def set_payload(conn: sqlite3.Connection, instance_id: str, payload: Any) -> None:
+    """Replace the instance's payload (a fleet's host points a run's paths at its own)."""
+    with immediate(conn):
+        conn.execute("UPDATE instances SET payload = ? WHERE id = ?",
+                     (dumps(payload), instance_id))
+
+
 def crashes(conn: sqlite3.Connection, instance_id: str) -> int:
     """How many drivers in a row died holding the run without it making progress."""
     row = conn.execute("SELECT crashes FROM instances WHERE id = ?", (instance_id,)).fetchone()
