@@ -117,6 +117,10 @@ def test_three_workers_share_one_postgres_and_survive_a_killed_host(
                                                      "CI_RUNNER_HOME": str(tmp_path / "host9")})
         assert logs.returncode == 0, logs.stderr
         assert f"hello from {victim}" in logs.stdout
+        # And from the API of the server in front of the fleet, which drove nothing.
+        api = server.api("GET", f"/api/runs/{victim}/logs/say")
+        assert api.status_code == 200 and f"hello from {victim}" in api.text, api.text
+        assert api.headers["X-Log-Exists"] == "1"
         conn.close()
     finally:
         for proc in workers:

@@ -249,7 +249,8 @@ def create_app(config: Config, intake: Intake, *,
         path = _step_log_path(conn, full, step)
         return StreamingResponse(_follow(db, full, path, follow, offset),
                                  media_type="text/plain; charset=utf-8",
-                                 headers={"X-Log-Exists": "1" if path.exists() else "0"})
+                                 headers={"X-Log-Exists": "1" if _log_exists(conn, full, path)
+                                          else "0"})
 
     @app.get("/api/runs/{run_id}/artifacts", tags=["runs"])
     def list_artifacts(run_id: str, who: Caller) -> list[dict[str, Any]]:
@@ -739,7 +740,7 @@ async def _follow(db: _Db, run_id: str, path: Path, follow: bool,
         # Read the status before the file: output written before the run stopped is
         # then always in the last read.
         status = await asyncio.to_thread(lambda: j.get_instance(db.conn(), run_id)["status"])
-        while data := await asyncio.to_thread(_read_from, path, offset):
+        while data := await asyncio.to_thread(_read_from, db, run_id, path, offset):
             offset += len(data)
             yield data
         if not follow or status in j.TERMINAL or status in j.HIBERNATING:
@@ -747,7 +748,24 @@ async def _follow(db: _Db, run_id: str, path: Path, follow: bool,
         await asyncio.sleep(LOG_POLL_S)
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+def _log_exists(conn: sqlite3.Connection, run_id: str, path: Path) -> bool:
+    from ci_runner.store.db import is_postgres
+
+    if is_postgres(conn):  # a fleet: whichever host drove the step wrote its log here
+        from ci_runner.store import steplogs
+
+        return steplogs.size(conn, run_id, path.name) > 0
+    return path.exists()
+
+
+def _read_from(db: _Db, run_id: str, path: Path, offset: int) -> bytes:
+    from ci_runner.store.db import is_postgres
+
+    conn = db.conn()
+    if is_postgres(conn):
+        from ci_runner.store import steplogs
+
+        return (steplogs.read(conn, run_id, path.name, offset) or b"")[:1 << 20]
     try:
         with path.open("rb") as f:
             f.seek(offset)

@@ -54,7 +54,10 @@ def set_limits(conn: sqlite3.Connection, limits: Mapping[str, int]) -> None:
 
 def claim(conn: sqlite3.Connection, *, owner: str, ttl_s: float, limit: int) -> list[Claim]:
     """Lease up to ``limit`` runnable runs to ``owner``, oldest first, within their repos'
-    concurrency; returns what was taken (PostgreSQL only)."""
+    concurrency; returns what was taken (PostgreSQL only).
+
+    The candidates are read without locks; each is then locked alone (SKIP LOCKED), so
+    a claim holds only the rows it takes, never a batch other workers would skip."""
     if not is_postgres(conn):
         raise RuntimeError("claims with SKIP LOCKED need PostgreSQL")
     taken: list[Claim] = []
@@ -63,16 +66,25 @@ def claim(conn: sqlite3.Connection, *, owner: str, ttl_s: float, limit: int) -> 
     with immediate(conn):
         t = clock(conn)
         candidates = conn.execute(
-            f"SELECT id, tenant FROM instances WHERE {RUNNABLE_PG}"  # noqa: S608 - constant
-            " AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
-            " ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED",
-            (t, t, CANDIDATES),
+            f"SELECT id, tenant FROM instances WHERE {RUNNABLE_PG} AND {_UNHELD}"  # noqa: S608
+            " ORDER BY created_at LIMIT ?", (t, t, CANDIDATES),
         ).fetchall()
+        full: set[str] = set()  # tenants whose slots this claim found all taken
         for row in candidates:
             if len(taken) >= limit:
                 break
             run_id, tenant = str(row[0]), str(row[1])
+            if tenant in full:
+                continue
+            # Still runnable and unheld now that it is ours to look at (a new snapshot).
+            mine = conn.execute(
+                f"SELECT id FROM instances WHERE id = ? AND {RUNNABLE_PG}"  # noqa: S608
+                f" AND {_UNHELD} FOR UPDATE SKIP LOCKED", (run_id, t, t),
+            ).fetchone()
+            if mine is None:
+                continue
             if not _take_slot(conn, tenant, run_id, t):
+                full.add(tenant)
                 continue
             lease = conn.execute(
                 "UPDATE instances SET owner = ?, lease_epoch = lease_epoch + 1,"
@@ -84,32 +96,41 @@ def claim(conn: sqlite3.Connection, *, owner: str, ttl_s: float, limit: int) -> 
     return taken
 
 
+# Nobody drives it: no owner, or its owner's lease ran out (on the database's clock).
+_UNHELD = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
+
+
 def _take_slot(conn: sqlite3.Connection, tenant: str, run_id: str, t: float) -> bool:
     """Give ``run_id`` a free slot of ``tenant`` (or its own, on a takeover), locked until
     the claim commits; True when it has one or its tenant has no limit."""
-    limited = conn.execute("SELECT 1 FROM tenant_slots WHERE tenant = ? LIMIT 1",
-                           (tenant,)).fetchone()
-    if limited is None:
+    slots = [int(r[0]) for r in conn.execute(
+        "SELECT slot FROM tenant_slots WHERE tenant = ?"
+        " ORDER BY (run_id IS NOT DISTINCT FROM ?) DESC, (run_id IS NULL) DESC, slot",
+        (tenant, run_id)).fetchall()]
+    if not slots:
+        return True  # no limit for this tenant
+    for slot in slots:
+        locked = conn.execute(
+            "SELECT slot FROM tenant_slots WHERE tenant = ? AND slot = ? FOR UPDATE SKIP LOCKED",
+            (tenant, slot)).fetchone()
+        if locked is None:
+            continue  # another worker is claiming with it right now
+        # A new statement, so a new snapshot: it sees every claim committed before our
+        # lock was granted, and nobody can change this row until we commit.
+        free = conn.execute(
+            "SELECT 1 FROM tenant_slots s WHERE s.tenant = ? AND s.slot = ?"
+            " AND (s.run_id IS NULL OR s.run_id = ? OR NOT EXISTS (SELECT 1 FROM instances i"
+            "      WHERE i.id = s.run_id AND i.status = 'running' AND i.lease_expires_at > ?))",
+            (tenant, slot, run_id, t),
+        ).fetchone()
+        if free is None:
+            continue
+        conn.execute("UPDATE tenant_slots SET run_id = ? WHERE tenant = ? AND slot = ?",
+                     (run_id, tenant, slot))
+        # One slot per run: one it held before it hibernated is given back.
+        # Never waited for: one another claim holds stays the run's until it stops.
+        conn.execute("UPDATE tenant_slots SET run_id = NULL WHERE (tenant, slot) IN (SELECT"
+                     " tenant, slot FROM tenant_slots WHERE run_id = ? AND tenant = ?"
+                     " AND slot <> ? FOR UPDATE SKIP LOCKED)", (run_id, tenant, slot))
         return True
-    locked = [int(r[0]) for r in conn.execute(
-        "SELECT slot FROM tenant_slots WHERE tenant = ? ORDER BY slot FOR UPDATE SKIP LOCKED",
-        (tenant,)).fetchall()]
-    if not locked:
-        return False  # every slot is being claimed by someone else right now
-    # A new statement, so a new snapshot: it sees every claim committed before our locks
-    # were granted, and nobody can change these rows until we commit.
-    free = conn.execute(
-        "SELECT s.slot FROM tenant_slots s WHERE s.tenant = ? AND s.slot = ANY(?)"
-        " AND (s.run_id IS NULL OR s.run_id = ? OR NOT EXISTS (SELECT 1 FROM instances i"
-        "      WHERE i.id = s.run_id AND i.status = 'running' AND i.lease_expires_at > ?))"
-        " ORDER BY (s.run_id IS NOT DISTINCT FROM ?) DESC, s.slot LIMIT 1",
-        (tenant, locked, run_id, t, run_id),
-    ).fetchone()
-    if free is None:
-        return False
-    conn.execute("UPDATE tenant_slots SET run_id = ? WHERE tenant = ? AND slot = ?",
-                 (run_id, tenant, int(free[0])))
-    # One slot per run: one it held before it hibernated is given back.
-    conn.execute("UPDATE tenant_slots SET run_id = NULL WHERE run_id = ? AND tenant = ?"
-                 " AND slot <> ?", (run_id, tenant, int(free[0])))
-    return True
+    return False
