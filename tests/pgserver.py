@@ -80,7 +80,7 @@ class PgServer:
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}'"
                    f" -c max_connections={max_connections} -c fsync={'on' if fsync else 'off'}"
                    f" -c synchronous_commit={'on' if fsync else 'off'}"
-                   " -c full_page_writes=off -c shared_buffers=64MB")
+                   f" -c full_page_writes={'on' if fsync else 'off'} -c shared_buffers=64MB")
         subprocess.run([*self.prefix, str(self.binaries / "pg_ctl"), "-D", str(self.data),
                         "-l", str(self.root / "server.log"), "-o", options, "-w",
                         "-t", str(START_TIMEOUT_S), "start"],

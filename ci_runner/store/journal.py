@@ -488,6 +488,9 @@ class Journal:
             "SELECT lease_epoch, control FROM instances WHERE id = ?" + lock_row(self.conn),  # noqa: S608 - a constant lock clause
             (self.instance_id,),
         ).fetchone()
+        return self._fenced(row)
+
+    def _fenced(self, row: Any) -> str | None:
         if row is None or row[0] != self.epoch:
             raise LeaseLost(
                 f"run {self.instance_id} was cancelled or taken over by another process;"
@@ -495,6 +498,19 @@ class Journal:
             )
         self.control = row[1]
         return row[1]  # type: ignore[no-any-return]
+
+    def _fence_then(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """``_fence``, then ``sql``'s rows. On PostgreSQL both go in one round trip (a
+        step's cost is its round trips): ``sql`` runs before the fence is checked, and
+        a failed check rolls it back with the transaction."""
+        if not is_postgres(self.conn):
+            self._fence()
+            return list(self.conn.execute(sql, params).fetchall())
+        fence, rows = self.conn.batch([  # type: ignore[attr-defined]
+            ("SELECT lease_epoch, control FROM instances WHERE id = ? FOR UPDATE",
+             (self.instance_id,)), (sql, params)])
+        self._fenced(fence[0] if fence else None)
+        return list(rows)
 
     def still_ours(self) -> bool:
         row = self.conn.execute(
@@ -532,8 +548,11 @@ class Journal:
         # Not fsynced: a lost attempt marker only means an attempt is not counted
         # after a power cut; the next durable commit makes it permanent anyway.
         with immediate(self.conn, durable=False):
-            control = self._fence()
-            row = self._step(name, occurrence)
+            found = self._fence_then(
+                "SELECT * FROM steps WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                (self.instance_id, name, occurrence))
+            control = self.control
+            row = found[0] if found else None
             if row is not None:
                 self._check_kind(row, name, occurrence, kind)
                 if row["status"] in ("complete", "failed", "skipped"):
@@ -580,8 +599,7 @@ class Journal:
         workflow's process."""
         t = now()
         with immediate(self.conn):
-            self._fence()
-            row = self.conn.execute(
+            updated = self._fence_then(
                 "UPDATE steps SET status = ?, result = ?, finished_at = ?,"
                 " duration_s = ? - started_at,"
                 " detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
@@ -589,7 +607,8 @@ class Journal:
                 " AND kind <> 'event' RETURNING duration_s",
                 (status, dumps(result), t, t, None if detail is None else dumps(detail),
                  self.instance_id, name, occurrence),
-            ).fetchone()
+            )
+            row = updated[0] if updated else None
             self._progress()
         if row is None and self._is_wait(name, occurrence):
             raise UsageError(f"step {name!r} is a wait: its outcome cannot be recorded by the"

@@ -82,21 +82,51 @@ def translate(sql: str) -> str:
 
 class PgConnection:
     """One psycopg connection in autocommit mode; ``begin``/``commit`` make transactions
-    (``store.db.immediate``), as ``BEGIN IMMEDIATE`` does on SQLite."""
+    (``store.db.immediate``), as ``BEGIN IMMEDIATE`` does on SQLite.
+
+    Every statement is a round trip to the server, the cost that matters here (a
+    step's two transactions): ``begin`` sends nothing, its ``BEGIN`` goes in one
+    message with the transaction's first statement (bound on the client, several
+    statements travel as one)."""
 
     dialect = "postgresql"
 
     def __init__(self, raw: psycopg.Connection[Any], url: str) -> None:
         self.raw = raw
         self.url = url
+        self._pending: str | None = None  # the BEGIN not sent yet
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         cur = self.raw.cursor()
-        if params is None:
-            return cur.execute(sql)
-        return cur.execute(translate(sql), tuple(params))
+        text = sql if params is None else translate(sql)
+        if self._pending is not None:
+            text, self._pending = f"{self._pending}; {text}", None
+            cur.execute(text, None if params is None else tuple(params))
+            while cur.nextset():  # to the statement's own result
+                pass
+            return cur
+        return cur.execute(text, None if params is None else tuple(params))
+
+    def batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
+        """Several statements in one round trip, run in order; each one's rows. Used
+        inside a transaction, where a later check that fails rolls them all back."""
+        cur = self.raw.cursor()
+        text = "; ".join(translate(sql) for sql, _ in statements)
+        skip = 0
+        if self._pending is not None:
+            skip = self._pending.count(";") + 1
+            text, self._pending = f"{self._pending}; {text}", None
+        cur.execute(text, tuple(v for _, values in statements for v in values))
+        for _ in range(skip):
+            cur.nextset()
+        results: list[list[Row]] = []
+        while True:
+            results.append(cur.fetchall() if cur.description else [])
+            if not cur.nextset():
+                return results
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        self._flush()
         cur = self.raw.cursor()
         cur.executemany(translate(sql), [tuple(r) for r in rows])
         return cur
@@ -105,19 +135,29 @@ class PgConnection:
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
 
-        return self.raw.info.transaction_status != TransactionStatus.IDLE
+        return (self._pending is not None
+                or self.raw.info.transaction_status != TransactionStatus.IDLE)
 
     def begin(self, *, durable: bool) -> None:
-        self.raw.execute("BEGIN")
-        if not durable:
-            # The commit returns before its WAL record is flushed: survives a killed
-            # process (the server has it), made durable by the next flushed commit.
-            self.raw.execute("SET LOCAL synchronous_commit = off")
+        # Not durable: the commit returns before its WAL record is flushed; it survives
+        # a killed process (the server has it), made durable by the next flushed commit.
+        self._pending = "BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off"
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.raw.execute(pending)
 
     def commit(self) -> None:
+        if self._pending is not None:  # nothing was done in it
+            self._pending = None
+            return
         self.raw.execute("COMMIT")
 
     def rollback(self) -> None:
+        if self._pending is not None:
+            self._pending = None
+            return
         self.raw.execute("ROLLBACK")
 
     def clock(self) -> float:
