@@ -643,17 +643,16 @@ class Journal:
         in one durable transaction. Returns the duration."""
         t = now()
         with immediate(self.conn):
-            self._fence()
             # No look first: the step has no row (the usual case) unless the insert
             # says otherwise.
-            inserted = self.conn.execute(
+            inserted = self._fence_then(
                 "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
                 " started_at, finished_at, duration_s, result, detail, seq)"
                 " VALUES (?, ?, ?, ?, 'complete', 1, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT DO NOTHING RETURNING 1",
                 (self.instance_id, name, occurrence, kind, started_at, t, t - started_at,
                  dumps(result), None if detail is None else dumps(detail), self._seq + 1),
-            ).rowcount
+            )
             if inserted:
                 self._seq += 1
                 self._progress()
