@@ -224,6 +224,11 @@ def test_killed_driver_resumes_from_last_committed_step(engine: Engine, led: Pat
     while wf.ledger(led) != ["s0", "s1", "s2"]:
         assert time.time() < deadline, wf.ledger(led)
         time.sleep(0.02)
+    # A first attempt starts before its begin is written (deferred.py): killed in that
+    # moment, it would not be counted. Wait for the journal to have it.
+    while "s2" not in steps(engine, iid) or steps(engine, iid)["s2"]["status"] != "running":
+        assert time.time() < deadline, steps(engine, iid)
+        time.sleep(0.02)
     children = _children(proc.pid)
     assert children, "the pipeline runs in a child process"
     proc.send_signal(signal.SIGKILL)

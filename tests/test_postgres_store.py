@@ -179,3 +179,24 @@ def test_prune_forgets_a_runs_logs_in_the_database(
     assert conn.execute("SELECT count(*) FROM step_logs WHERE instance_id = ?",
                         (run_id,)).fetchone()[0] == 0
     conn.close()
+
+
+def test_a_connection_the_server_dropped_is_opened_again_between_transactions(
+        pg_url: str) -> None:
+    import psycopg
+
+    from ci_runner.store.db import immediate, storage_failure
+
+    conn = connect(pg_url)
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    # The next statement notices the dead connection, fails, and the one after it (no
+    # transaction under way) gets a new one; a transaction is never silently resumed.
+    with pytest.raises(psycopg.OperationalError) as lost:
+        conn.execute("SELECT 1")
+    assert storage_failure(lost.value)
+    with immediate(conn):
+        assert conn.execute("SELECT ?", (7,)).fetchone()[0] == 7
+    assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+    conn.close()

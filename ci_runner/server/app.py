@@ -510,7 +510,11 @@ class _WriteProbe:
                 self._conn = store.probe_connection(self.path)
             store.probe(self._conn)
             reason = None
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:
+            from ci_runner.store.db import storage_failure
+
+            if not (storage_failure(exc) or isinstance(exc, sqlite3.Error | OSError)):
+                raise
             if store.is_busy(exc):
                 reason = (f"the database is locked: a write waited over"
                           f" {store.PROBE_BUSY_TIMEOUT_S:g}s for another writer, and"

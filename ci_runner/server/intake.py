@@ -265,9 +265,10 @@ class Intake:
 
 
 def _storage_failure(exc: Exception) -> bool:
-    """Whether the database failed (locked, full, unwritable), not the row."""
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError | sqlite3.DataError)
+    """Whether the database failed (locked, full, unwritable, unreachable), not the row."""
+    from ci_runner.store.db import storage_failure
+
+    return storage_failure(exc)
 
 
 def _shown(value: str | None, limit: int = 200) -> str | None:

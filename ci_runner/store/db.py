@@ -109,6 +109,19 @@ def _pg_transaction(conn: Any, *, durable: bool) -> Iterator[sqlite3.Connection]
     conn.commit()
 
 
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database failed (unreachable, locked, full, unwritable)
+    rather than refusing a row (a constraint, a value it cannot store)."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError)
+    if not type(exc).__module__.startswith("psycopg"):
+        return False
+    import psycopg
+
+    return isinstance(exc, psycopg.Error) and not isinstance(
+        exc, psycopg.IntegrityError | psycopg.DataError | psycopg.ProgrammingError)
+
+
 def lock_row(conn: sqlite3.Connection) -> str:
     """What a SELECT inside ``immediate`` ends with to keep the rows it read from
     changing until the commit: nothing on SQLite (the transaction holds the whole

@@ -95,9 +95,25 @@ class PgConnection:
         self.raw = raw
         self.url = url
         self._pending: str | None = None  # the BEGIN not sent yet
+        self._open = False  # a transaction was begun on the server
+
+    def _cursor(self) -> Any:
+        """A cursor; a connection the server dropped (a restart, a network cut) is opened
+        again when no transaction of ours was under way on it."""
+        if self.raw.broken or self.raw.closed:
+            if self._open:
+                import psycopg
+
+                self._open = False
+                raise psycopg.OperationalError(
+                    f"the connection to {shown(self.url)} was lost in a transaction")
+            self.raw = open_raw(self.url)
+        if self._pending is not None:
+            self._open = True
+        return self.raw.cursor()
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        cur = self.raw.cursor()
+        cur = self._cursor()
         text = sql if params is None else translate(sql)
         if self._pending is not None:
             text, self._pending = f"{self._pending}; {text}", None
@@ -110,7 +126,7 @@ class PgConnection:
     def batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
         """Several statements in one round trip, run in order; each one's rows. Used
         inside a transaction, where a later check that fails rolls them all back."""
-        cur = self.raw.cursor()
+        cur = self._cursor()
         text = "; ".join(translate(sql) for sql, _ in statements)
         skip = 0
         if self._pending is not None:
@@ -127,7 +143,7 @@ class PgConnection:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         self._flush()
-        cur = self.raw.cursor()
+        cur = self._cursor()
         cur.executemany(translate(sql), [tuple(r) for r in rows])
         return cur
 
@@ -145,6 +161,7 @@ class PgConnection:
 
     def _flush(self) -> None:
         if self._pending is not None:
+            self._cursor()
             pending, self._pending = self._pending, None
             self.raw.execute(pending)
 
@@ -152,12 +169,16 @@ class PgConnection:
         if self._pending is not None:  # nothing was done in it
             self._pending = None
             return
+        self._open = False
         self.raw.execute("COMMIT")
 
     def rollback(self) -> None:
         if self._pending is not None:
             self._pending = None
             return
+        self._open = False
+        if self.raw.broken or self.raw.closed:
+            return  # the server ended the transaction with the connection
         self.raw.execute("ROLLBACK")
 
     def clock(self) -> float:
