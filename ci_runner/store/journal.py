@@ -499,18 +499,39 @@ class Journal:
         self.control = row[1]
         return row[1]  # type: ignore[no-any-return]
 
-    def _fence_then(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    def _fence_then(self, sql: str, params: tuple[Any, ...], *,
+                    last: bool = False) -> list[Any]:
         """``_fence``, then ``sql``'s rows. On PostgreSQL both go in one round trip (a
         step's cost is its round trips): ``sql`` runs before the fence is checked, and
-        a failed check rolls it back with the transaction."""
+        a failed check rolls it back with the transaction. ``last``: the transaction
+        ends with ``sql``, its COMMIT sent along: ``sql`` must then be guarded by the
+        fence itself (``_guard``), for a failed check finds it committed."""
         if not is_postgres(self.conn):
             self._fence()
             return list(self.conn.execute(sql, params).fetchall())
         fence, rows = self.conn.batch([  # type: ignore[attr-defined]
             ("SELECT lease_epoch, control FROM instances WHERE id = ? FOR UPDATE",
-             (self.instance_id,)), (sql, params)])
+             (self.instance_id,)), (sql, params)], commit=last)
         self._fenced(fence[0] if fence else None)
         return list(rows)
+
+    def _guard(self) -> str:
+        """A condition that makes a write do nothing unless the lease is still ours (on
+        PostgreSQL, where the write may be committed before the fence is read)."""
+        if not is_postgres(self.conn):
+            return ""
+        return " AND (SELECT lease_epoch FROM instances WHERE id = ?) = ?"
+
+    def _guard_args(self) -> tuple[Any, ...]:
+        return (self.instance_id, self.epoch) if is_postgres(self.conn) else ()
+
+    def _last(self, sql: str, params: tuple[Any, ...]) -> None:
+        """The transaction's last write, after its fence: on PostgreSQL sent with the
+        COMMIT, in one round trip."""
+        if is_postgres(self.conn):
+            self.conn.batch([(sql, params)], commit=True)  # type: ignore[attr-defined]
+        else:
+            self.conn.execute(sql, params)
 
     def still_ours(self) -> bool:
         row = self.conn.execute(
@@ -567,7 +588,7 @@ class Journal:
                 if control == "pause" and not started:
                     return {"state": "pause"}
                 attempt = int(row["attempts"]) + 1
-                self.conn.execute(
+                self._last(
                     "UPDATE steps SET status = 'running', attempts = ?, started_at = ?"
                     " WHERE instance_id = ? AND name = ? AND occurrence = ?",
                     (attempt, t, self.instance_id, name, occurrence),
@@ -576,7 +597,7 @@ class Journal:
             if control == "pause" and not started:
                 return {"state": "pause"}
             self._seq += 1
-            self.conn.execute(
+            self._last(
                 "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
                 " started_at, detail, seq) VALUES (?, ?, ?, ?, 'running', 1, ?, ?, ?)",
                 (self.instance_id, name, occurrence, kind, t,
@@ -600,13 +621,14 @@ class Journal:
         t = now()
         with immediate(self.conn):
             updated = self._fence_then(
-                "UPDATE steps SET status = ?, result = ?, finished_at = ?,"
+                "UPDATE steps SET status = ?, result = ?, finished_at = ?,"  # noqa: S608 - constant guard
                 " duration_s = ? - started_at,"
                 " detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
                 " error = NULL WHERE instance_id = ? AND name = ? AND occurrence = ?"
-                " AND kind <> 'event' RETURNING duration_s",
+                " AND kind <> 'event'" + self._guard() + " RETURNING duration_s",
                 (status, dumps(result), t, t, None if detail is None else dumps(detail),
-                 self.instance_id, name, occurrence),
+                 self.instance_id, name, occurrence, *self._guard_args()),
+                last=not self.crashes,
             )
             row = updated[0] if updated else None
             self._progress()

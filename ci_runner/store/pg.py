@@ -96,6 +96,7 @@ class PgConnection:
         self.url = url
         self._pending: str | None = None  # the BEGIN not sent yet
         self._open = False  # a transaction was begun on the server
+        self._committed = False  # its COMMIT went with its last statements (``batch``)
 
     def _cursor(self) -> Any:
         """A cursor; a connection the server dropped (a restart, a network cut) is opened
@@ -123,11 +124,17 @@ class PgConnection:
             return cur
         return cur.execute(text, None if params is None else tuple(params))
 
-    def batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
+    def batch(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
+              commit: bool = False) -> list[list[Row]]:
         """Several statements in one round trip, run in order; each one's rows. Used
-        inside a transaction, where a later check that fails rolls them all back."""
+        inside a transaction, where a later check that fails rolls them all back.
+        ``commit``: they end the transaction, its COMMIT sent with them (the
+        ``immediate`` block's own commit is then nothing); the caller runs nothing
+        after them in it."""
         cur = self._cursor()
         text = "; ".join(translate(sql) for sql, _ in statements)
+        if commit:
+            text += "; COMMIT"
         skip = 0
         if self._pending is not None:
             skip = self._pending.count(";") + 1
@@ -139,7 +146,11 @@ class PgConnection:
         while True:
             results.append(cur.fetchall() if cur.description else [])
             if not cur.nextset():
-                return results
+                break
+        if commit:
+            self._open, self._committed = False, True
+            results.pop()
+        return results
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         self._flush()
@@ -166,6 +177,9 @@ class PgConnection:
             self.raw.execute(pending)
 
     def commit(self) -> None:
+        if self._committed:
+            self._committed = False
+            return
         if self._pending is not None:  # nothing was done in it
             self._pending = None
             return
@@ -173,6 +187,9 @@ class PgConnection:
         self.raw.execute("COMMIT")
 
     def rollback(self) -> None:
+        if self._committed:  # the failure came after the commit: nothing to undo
+            self._committed = False
+            return
         if self._pending is not None:
             self._pending = None
             return
