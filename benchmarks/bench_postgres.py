@@ -32,7 +32,7 @@ from ci_runner.engine.driver import Engine
 from tests.pgserver import running_server
 
 STEPS = 100
-ROUNDS = 7
+ROUNDS = 21
 CLAIM_RUNS = 400
 WORKERS = (1, 2, 4, 8)
 CLAIM_ROUNDS = 5

@@ -106,7 +106,10 @@ def _abandon(conn: sqlite3.Connection) -> None:
     space may leave it open, and every later BEGIN on this connection would fail."""
     if conn.in_transaction:
         with contextlib.suppress(Exception):  # the database may have rolled it back itself
-            conn.execute("ROLLBACK")
+            if is_postgres(conn):
+                conn.rollback()
+            else:
+                conn.execute("ROLLBACK")
 
 
 def _seen(conn: sqlite3.Connection, record: dict[str, Any]) -> Outcome:

@@ -201,7 +201,7 @@ class PgConnection:
     def clock(self) -> float:
         """The database server's time (seconds since the epoch): every host's lease
         expiry is read on the same clock, whatever each host's own says."""
-        row = self.raw.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        row = self.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
         assert row is not None
         return float(row[0])
 
