@@ -200,3 +200,27 @@ def test_a_connection_the_server_dropped_is_opened_again_between_transactions(
         assert conn.execute("SELECT ?", (7,)).fetchone()[0] == 7
     assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
     conn.close()
+
+
+def test_the_web_views_log_tail_reads_a_fleets_logs_from_the_database(
+        pg_url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log another host wrote (nothing of it on this disk) tails as it grows."""
+    from ci_runner import paths
+    from ci_runner.server import live
+    from ci_runner.store import steplogs
+
+    monkeypatch.setenv("CI_RUNNER_DB", pg_url)
+    conn = connect(pg_url)
+    path = paths.step_log("run-1", "test", 1)
+    assert live.log_size(path) is None
+    steplogs.append(conn, "run-1", path.name, b"\x1b[32mok\x1b[0m 1\n")
+    tail = live.LogTail(path)
+    assert tail.grown()
+    first = tail.read()
+    assert first is not None and "ok" in first[0] and "<span" in first[0]
+    assert not tail.grown() and tail.read() is None
+    steplogs.append(conn, "run-1", path.name, b"ok 2\n")
+    second = tail.read(final=True)
+    assert second is not None and "ok 2" in second[0]
+    assert not path.exists()
+    conn.close()

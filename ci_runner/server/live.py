@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+from ci_runner import paths
 from ci_runner.server.ansi import Renderer
 
 POLL_S = 0.05
@@ -115,12 +118,7 @@ class LogTail:
         """What was written since the last read, as HTML: the lines it completed and the
         line still open (see ``Renderer.feed``); None if nothing was. ``final``: the
         log is complete, nothing is left open."""
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read(LOG_CHUNK)
-        except FileNotFoundError:
-            data = b""
+        data = log_bytes(self.path, self.offset, LOG_CHUNK)
         self.offset += len(data)
         if not data and (not final or self._finished):
             return None
@@ -128,17 +126,65 @@ class LogTail:
         return self._renderer.feed(data, final=self._finished)
 
     def grown(self) -> bool:
-        try:
-            return self.path.stat().st_size > self.offset
-        except FileNotFoundError:
-            return False
+        size = log_size(self.path)
+        return size is not None and size > self.offset
 
     def shrunk(self) -> bool:
         """Whether the file is shorter than what was read of it: written anew."""
-        try:
-            return self.path.stat().st_size < self.offset
-        except FileNotFoundError:
-            return self.offset > 0
+        size = log_size(self.path)
+        return self.offset > 0 if size is None else size < self.offset
+
+
+# A fleet's logs are in its database (store.steplogs), whichever host wrote them: read
+# there through one connection the pages share.
+_fleet_conn: Any = None
+_fleet_lock = threading.Lock()
+
+
+def _fleet() -> Any:
+    """The shared connection to a fleet's PostgreSQL database, or None (SQLite)."""
+    global _fleet_conn  # noqa: PLW0603 - one connection for every page's logs
+    db = paths.database()
+    if not isinstance(db, str):
+        return None
+    if _fleet_conn is None or _fleet_conn.url != db:
+        from ci_runner.store import connect
+
+        if _fleet_conn is not None:
+            _fleet_conn.close()
+        _fleet_conn = connect(db)
+    return _fleet_conn
+
+
+def log_bytes(path: Path, offset: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the log at ``path`` (``logs/RUN/FILE``) from ``offset``."""
+    with _fleet_lock:
+        conn = _fleet()
+        if conn is not None:
+            from ci_runner.store import steplogs
+
+            return (steplogs.read(conn, path.parent.name, path.name, offset) or b"")[:limit]
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def log_size(path: Path) -> int | None:
+    """The log's size; None when it has none."""
+    with _fleet_lock:
+        conn = _fleet()
+        if conn is not None:
+            from ci_runner.store import steplogs
+
+            size = steplogs.size(conn, path.parent.name, path.name)
+            return size or None
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def event(name: str, data: str) -> bytes:
