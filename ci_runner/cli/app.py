@@ -7,6 +7,7 @@ Exit codes: 0 complete, 1 pipeline failed, 2 usage or configuration error,
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -60,8 +61,18 @@ def _root(
     show_version: Annotated[bool, typer.Option(
         "--version", "-V", callback=_print_version, is_eager=True,
         help="Print ci-runner's version and exit.")] = False,
+    db: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
+        "--db", metavar="URL|FILE",
+        help="The database: a postgresql:// URL a fleet shares, or a SQLite file"
+             " (default: CI_RUNNER_DB, else the file in CI_RUNNER_HOME).")] = None,
 ) -> None:
     """Durable CI pipelines from .ci/pipeline.py, run in a git worktree at a sha."""
+    if db is not None:
+        from ci_runner import paths
+
+        # Through the environment, so the processes this one starts use it too.
+        os.environ[paths.DB_ENV] = db
+        paths.database()  # a bad value is refused here, in one line
 
 
 def _params(values: list[str]) -> dict[str, Any]:

@@ -382,7 +382,9 @@ def drive_run(
 
     row = engine.get(run_id)
     run_id = str(row["id"])
-    metadata, _ = unwrap_params(json.loads(row["payload"]))
+    from ci_runner.dispatch.fleet import localize
+
+    metadata = localize(engine.conn, row)  # a run created on another host: forked here
     workspace = Path(metadata["workspace"])
     if not workspace.is_dir() or not (workspace / ".git").exists():
         _refork(metadata, workspace)  # here, not in the sandbox: it cannot write git's files
