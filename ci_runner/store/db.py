@@ -41,6 +41,9 @@ def connect(path: Path | str) -> sqlite3.Connection:
         from ci_runner.store import pg
 
         return cast(sqlite3.Connection, pg.connect(str(path)))
+    if str(path).startswith(("postgresql:/", "postgres:/")):
+        # A URL that went through Path() ("//" became "/"): never a SQLite file of that name.
+        raise ValueError(f"a PostgreSQL URL was taken for a file's path: {path}")
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module never does.
