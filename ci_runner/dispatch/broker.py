@@ -521,13 +521,17 @@ class StepBroker:
 
                 if isinstance(executor, ContainerExecutor):
                     outcome = await executor.adopt(labels, on_output)
-            box = StepFiles.make(ctx, label, attempt, light=image is None) if files else None
+            box = None
+            if files:
+                from ci_runner.dispatch.stepfiles import ENV, StepFiles
+
+                box = StepFiles.make(ctx, label, attempt, light=image is None)
             unsent = None
             if outcome is None:
                 log.note(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
                 step_env = _step_env(env, image is None, ctx.confinement)
                 if box is not None:
-                    step_env[StepFiles.ENV] = str(box.inside)
+                    step_env[ENV] = str(box.inside)
                 spec = CommandSpec(argv=argv, cwd=workdir, env=step_env,
                                    secrets=values, timeout_s=timeout_s,
                                    masks=tuple(self._masks.values),
@@ -849,72 +853,6 @@ class AddedMasks:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(self.values, out)
         self.path.with_suffix(".part").replace(self.path)
-
-
-class StepFiles:
-    """A step's own folder for files it hands back (``step.run(files=True)``): made
-    empty before each attempt, named to the command by ``CI_RUNNER_FILES``; what the
-    command leaves there comes back, masked, as the result's ``files`` (``{name:
-    text}``, 256 KiB per file and 1 MiB in all at most), then the folder is removed.
-    It lies in the run's private ``/tmp``, which a light step sees as its own (a heavy
-    step's, in the worktree, which its container sees at ``/workspace``)."""
-
-    ENV = "CI_RUNNER_FILES"
-    MAX_FILE = 256 << 10
-    MAX_TOTAL = 1 << 20
-
-    def __init__(self, host: Path, inside: Path) -> None:
-        self.host = host
-        self.inside = inside
-
-    @classmethod
-    def make(cls, ctx: RunContext, label: str, attempt: int, *, light: bool) -> StepFiles:
-        import hashlib
-        import shutil
-
-        from ci_runner.dispatch.confine import scratch
-
-        confinement = ctx.confinement
-        slug = hashlib.sha256(label.encode()).hexdigest()[:16]
-        relative = Path(".ci-runner-files") / f"{slug}-{attempt}"
-        if not light:  # a container sees the worktree (only) at /workspace
-            host = ctx.workspace / relative
-            shutil.rmtree(host, ignore_errors=True)
-            host.mkdir(parents=True, mode=0o700)
-            return cls(host, Path("/workspace") / relative)
-        tmp = confinement.tmp if confinement.tmp is not None else scratch(ctx.run_id) / "tmp"
-        host = tmp / relative
-        shutil.rmtree(host, ignore_errors=True)
-        host.mkdir(parents=True, mode=0o700)
-        if confinement.kind == "bwrap" and confinement.ids is not None:
-            for folder in (host.parent, host):
-                os.chown(folder, *confinement.ids)
-        inside = Path("/tmp") / relative if confinement.kind == "bwrap" else host  # noqa: S108
-        return cls(host, inside)
-
-    def collect(self, masker: Any) -> dict[str, str]:
-        import shutil
-
-        from ci_runner.errors import NonRetryableError
-
-        found: dict[str, str] = {}
-        total = 0
-        try:
-            for path in sorted(self.host.iterdir()):
-                if not path.is_file() or path.is_symlink():
-                    continue
-                with path.open("rb") as handle:
-                    data = handle.read(self.MAX_FILE + 1)
-                if len(data) > self.MAX_FILE:
-                    raise NonRetryableError(f"{path.name}: the step wrote more than"
-                                            f" {self.MAX_FILE >> 10} KiB to it")
-                total += len(data)
-                if total > self.MAX_TOTAL:
-                    raise NonRetryableError("the step's files hold more than 1 MiB")
-                found[path.name] = masker.mask(data.decode("utf-8", "replace"))
-        finally:
-            shutil.rmtree(self.host, ignore_errors=True)
-        return found
 
 
 def _step_env(env: dict[str, str], light: bool, confinement: Confinement) -> dict[str, str]:
