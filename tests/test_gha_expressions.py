@@ -360,3 +360,73 @@ def test_string_literals_round_trip(text: str) -> None:
     literal = "'" + text.replace("'", "''") + "'"
     assert evaluate(literal, {}) == text
     assert interpolate("${{ " + literal + " }}", {}) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["${{", "}}", "'", " ", "matrix.os", "x", "(", "1"]), max_size=12))
+def test_interpolate_gives_a_value_or_an_expression_error(parts: list[str]) -> None:
+    try:
+        interpolate("".join(parts), CONTEXTS)
+    except ExpressionError as e:
+        assert "\n" not in str(e)
+
+
+def test_deeply_nested_values_are_errors_not_crashes() -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        to_string(deep)
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        evaluate("toJSON(x)", {"x": deep})
+
+
+def test_values_that_are_not_text_pass_through() -> None:
+    assert interpolate(10, CONTEXTS) == 10  # type: ignore[arg-type]
+    assert interpolate(None, CONTEXTS) is None  # type: ignore[arg-type]
+
+
+def test_public_names_are_pinned() -> None:
+    from ci_runner.workflows import expressions, hashfiles, matrix
+
+    assert sorted(expressions.__all__) == [
+        "ExpressionError",
+        "Functions",
+        "Status",
+        "evaluate",
+        "evaluate_if",
+        "interpolate",
+        "is_truthy",
+        "loose_equals",
+        "to_string",
+    ]
+    assert sorted(matrix.__all__) == [
+        "Cell",
+        "MAX_CELLS",
+        "MatrixError",
+        "Strategy",
+        "cell_label",
+        "expand",
+    ]
+    assert sorted(hashfiles.__all__) == ["FOLLOW_OPTION", "hash_files"]
+    assert issubclass(matrix.MatrixError, UsageError)
+
+
+def test_doubled_quotes_all_unescape() -> None:
+    # GitHub's runner (C#) replaces every '' in a string literal; the TypeScript
+    # package replaces only the first, which we do not copy.
+    assert evaluate("'a''b''c'", {}) == "a'b'c"
+    assert evaluate("''''''", {}) == "''"
+
+
+def test_other_python_values_in_contexts_act_as_strings() -> None:
+    from pathlib import PurePosixPath
+
+    ctx = {"runner": {"temp": PurePosixPath("/tmp/x")}}
+    assert evaluate("runner.temp == '/TMP/X'", ctx) is True
+    assert evaluate("contains(runner.temp, 'tmp')", ctx) is True
+    assert interpolate("cd ${{ runner.temp }}", ctx) == "cd /tmp/x"
+    assert evaluate("github.run_id", {"github": {"run_id": 2**40 + 1}}) == 2**40 + 1
+    assert interpolate("id=${{ github.run_id }}", {"github": {"run_id": 2**40 + 1}}) == (
+        f"id={2**40 + 1}"
+    )

@@ -232,3 +232,17 @@ def test_through_the_expression(tree: Path) -> None:
     assert key == "deps-"
     with pytest.raises(ExpressionError, match="hashFiles is not available here"):
         evaluate("hashFiles('x')", {})
+
+
+def test_an_unreadable_file_fails_the_expression(tree: Path) -> None:
+    if os.geteuid() == 0:
+        # root reads any file; a host function failing the same way stands in
+        def failing(patterns: object) -> str:
+            raise PermissionError(13, "Permission denied", str(tree / "a.txt"))
+
+        functions = Functions(hash_files=failing)
+    else:
+        (tree / "a.txt").chmod(0)
+        functions = Functions(hash_files=lambda patterns: hash_files(tree, patterns))
+    with pytest.raises(ExpressionError, match=r"hashFiles\('a.txt'\) failed: .*Permission denied"):
+        evaluate("hashFiles('a.txt')", {}, functions)

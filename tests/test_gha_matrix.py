@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ci_runner.workflows.expressions import loose_equals
 from ci_runner.workflows.matrix import MatrixError, Strategy, cell_label, expand
 
 
@@ -222,14 +225,84 @@ def test_fail_fast_and_max_parallel() -> None:
     assert (s.fail_fast, s.max_parallel) == (False, 3)
 
 
-def test_include_does_not_treat_true_as_one() -> None:
-    s = _strategy("matrix: {flag: [true, 1], include: [{flag: 1, x: y}]}")
-    assert s.cells == [{"flag": True}, {"flag": 1, "x": "y"}]
+def test_filters_compare_with_the_expression_languages_equality() -> None:
+    # GitHub builds `matrix.key == value` expressions for include and exclude:
+    # case-insensitive strings, loose coercions (true == 1, '1' == 1).
+    s = _strategy("""
+matrix:
+  os: [Ubuntu-Latest, windows-latest]
+  flag: [true, 0]
+  exclude: [{os: ubuntu-latest, flag: 1}]
+  include: [{os: WINDOWS-LATEST, flag: '0', extra: yes}]
+""")
+    assert s.cells == [
+        {"os": "Ubuntu-Latest", "flag": 0},
+        {"os": "windows-latest", "flag": True},
+        {"os": "windows-latest", "flag": 0, "extra": True},
+    ]
+
+
+def test_filters_match_nested_values_leaf_by_leaf() -> None:
+    s = _strategy("""
+matrix:
+  node:
+    - {version: 14, npm: 6}
+    - {version: 20, npm: 10}
+  os: [linux]
+  exclude: [{node: {version: 14}}]
+  include: [{node: {npm: 10}, latest: true}]
+""")
+    assert s.cells == [{"node": {"version": 20, "npm": 10}, "os": "linux", "latest": True}]
+
+
+def test_include_never_replaces_a_vector_value_but_later_extras_win() -> None:
+    s = _strategy("""
+matrix:
+  os: [a]
+  include:
+    - {os: a, color: red}
+    - {color: blue}
+""")
+    assert s.cells == [{"os": "a", "color": "blue"}]
+
+
+def test_unmatched_include_puts_its_vector_keys_first() -> None:
+    s = _strategy("matrix: {os: [a], include: [{extra: 1, os: b}]}")
+    assert list(s.cells[1]) == ["os", "extra"]
+
+
+def test_empty_filter_entries_are_errors() -> None:
+    with pytest.raises(MatrixError, match="exclude filter must not be empty"):
+        _strategy("matrix: {os: [a], exclude: [{}]}")
+    with pytest.raises(MatrixError, match="include mapping does not contain any values"):
+        _strategy("matrix: {os: [a], include: [{}]}")
+
+
+def test_job_name_shows_vector_values_not_include_extras() -> None:
+    s = _strategy("""
+matrix:
+  os: [windows-latest, ubuntu-latest]
+  node: [12, 16]
+  include:
+    - {os: windows-latest, node: 16, npm: 6}
+    - {os: macos-latest, node: 18, npm: 9}
+""")
+    labels = [cell_label(c) for c in s.cells]
+    assert labels == [
+        "windows-latest, 12",
+        "windows-latest, 16",
+        "ubuntu-latest, 12",
+        "ubuntu-latest, 16",
+        "macos-latest, 18, 9",
+    ]
+    assert s.cells[1] == {"os": "windows-latest", "node": 16, "npm": 6}
+    # a plain copy has lost what was added: all its values show
+    assert cell_label(dict(s.cells[1])) == "windows-latest, 16, 6"
 
 
 def test_cell_label() -> None:
     assert cell_label({"python": "3.11", "os": "ubuntu-latest"}) == "3.11, ubuntu-latest"
-    assert cell_label({"v": 3.1, "ok": True, "n": None}) == "3.1, true, "
+    assert cell_label({"v": 3.1, "ok": True, "n": None, "e": ""}) == "3.1, true"
     assert cell_label({"node": {"version": 20, "env": "X=1"}}) == "20, X=1"
     assert cell_label({}) == ""
 
@@ -268,3 +341,41 @@ def test_errors_are_one_line(strategy: dict[str, Any], message: str) -> None:
     with pytest.raises(MatrixError, match=message) as caught:
         expand(strategy, {})
     assert "\n" not in str(caught.value)
+
+
+def test_deeply_nested_values_are_errors_not_crashes() -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(MatrixError, match="nested too deeply"):
+        expand({"matrix": {"a": [deep]}}, {})
+
+
+_SCALARS = st.one_of(st.sampled_from(["a", "B", "", "1"]), st.integers(-2, 2), st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["os", "py", "arch"]),
+        st.lists(_SCALARS, min_size=1, max_size=4),
+        min_size=1,
+    ),
+    st.lists(st.dictionaries(st.sampled_from(["os", "py", "x"]), _SCALARS, min_size=1), max_size=3),
+)
+def test_expansion_properties(vectors: dict[str, list[Any]], include: list[dict[str, Any]]) -> None:
+    product = 1
+    for values in vectors.values():
+        product *= len(values)
+    s = expand({"matrix": {**vectors, "include": include}}, {})
+    originals = [c for c in s.cells if getattr(c, "shown", None) is not None]
+    # every combination stays, in order, with its own values untouched
+    assert len(originals) == product
+    for cell in originals:
+        assert all(cell[k] in vectors[k] for k in vectors)
+    # an include entry either fed some original cell or is a cell of its own
+    for entry in include:
+        assert any(all(cell.get(k) == v for k, v in entry.items()) for cell in s.cells) or any(
+            all(loose_equals(cell[k], v) for k, v in entry.items() if k in vectors)
+            for cell in originals
+        )

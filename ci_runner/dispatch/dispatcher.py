@@ -24,6 +24,14 @@ __all__ = ["WORKFLOW", "PipelineDispatcher", "dispatch"]
 class PipelineDispatcher:
     async def run(self, event: WorkflowEvent, step: Step) -> Any:
         metadata, params = unwrap_params(event.payload)
+        if metadata.get("workspace"):  # a CI run's: whatever loads it, files come when read
+            from pathlib import Path
+
+            from ci_runner.dispatch.envelope import PIPELINE_FILE
+            from ci_runner.dispatch.unfilled import watch
+
+            folder = Path(str(metadata.get("pipeline_file") or PIPELINE_FILE)).parent
+            watch(Path(str(metadata["workspace"])), str(folder))
         load_runner = import_path(str(metadata.get("loader") or LOADER))
         runner = load_runner(metadata)
         inner = WorkflowEvent(params, event.timestamp, event.instance_id)

@@ -123,9 +123,6 @@ def load_runner(metadata: dict[str, Any]) -> PipelineRunner:
         )
     sources = SourcePaths(metadata)
     sources.show_warnings()
-    from ci_runner.dispatch.unfilled import watch
-
-    watch(workspace, str(Path(metadata.get("pipeline_file", PIPELINE_FILE)).parent))
     module = _import(path, f"_ci_pipeline_{metadata['run_id'].replace('-', '_')}", sources)
     cls = pick_pipeline(module, metadata.get("pipeline"), PIPELINE_FILE)
     try:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_runner import paths
 from ci_runner.dispatch.envelope import PIPELINE_FILE, WORKFLOW, unwrap_params, wrap_params
@@ -29,6 +29,9 @@ from ci_runner.engine.process import ChildProcess, start_child
 from ci_runner.engine.service import Observer
 from ci_runner.errors import PipelineNotFound, UsageError
 from ci_runner.store.db import immediate, now
+
+if TYPE_CHECKING:
+    from ci_runner.workflows.plan import Selection
 
 TERMINAL = ("complete", "errored", "terminated")
 
@@ -52,6 +55,9 @@ class RunRequest:
     timeout_s: float | None = None  # how long each drive of the run may last
     # More metadata for the envelope (a webhook's forge, delivery, PR...): no secrets.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Run the repo's GitHub workflows (--workflow, --job, --event...): a
+    # ``workflows.plan.Selection``; also taken when the repo has no .ci/pipeline.py.
+    workflows: Selection | None = None
 
 
 def check_names(only: tuple[str, ...], skip: tuple[str, ...]) -> None:
@@ -304,13 +310,11 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     from ci_runner.workspace import file_at
     from ci_runner.workspace.submodules import declared_submodules
 
-    source = file_at(repo, sha, PIPELINE_FILE)
+    source = None if request.workflows is not None else file_at(repo, sha, PIPELINE_FILE)
+    workflow_meta: dict[str, Any] = {}
     if source is None:
-        raise PipelineNotFound(
-            f"no {PIPELINE_FILE} in {repo.root} at {sha[:12]}: `ci-runner init` writes a"
-            " starter (commit it, or run with --include-uncommitted)"
-        )
-    submodules = declared_submodules(source, request.pipeline)
+        workflow_meta = _workflow_metadata(repo, sha, ref, request, secrets_file)
+    submodules = declared_submodules(source, request.pipeline) if source is not None else True
     run_id = run_id or new_instance_id()
     workspace = paths.worktrees() / run_id
     tenant = tenant_key(repo)
@@ -324,6 +328,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
         "sandbox": request.sandbox, "timeout_s": request.timeout_s,
         "submodules": submodules,
+        **workflow_meta,
         **request.extra,
     }
     if request.include_uncommitted:
@@ -332,6 +337,32 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
                   instance_id=run_id, claim=True)
     return run_id
+
+
+def _workflow_metadata(repo: Any, sha: str, ref: str | None, request: RunRequest,
+                       secrets_file: Path | None) -> dict[str, Any]:
+    """A run of the repo's GitHub workflows, checked now: the repo has no
+    .ci/pipeline.py, or the user asked for workflows."""
+    from ci_runner.workflows.launch import has_workflows, workflow_metadata
+    from ci_runner.workflows.plan import Selection
+
+    if request.workflows is None and not has_workflows(repo, sha):
+        raise PipelineNotFound(
+            f"no {PIPELINE_FILE} and no .github/workflows/*.yml in {repo.root} at"
+            f" {sha[:12]}: `ci-runner init` writes a starter (commit it, or run with"
+            " --include-uncommitted)"
+        )
+    event = request.extra.get("event")  # a webhook's: push or pull_request
+    selection = request.workflows if request.workflows is not None else Selection(
+        event=event if event in ("push", "pull_request") else "push")
+    # A fork's run gets no secrets: its workflows see none of their names either.
+    meta = workflow_metadata(repo, sha, ref, selection,
+                             None if request.extra.get("untrusted") else secrets_file)
+    if request.extra.get("loader"):  # a fork's gate: it loads the workflows once approved
+        meta["inner_loader"] = meta.pop("loader")
+    if request.extra.get("sender"):
+        meta["gha"]["actor"] = str(request.extra["sender"])
+    return meta
 
 
 def say_of_workspace(run_id: str, notes: list[str]) -> None:
@@ -364,7 +395,9 @@ def drive_run(
 
     row = engine.get(run_id)
     run_id = str(row["id"])
-    metadata, _ = unwrap_params(json.loads(row["payload"]))
+    from ci_runner.dispatch.fleet import localize
+
+    metadata = localize(engine.conn, row)  # a run created on another host: forked here
     workspace = Path(metadata["workspace"])
     if not (workspace / ".git").exists():
         _refork(metadata, workspace)  # here, not in the sandbox: it cannot write git's files

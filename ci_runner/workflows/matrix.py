@@ -1,30 +1,42 @@
 """A job's ``strategy:`` expanded into its matrix cells, by GitHub's rules.
 
-GitHub's documentation ("Running variations of jobs in a workflow") fixes them:
+The rules of GitHub's documentation ("Running variations of jobs in a workflow")
+as its workflow parser applies them:
 
 1. the product of the matrix's vectors (its keys other than ``include`` and
    ``exclude``), the first key varying slowest;
-2. ``exclude``: a cell goes when it matches every key of an entry (a partial
-   match is enough);
-3. ``include``: each entry's values are added to every cell whose original
-   (product) values it does not contradict, possibly overwriting values an
-   earlier entry added; an entry that fits no cell becomes a cell of its own.
+2. ``exclude``: a cell goes when it matches an entry, and an entry matches when
+   every value in it (nested mappings and lists compared leaf by leaf) equals the
+   cell's value there by the expression language's ``==`` (``'Ubuntu' == 'ubuntu'``,
+   ``1 == '1'``); keys must be vectors;
+3. ``include``: an entry's keys that are vectors filter, the others are extra
+   values. A cell every filter matches gets the extras (an entry later in the list
+   overwrites what an earlier one added; a vector's own value is never replaced);
+   an entry that matches no cell becomes a cell of its own.
 
 A matrix of only ``include`` is its entries. ``${{ }}`` anywhere in the
 strategy is evaluated first, so ``matrix: ${{ fromJSON(...) }}`` and
 ``os: ${{ fromJSON(inputs.oses) }}`` work. At most 256 cells, as on GitHub.
+A cell's job name shows its vector values (``test (3.11, ubuntu-latest)``), not
+what ``include`` added to it; a cell that came from ``include`` shows all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ci_runner.errors import UsageError
-from ci_runner.workflows.expressions import ExpressionError, interpolate, is_truthy, to_string
+from ci_runner.workflows.expressions import (
+    ExpressionError,
+    interpolate,
+    is_truthy,
+    loose_equals,
+    to_string,
+)
 
-__all__ = ["MAX_CELLS", "MatrixError", "Strategy", "cell_label", "expand"]
+__all__ = ["MAX_CELLS", "Cell", "MatrixError", "Strategy", "cell_label", "expand"]
 
 MAX_CELLS = 256
 # A product this large is refused before it is built, whatever exclude would remove.
@@ -33,6 +45,12 @@ _MAX_PRODUCT = 64 * MAX_CELLS
 
 class MatrixError(UsageError, ValueError):
     """A strategy that cannot be expanded; the message is one line."""
+
+
+class Cell(dict[str, Any]):
+    """One cell's ``matrix`` context; ``shown`` are the keys its job name shows."""
+
+    shown: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,30 +76,48 @@ def _resolve(value: Any, contexts: Mapping[str, Any]) -> Any:
     return value
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON equality: ``True`` is not ``1`` here."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, (Mapping, list, tuple)) or isinstance(b, (Mapping, list, tuple)):
-        return False
-    if _number(a) and _number(b):
-        return bool(a == b)
-    return type(a) is type(b) and bool(a == b)
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _partial(entry: Any, value: Any) -> bool:
-    """Whether ``value`` matches ``entry``, an object entry matching on its keys only."""
-    if isinstance(entry, Mapping) and isinstance(value, Mapping):
-        return all(k in value and _partial(v, value[k]) for k, v in entry.items())
-    return _same(entry, value)
+def _leaves(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """Every scalar in a filter value with where it sits (keys and list positions)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _leaves(v, (*path, str(k)))
+    elif isinstance(value, (list, tuple)):
+        for n, v in enumerate(value):
+            yield from _leaves(v, (*path, n))
+    else:
+        yield path, value
+
+
+def _at(value: Any, path: tuple[str | int, ...]) -> Any:
+    for step in path:
+        if isinstance(step, int):
+            value = value[step] if isinstance(value, (list, tuple)) and step < len(value) else None
+        elif isinstance(value, Mapping):
+            value = _get(value, step)
+        else:
+            value = None
+    return value
+
+
+def _get(mapping: Mapping[str, Any], key: str) -> Any:
+    if key in mapping:
+        return mapping[key]
+    lower = key.lower()
+    return next((v for k, v in mapping.items() if k.lower() == lower), None)
+
+
+@dataclass(frozen=True)
+class _Filter:
+    leaves: tuple[tuple[tuple[str | int, ...], Any], ...]
+
+    def matches(self, cell: Mapping[str, Any]) -> bool:
+        return all(loose_equals(_at(cell, path), value) for path, value in self.leaves)
 
 
 def _entries(value: Any, key: str) -> list[dict[str, Any]]:
@@ -125,6 +161,31 @@ def _cells(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
     exclude = _entries(matrix.get("exclude"), "exclude")
     if not vectors and not include:
         raise MatrixError("Matrix must define at least one vector (a key with a list of values)")
+    is_vector = {k.lower() for k in vectors}
+
+    excludes: list[_Filter] = []
+    for n, entry in enumerate(exclude):
+        if not entry:
+            raise MatrixError(
+                f"Matrix exclude filter must not be empty (strategy.matrix.exclude[{n}])"
+            )
+        for key in entry:
+            if key.lower() not in is_vector:
+                raise MatrixError(
+                    f"Matrix exclude key '{key}' does not match any key within the matrix "
+                    f"(strategy.matrix.exclude[{n}])"
+                )
+        excludes.append(_Filter(tuple(_leaves(entry))))
+
+    includes: list[tuple[dict[str, Any], _Filter, dict[str, Any]]] = []
+    for n, entry in enumerate(include):
+        if not entry:
+            raise MatrixError(
+                f"Matrix include mapping does not contain any values (strategy.matrix.include[{n}])"
+            )
+        part = {k: v for k, v in entry.items() if k.lower() in is_vector}
+        extra = {k: v for k, v in entry.items() if k.lower() not in is_vector}
+        includes.append((part, _Filter(tuple(_leaves(part))), extra))
 
     product = 1
     for values in vectors.values():
@@ -133,30 +194,27 @@ def _cells(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise MatrixError(
             f"the matrix's vectors make {product} combinations; GitHub allows {MAX_CELLS} jobs"
         )
-    cells: list[dict[str, Any]] = [{}] if vectors else []
+    combinations: list[dict[str, Any]] = [{}] if vectors else []
     for key, values in vectors.items():
-        cells = [{**cell, key: value} for cell in cells for value in values]
+        combinations = [{**c, key: value} for c in combinations for value in values]
 
-    for n, entry in enumerate(exclude):
-        for key in entry:
-            if key not in vectors:
-                raise MatrixError(
-                    f"Matrix exclude key '{key}' does not match any key within the matrix "
-                    f"(strategy.matrix.exclude[{n}])"
-                )
-        cells = [c for c in cells if not all(_partial(v, c[k]) for k, v in entry.items())]
+    cells: list[dict[str, Any]] = []
+    used = [False] * len(includes)
+    for combination in combinations:
+        if any(f.matches(combination) for f in excludes):
+            continue
+        cell = Cell(combination)
+        cell.shown = tuple(combination)
+        for n, (_, flt, extra) in enumerate(includes):
+            if flt.matches(combination):
+                used[n] = True
+                cell.update(extra)
+        cells.append(cell)
     if vectors and not cells and not include:
         raise MatrixError("the matrix has no cells left after exclude")
-
-    originals = len(cells)
-    for entry in include:
-        fitted = False
-        for cell in cells[:originals]:
-            if all(_same(cell[k], v) for k, v in entry.items() if k in vectors):
-                cell.update(entry)
-                fitted = True
-        if not fitted:
-            cells.append(dict(entry))
+    for n, (part, _, extra) in enumerate(includes):
+        if not used[n]:
+            cells.append(Cell({**part, **extra}))
     if len(cells) > MAX_CELLS:
         raise MatrixError(f"the matrix has {len(cells)} cells; GitHub allows at most {MAX_CELLS}")
     return cells
@@ -194,6 +252,13 @@ def expand(strategy: Mapping[str, Any] | None, contexts: Mapping[str, Any]) -> S
     ``contexts`` are what ``${{ }}`` in the strategy may use (``github``,
     ``inputs``, ``vars``, ``needs``). Errors are ``MatrixError``, one line.
     """
+    try:
+        return _expand(strategy, contexts)
+    except RecursionError:
+        raise MatrixError("strategy: a value is nested too deeply") from None
+
+
+def _expand(strategy: Mapping[str, Any] | None, contexts: Mapping[str, Any]) -> Strategy:
     if strategy is None:
         return Strategy(cells=[])
     resolved = _resolve(strategy, contexts)
@@ -227,5 +292,12 @@ def _label_parts(value: Any) -> list[str]:
 
 
 def cell_label(cell: Mapping[str, Any]) -> str:
-    """A cell as GitHub shows it in a job's name: ``test (3.11, ubuntu-latest)``."""
-    return ", ".join(part for value in cell.values() for part in _label_parts(value))
+    """A cell as GitHub shows it in a job's name: ``test (3.11, ubuntu-latest)``.
+
+    The values of the keys the cell shows (a product cell: its vectors' values,
+    not what include added), nested ones flattened; nulls and "" are left out.
+    """
+    shown = getattr(cell, "shown", None)
+    keys = list(cell) if shown is None else [k for k in shown if k in cell]
+    parts = (part for k in keys for part in _label_parts(cell[k]))
+    return ", ".join(part for part in parts if part)
