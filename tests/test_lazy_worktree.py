@@ -186,7 +186,7 @@ def test_a_do_step_that_runs_sees_the_files(cli, repo_with) -> None:
 
 
 def test_a_cached_run_kept_with_keep_workspace_has_its_files(cli, repo_with) -> None:
-    repo = repo_with(CACHED, FILES)
+    repo = repo_with(CACHED, {**FILES, ".ci/helper.py": "X = 1\n"})
     assert cli("run", cwd=repo).code == 0
     kept = cli("run", "--keep-workspace", "--json", cwd=repo)
     assert kept.code == 0, kept.err + kept.out
