@@ -4,7 +4,8 @@ months does not fill its disk.
 Goes: finished runs (their records, step logs, kept worktrees and snapshot refs),
 webhook deliveries that started no run, step-cache entries, artifact objects no
 remaining run or cache entry points to, and unreachable objects in the webhook
-server's mirrors. Stays: every run that is not over (waiting for an approval,
+server's mirrors, and the objects of snapshots of uncommitted trees that no remaining
+run names (``workspace.snapshots``). Stays: every run that is not over (waiting for an approval,
 sleeping, paused, running), however old, and anything newer than the cutoff.
 
 Safe beside live runs: rows are deleted only if still finished inside the write
@@ -42,6 +43,7 @@ class Pruned:
     objects: int = 0
     bytes_freed: int = 0
     mirrors_gc: int = 0
+    snapshot_objects: int = 0
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -81,7 +83,27 @@ def prune(conn: sqlite3.Connection, *, older_than_s: float, dry_run: bool = Fals
         done.objects += 1
         done.bytes_freed += size
     done.mirrors_gc = _gc_mirrors(cutoff, done.problems)
+    done.snapshot_objects, freed = _prune_snapshots(conn, cutoff, done.problems)
+    done.bytes_freed += freed
     return done
+
+
+def _prune_snapshots(conn: Any, cutoff: float, problems: list[str]) -> tuple[int, int]:
+    """Snapshot objects that no run still stored names (the run itself went above)."""
+    from ci_runner.workspace.snapshots import prune_stores, stores_root
+
+    if not stores_root().is_dir():
+        return 0, 0
+    keep: dict[Path, list[str]] = {}
+    for (payload,) in conn.execute("SELECT payload FROM instances"):
+        try:
+            metadata, _ = unwrap_params(json.loads(payload))
+        except (ValueError, TypeError, KeyError):
+            continue
+        store, sha = metadata.get("snapshot_store"), metadata.get("sha")
+        if store and isinstance(sha, str):
+            keep.setdefault(Path(str(store)), []).append(sha)
+    return prune_stores(keep, cutoff=cutoff, problems=problems)
 
 
 def _remove_run_files(row: Any, problems: list[str]) -> int:

@@ -208,6 +208,11 @@ def plan(metadata: Mapping[str, Any], *, mode: str | None = None) -> Confinement
     gitdir, admin = _git_dirs(workspace, Path(str(metadata.get("repo", ""))))
     if gitdir is not None:
         ro.append(gitdir)
+    store = metadata.get("snapshot_store")
+    if store:  # a snapshot's objects, and the user's that its store reads through
+        from ci_runner.workspace.snapshots import user_git_dir
+
+        ro += [Path(str(store)), *filter(None, [user_git_dir(Path(str(store)))])]
     scope = sha256(str(metadata.get("tenant", "")).encode()).hexdigest()[:16]
     if untrusted:
         scope += f"-pr-{metadata.get('pr') or 'unknown'}"

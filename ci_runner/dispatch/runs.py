@@ -262,6 +262,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         snapshot_uncommitted,
         tenant_key,
     )
+    from ci_runner.workspace.worktree import RepoInfo
 
     if request.include_uncommitted and request.rev != "HEAD":
         raise UsageError(
@@ -278,8 +279,10 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         from ci_runner.secrets import stored_secrets_file
 
         secrets_file = stored_secrets_file(tenant_key(repo))
+    store: RepoInfo | None = None  # where the snapshot's objects are, not the user's .git
     if request.include_uncommitted:
-        sha = snapshot_uncommitted(repo)
+        snapshot = snapshot_uncommitted(repo)
+        sha, store = snapshot.sha, snapshot.store
         try:
             ref = resolve_rev(repo, "HEAD").ref
         except Exception:
@@ -290,7 +293,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     from ci_runner.workspace import file_at
     from ci_runner.workspace.submodules import declared_submodules
 
-    source = file_at(repo, sha, PIPELINE_FILE)
+    source = file_at(store or repo, sha, PIPELINE_FILE)
     if source is None:
         raise PipelineNotFound(
             f"no {PIPELINE_FILE} in {repo.root} at {sha[:12]}: `ci-runner init` writes a"
@@ -305,6 +308,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "ref": ref, "pipeline": request.pipeline, "pipeline_file": PIPELINE_FILE,
         "workspace": str(workspace), "trigger": request.trigger,
         "snapshot": request.include_uncommitted, "run_id": run_id,
+        "snapshot_store": str(store.root) if store is not None else None,
         "keep_workspace": request.keep_workspace,
         "secrets_file": str(secrets_file) if secrets_file else None,
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
@@ -312,9 +316,9 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "submodules": submodules,
         **request.extra,
     }
-    if request.include_uncommitted:
-        hold(repo, run_id, sha)
-    _say_of_workspace(run_id, fork(repo, sha, workspace, submodules=submodules))
+    if store is not None:
+        hold(store, run_id, sha)
+    _say_of_workspace(run_id, fork(store or repo, sha, workspace, submodules=submodules))
     _upsert_tenant(engine, tenant, repo.name, str(repo.root))
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
                   instance_id=run_id, claim=True)
@@ -447,10 +451,12 @@ def _same_sandbox(started: Any, wanted: Any) -> bool:
 
 
 def _refork(metadata: dict[str, Any], workspace: Path) -> None:
-    from ci_runner.workspace import fork, open_repo
+    from ci_runner.workspace import fork
+    from ci_runner.workspace.snapshots import checkout_source
 
     # --force: git may still have it registered, its folder gone or left empty.
-    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True,
+    fork(checkout_source(metadata["repo"], metadata.get("snapshot_store")),
+         str(metadata["sha"]), workspace, again=True,
          submodules=metadata.get("submodules", True))
 
 
@@ -458,10 +464,11 @@ def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> st
     """Remove the run's worktree (unless kept, or ``even_kept``) and let go of its
     snapshot; returns why nothing could be done when the repo cannot be opened (moved,
     deleted): its files are then not ours to touch."""
-    from ci_runner.workspace import open_repo, release, remove
+    from ci_runner.workspace import release, remove
+    from ci_runner.workspace.snapshots import checkout_source
 
-    try:
-        repo = open_repo(Path(metadata["repo"]))
+    try:  # the repository, or the snapshot's store: the worktree is one of its
+        repo = checkout_source(metadata["repo"], metadata.get("snapshot_store"))
     except Exception as exc:
         return str(getattr(exc, "message", exc))
     if even_kept or not metadata.get("keep_workspace"):

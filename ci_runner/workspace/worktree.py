@@ -1,12 +1,13 @@
 """Gives every run its own checkout of one sha without touching the user's working copy.
 
 A run is pinned to a commit: either one that exists (``resolve_rev``) or one made on
-the fly from the uncommitted working tree (``snapshot_uncommitted``). ``fork`` checks
-that commit out as a detached linked worktree, ``remove`` takes it away again, and
-``hold``/``release`` keep a ref on the commit so ``git gc`` cannot prune a snapshot
-while its run lives. Submodules the user initialized are checked out too
-(``submodules.py``). Every git call goes through ``_git`` as an argument list, and so
-through ``gitcmd.run_git``: no hook, fsmonitor or ``ext::`` URL of the repository runs.
+the fly from the uncommitted working tree (``snapshots.snapshot_uncommitted``, in a
+store of ci-runner's own). ``fork`` checks that commit out as a detached linked
+worktree, ``remove`` takes it away again, and ``hold``/``release`` keep a ref on the
+commit so ``git gc`` cannot prune a snapshot while its run lives. Submodules the user
+initialized are checked out too (``submodules.py``). Every git call goes through
+``_git`` as an argument list, and so through ``gitcmd.run_git``: no hook, fsmonitor or
+``ext::`` URL of the repository runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,16 +30,6 @@ if TYPE_CHECKING:
     from ci_runner.workspace.submodules import Wanted
 
 _RUN_REF_PREFIX = "refs/ci-runner/runs/"
-_SNAPSHOT_MESSAGE = "ci-runner snapshot of uncommitted changes"
-_SNAPSHOTTING = "snapshot the uncommitted working tree"
-# A fixed identity: the snapshot must commit even where user.name/email are unset,
-# and it is ci-runner's object, not the user's authorship.
-_SNAPSHOT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "ci-runner",
-    "GIT_AUTHOR_EMAIL": "ci-runner@localhost",
-    "GIT_COMMITTER_NAME": "ci-runner",
-    "GIT_COMMITTER_EMAIL": "ci-runner@localhost",
-}
 # `git worktree add` reads every worktree's entry and dies on one another add is still
 # writing ("failed to read .git/worktrees/NAME/commondir"): retried a few times, for
 # adds that our lock does not keep apart (the user's own).
@@ -147,34 +137,6 @@ def resolve_rev(repo: RepoInfo, rev: str = "HEAD") -> ResolvedRev:
     return ResolvedRev(sha=found.text, ref=ref)
 
 
-def snapshot_uncommitted(repo: RepoInfo) -> str:
-    """Commit the working tree as it is now, on no branch, and return the new sha.
-
-    The tree holds tracked files as they are on disk (staged or not) and untracked
-    files that are not ignored. The parent is HEAD when there is one. The user's index,
-    files, stash and branches are left alone: git works on a copy of the index.
-    """
-    head = _git(repo.root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    parent = head.text if head.status == 0 else None
-    user_index = repo.root / _git_ok(repo.root, _SNAPSHOTTING, "rev-parse", "--git-path", "index")
-    with tempfile.TemporaryDirectory(prefix="ci-runner-index-") as scratch:
-        index = Path(scratch) / "index"
-        env = {"GIT_INDEX_FILE": str(index)}
-        if user_index.is_file():
-            # Copying keeps the stat cache, so `add -A` hashes only changed files, and
-            # keeps skip-worktree bits, so a sparse checkout is not read as deletions.
-            shutil.copyfile(user_index, index)
-        elif parent is not None:
-            _git_ok(repo.root, _SNAPSHOTTING, "read-tree", parent, env=env)
-        _git_ok(repo.root, _SNAPSHOTTING, "add", "--all", env=env)
-        tree = _git_ok(repo.root, _SNAPSHOTTING, "write-tree", env=env)
-    parents = ["-p", parent] if parent is not None else []
-    return _git_ok(
-        repo.root, _SNAPSHOTTING, "commit-tree", "--no-gpg-sign", "-m", _SNAPSHOT_MESSAGE,
-        *parents, tree, env=_SNAPSHOT_IDENTITY,
-    )
-
-
 def hold(repo: RepoInfo, run_id: str, sha: str) -> None:
     """Point ``refs/ci-runner/runs/<run_id>`` at ``sha`` so gc keeps it while the run lives."""
     _check_rev(sha)
@@ -202,6 +164,11 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
     target = Path(dest).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     bare = repo.root == repo.common_dir
+    if bare:
+        from ci_runner.workspace.snapshots import is_store
+
+        # A snapshot's store: submodules come from the user's clones (its `modules`).
+        bare = not is_store(repo)
     with _worktree_lock(repo):
         if bare:  # perhaps a mirror, which runs can write
             from ci_runner.workspace.mirror import is_mirror, reset_foreign_config
