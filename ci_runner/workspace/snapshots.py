@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING
 
 from ci_runner import paths
 from ci_runner.workspace.gitcmd import run_git
-from ci_runner.workspace.worktree import RepoInfo, _failure, _git, _git_ok, tenant_key
+from ci_runner.workspace.worktree import (
+    RepoInfo,
+    _failure,
+    _git,
+    _git_ok,
+    _worktree_lock,
+    tenant_key,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -228,6 +235,9 @@ def prune_stores(keep: Mapping[Path, Iterable[str]], *, cutoff: float,
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when emptied
         packs = any((store / "objects" / "pack").glob("*.pack"))
+        if (store / "worktrees").is_dir():  # forget those whose folders were deleted
+            with _worktree_lock(RepoInfo(root=store, common_dir=store, name=store.name)):
+                run_git(store, "worktree", "prune")
         worktrees = any((store / "worktrees").glob("*"))
         if not (shas or left or packs or worktrees):
             shutil.rmtree(store, ignore_errors=True)
