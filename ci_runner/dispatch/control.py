@@ -89,7 +89,8 @@ def retry(engine: Engine, run_id: str, step: str | None) -> str:
         from ci_runner.workspace import hold
         from ci_runner.workspace.snapshots import checkout_source
 
-        hold(checkout_source(metadata["repo"], metadata.get("snapshot_store")),
+        hold(checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                             metadata.get("git_common_dir")),
              str(row["id"]), str(metadata["sha"]))
     j.reset_from(engine.conn, row["id"], step)
     return str(row["id"])

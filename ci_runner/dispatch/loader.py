@@ -192,6 +192,7 @@ def _refork(metadata: dict[str, Any], workspace: Path) -> None:
     from ci_runner.workspace import fork
     from ci_runner.workspace.snapshots import checkout_source
 
-    fork(checkout_source(metadata["repo"], metadata.get("snapshot_store")),
+    fork(checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                         metadata.get("git_common_dir")),
          str(metadata["sha"]), workspace, again=True,
          submodules=metadata.get("submodules", True))

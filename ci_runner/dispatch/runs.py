@@ -252,17 +252,12 @@ def _start_child(
 def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None) -> str:
     """Fork the worktree and store the queued run; returns the run id.
 
-    Nothing is written when the repo, the rev or the pipeline file is missing.
+    Nothing is left when the repo, the rev or the pipeline file is missing. The git
+    processes on this path are counted (tests/test_cli_startup.py): one finds the repo
+    and the commit, one checks it out, and the pipeline file is read from the checkout.
     """
-    from ci_runner.workspace import (
-        fork,
-        hold,
-        open_repo,
-        resolve_rev,
-        snapshot_uncommitted,
-        tenant_key,
-    )
-    from ci_runner.workspace.worktree import RepoInfo
+    from ci_runner.workspace import hold, open_repo, resolve_rev, snapshot_uncommitted, tenant_key
+    from ci_runner.workspace.worktree import RepoInfo, add_worktree, locate, remove
 
     if request.include_uncommitted and request.rev != "HEAD":
         raise UsageError(
@@ -273,14 +268,9 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         from ci_runner.secrets import check_secrets_file
 
         check_secrets_file(request.secrets_file)
-    repo = open_repo(request.repo_path)
-    secrets_file = request.secrets_file
-    if secrets_file is None:  # else the repo's own store (`ci-runner secrets set`), if any
-        from ci_runner.secrets import stored_secrets_file
-
-        secrets_file = stored_secrets_file(tenant_key(repo))
     store: RepoInfo | None = None  # where the snapshot's objects are, not the user's .git
     if request.include_uncommitted:
+        repo = open_repo(request.repo_path)
         snapshot = snapshot_uncommitted(repo)
         sha, store = snapshot.sha, snapshot.store
         try:
@@ -288,23 +278,26 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         except Exception:
             ref = None
     else:
-        resolved = resolve_rev(repo, request.rev)
+        repo, resolved = locate(request.repo_path, request.rev)
         sha, ref = resolved.sha, resolved.ref
-    from ci_runner.workspace import file_at
-    from ci_runner.workspace.submodules import declared_submodules
+    secrets_file = request.secrets_file
+    if secrets_file is None:  # else the repo's own store (`ci-runner secrets set`), if any
+        from ci_runner.secrets import stored_secrets_file
 
-    source = file_at(store or repo, sha, PIPELINE_FILE)
-    if source is None:
-        raise PipelineNotFound(
-            f"no {PIPELINE_FILE} in {repo.root} at {sha[:12]}: `ci-runner init` writes a"
-            " starter (commit it, or run with --include-uncommitted)"
-        )
-    submodules = declared_submodules(source, request.pipeline)
+        secrets_file = stored_secrets_file(tenant_key(repo))
     run_id = run_id or new_instance_id()
-    workspace = paths.worktrees() / run_id
+    source_repo = store or repo
+    workspace = add_worktree(source_repo, sha, paths.worktrees() / run_id)
+    try:
+        submodules = _declared_submodules(source_repo, sha, workspace, request.pipeline,
+                                          shown=repo.root)
+    except BaseException:
+        remove(source_repo, workspace)
+        raise
     tenant = tenant_key(repo)
     metadata = {
         "tenant": tenant, "repo": str(repo.root), "repo_name": repo.name, "sha": sha,
+        "git_common_dir": str(repo.common_dir),
         "ref": ref, "pipeline": request.pipeline, "pipeline_file": PIPELINE_FILE,
         "workspace": str(workspace), "trigger": request.trigger,
         "snapshot": request.include_uncommitted, "run_id": run_id,
@@ -318,11 +311,35 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     }
     if store is not None:
         hold(store, run_id, sha)
-    _say_of_workspace(run_id, fork(store or repo, sha, workspace, submodules=submodules))
+    from ci_runner.workspace.worktree import check_out_submodules
+
+    _say_of_workspace(run_id, check_out_submodules(source_repo, sha, workspace, submodules))
     _upsert_tenant(engine, tenant, repo.name, str(repo.root))
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
                   instance_id=run_id, claim=True)
     return run_id
+
+
+def _declared_submodules(repo: Any, sha: str, workspace: Path, pipeline: str | None, *,
+                         shown: Path) -> Any:
+    """What the run's pipeline file says of submodules, read from its fresh checkout
+    (no git process); from git when the checkout has no plain file there (a symlink, a
+    sparse checkout). No pipeline file at all: PipelineNotFound."""
+    from ci_runner.workspace import file_at
+    from ci_runner.workspace.submodules import declared_submodules
+
+    path = workspace / PIPELINE_FILE
+    source: bytes | None = None
+    if not (path.is_symlink() or path.parent.is_symlink()) and path.is_file():
+        source = path.read_bytes()
+    else:
+        source = file_at(repo, sha, PIPELINE_FILE)
+    if source is None:
+        raise PipelineNotFound(
+            f"no {PIPELINE_FILE} in {shown} at {sha[:12]}: `ci-runner init` writes a"
+            " starter (commit it, or run with --include-uncommitted)"
+        )
+    return declared_submodules(source, pipeline)
 
 
 def _say_of_workspace(run_id: str, notes: list[str]) -> None:
@@ -455,7 +472,8 @@ def _refork(metadata: dict[str, Any], workspace: Path) -> None:
     from ci_runner.workspace.snapshots import checkout_source
 
     # --force: git may still have it registered, its folder gone or left empty.
-    fork(checkout_source(metadata["repo"], metadata.get("snapshot_store")),
+    fork(checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                         metadata.get("git_common_dir")),
          str(metadata["sha"]), workspace, again=True,
          submodules=metadata.get("submodules", True))
 
@@ -468,7 +486,8 @@ def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> st
     from ci_runner.workspace.snapshots import checkout_source
 
     try:  # the repository, or the snapshot's store: the worktree is one of its
-        repo = checkout_source(metadata["repo"], metadata.get("snapshot_store"))
+        repo = checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                               metadata.get("git_common_dir"))
     except Exception as exc:
         return str(getattr(exc, "message", exc))
     if even_kept or not metadata.get("keep_workspace"):

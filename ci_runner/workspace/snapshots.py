@@ -24,14 +24,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ci_runner import paths
+
+# tempfile and hashlib are imported where used: this module is imported by every
+# command that opens a repository (`ci-runner runs`), which need neither.
 from ci_runner.workspace.gitcmd import run_git
 from ci_runner.workspace.worktree import (
     RepoInfo,
@@ -86,6 +87,8 @@ def is_store(repo: RepoInfo) -> bool:
 
 def store_for(repo: RepoInfo) -> RepoInfo:
     """The snapshot store of ``repo`` (every worktree of it shares one), made if missing."""
+    from hashlib import sha256
+
     key = sha256(str(repo.common_dir).encode()).hexdigest()[:16]
     name = Path(tenant_key(repo).removeprefix("local:")).name.removesuffix(".git")
     root = stores_root().resolve() / f"{name}-{key}.git"
@@ -98,6 +101,8 @@ def _make_store(root: Path, user_git_dir: Path) -> None:
     """A bare repository written by hand (no ``git init``: no process, no template
     hooks), then moved into place in one rename so a concurrent snapshot sees all of
     it or none."""
+    import tempfile
+
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".making-", dir=root.parent))
     try:
@@ -136,6 +141,8 @@ def snapshot_uncommitted(repo: RepoInfo) -> Snapshot:
     files, stash, refs and object directory are left alone: git works on a copy of the
     index and writes its objects into the store.
     """
+    import tempfile
+
     store = store_for(repo)
     head = _git(repo.root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     parent = head.text if head.status == 0 else None
@@ -170,6 +177,8 @@ def _copy_refs(repo: RepoInfo, store: RepoInfo) -> None:
                        "fix what git reports and retry")
     lines = [line for line in listed.text.splitlines()
              if " refs/ci-runner/" not in line and line.strip()]
+    import tempfile
+
     packed = store.root / "packed-refs"
     with contextlib.suppress(OSError):  # the store's own, if git ever packed them
         lines += [line for line in packed.read_text().splitlines()
@@ -259,11 +268,17 @@ def open_store(path: Path) -> RepoInfo:
     return RepoInfo(root=root, common_dir=root, name=name)
 
 
-def checkout_source(repo_path: str | Path, store: str | Path | None) -> RepoInfo:
-    """Where a run's sha is forked from: its snapshot store when it ran on one, else
-    the repository (runs stored before snapshots had stores: the repository too)."""
+def checkout_source(repo_path: str | Path, store: str | Path | None,
+                    common_dir: str | Path | None = None) -> RepoInfo:
+    """Where a run's sha is forked from and its worktree removed from: its snapshot
+    store when it ran on one, else the repository (runs stored before snapshots had
+    stores: the repository too). ``common_dir``, the repository's git dir as the run
+    recorded it: no git process is needed to find it again while it is still there."""
     if store:
         return open_store(Path(store))
+    root = Path(repo_path)
+    if common_dir and (Path(common_dir) / "HEAD").is_file() and root.is_dir():
+        return RepoInfo(root=root, common_dir=Path(common_dir), name=root.name)
     from ci_runner.workspace.worktree import open_repo
 
-    return open_repo(Path(repo_path))
+    return open_repo(root)

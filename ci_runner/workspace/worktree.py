@@ -35,6 +35,7 @@ _RUN_REF_PREFIX = "refs/ci-runner/runs/"
 # adds that our lock does not keep apart (the user's own).
 _RACING_ADD = re.compile(r"failed to read .*worktrees/[^/\s]+/(commondir|gitdir)")
 _FORK_ATTEMPTS = 8
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # Stricter than git's own rules on purpose: a run id becomes one path component.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -115,6 +116,26 @@ def _bare_repo(cwd: Path) -> RepoInfo | None:
     return RepoInfo(root=root, common_dir=root, name=root.name)
 
 
+def locate(path: Path, rev: str = "HEAD") -> tuple[RepoInfo, ResolvedRev]:
+    """``open_repo(path)`` and ``resolve_rev(repo, rev)`` in one git process, as every
+    run's start needs both; when git says anything unexpected, the two of them, for
+    their exact errors (a bare repository, an unknown revision, no commits yet)."""
+    _check_rev(rev)
+    where = Path(path).absolute()
+    if where.is_dir():
+        found = _git(where, "rev-parse", "--show-toplevel", "--git-common-dir",
+                     f"{rev}^{{commit}}", "--symbolic-full-name", rev)
+        lines = found.text.splitlines()
+        # A sha or an expression (main~1) has no symbolic name: no fourth line.
+        if found.status == 0 and len(lines) in (3, 4) and _OBJECT_ID.fullmatch(lines[2]):
+            root = Path(lines[0]).resolve()
+            repo = RepoInfo(root=root, common_dir=(where / lines[1]).resolve(), name=root.name)
+            named = lines[3] if len(lines) == 4 else ""
+            return repo, ResolvedRev(sha=lines[2], ref=named if named.startswith("refs/") else None)
+    repo = open_repo(where)
+    return repo, resolve_rev(repo, rev)
+
+
 def resolve_rev(repo: RepoInfo, rev: str = "HEAD") -> ResolvedRev:
     """Pin ``rev`` (a branch, tag, sha or any commit-ish) to its commit."""
     _check_rev(rev)
@@ -160,17 +181,17 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
     folder was deleted; git still has it registered, and ``--force`` lets it be
     checked out there once more.
     """
+    target = add_worktree(repo, sha, dest, again=again)
+    return check_out_submodules(repo, sha, target, submodules)
+
+
+def add_worktree(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False) -> Path:
+    """``fork``'s first half: the worktree alone, no submodule; returns its path."""
     _check_rev(sha)
     target = Path(dest).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    bare = repo.root == repo.common_dir
-    if bare:
-        from ci_runner.workspace.snapshots import is_store
-
-        # A snapshot's store: submodules come from the user's clones (its `modules`).
-        bare = not is_store(repo)
     with _worktree_lock(repo):
-        if bare:  # perhaps a mirror, which runs can write
+        if _is_bare(repo):  # perhaps a mirror, which runs can write
             from ci_runner.workspace.mirror import is_mirror, reset_foreign_config
 
             if is_mirror(repo):  # a filter it names would run during the checkout
@@ -179,11 +200,26 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
     if result.status != 0:
         raise _failure(f"could not create a worktree of {sha} at {target}", result,
                        "check that the path is free and the commit exists")
+    return target
+
+
+def check_out_submodules(repo: RepoInfo, sha: str, target: Path,
+                         submodules: Wanted = True) -> list[str]:
+    """``fork``'s second half (see there): nothing at all without a ``.gitmodules``."""
     if not (target / ".gitmodules").is_file():
         return []
     from ci_runner.workspace.submodules import check_out
 
-    return check_out(repo.common_dir, sha, target, wanted=submodules, bare=bare)
+    return check_out(repo.common_dir, sha, target, wanted=submodules, bare=_is_bare(repo))
+
+
+def _is_bare(repo: RepoInfo) -> bool:
+    """A bare repository other than a snapshot store (whose `modules` are the user's)."""
+    if repo.root != repo.common_dir:
+        return False
+    from ci_runner.workspace.snapshots import is_store
+
+    return not is_store(repo)
 
 
 def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool) -> GitResult:
