@@ -4,6 +4,7 @@ with one name on two forges) and users who approve some of them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,6 +123,26 @@ def test_a_run_of_another_repo_is_answered_as_one_that_does_not_exist(served: di
     # A unique prefix names a run as a full id does, and hides it the same way.
     assert _as(server, "alice", "GET", f"/api/runs/{theirs[:-2]}").status_code == 404
     assert _as(server, "bob", "GET", f"/api/runs/{theirs[:-2]}").status_code == 200
+
+
+def test_a_prefix_is_unique_or_ambiguous_among_the_runs_a_token_sees(served: dict[str, Any]):
+    server, ids = served["server"], served["ids"]
+    # Characters, not path parts: ids start with the time they were made.
+    shared = os.path.commonprefix(list(ids.values()))  # noqa: RUF071
+    assert len(shared) >= 9, ids
+    # alice sees two of the three: ambiguous, and the third is not named.
+    answer = _as(server, "alice", "GET", f"/api/runs/{shared}")
+    assert answer.status_code == 400, answer.text
+    detail = answer.json()["detail"]
+    assert "is ambiguous: 2 runs start with it" in detail, detail
+    assert ids["github"] in detail and ids["forgejo"] in detail
+    assert ids["gitea"] not in detail
+    # bob sees one: the prefix names it, whatever runs he may not see share it.
+    answer = _as(server, "bob", "GET", f"/api/runs/{shared}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["run_id"] == ids["gitea"]
+    # dave sees none: no run, as for a prefix nothing starts with.
+    assert _as(server, "dave", "GET", f"/api/runs/{shared}").status_code == 404
 
 
 def test_a_token_reads_its_own_runs_whole(served: dict[str, Any]):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Result
+from tests.terminal import in_terminal
 from tests.test_cli_e2e import assert_usage_error, no_traceback, pipeline, step_names
 
 Cli = Callable[..., Result]
@@ -423,45 +424,6 @@ def test_prints_and_warnings_are_shown_as_the_pipelines_and_stored_masked(
     assert not worktree_named(done.out + stored, home)
 
 
-def in_a_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
-    """The CLI in a pseudo-terminal, as a person runs it; everything it drew, as text."""
-    import pty
-    import re
-    import select
-    import subprocess
-    import time
-
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", *args], cwd=cwd, env=env,
-                            stdin=terminal, stdout=terminal, stderr=terminal,
-                            start_new_session=True)
-    os.close(terminal)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # the terminal closed: every writer is gone
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            elif proc.poll() is not None:
-                break
-        else:
-            raise AssertionError(f"still running after {timeout}s:\n{seen.decode()}")
-    finally:
-        os.close(controller)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-    text = seen.decode("utf-8", "replace").replace("\r\n", "\n")
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text)
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_the_live_view_shows_the_pipelines_lines_and_its_traceback(
     cli: Cli, repo_with: RepoWith, home: Path, tmp_path: Path, mode: str,
@@ -480,9 +442,9 @@ def test_the_live_view_shows_the_pipelines_lines_and_its_traceback(
                 return {}["nope"]
     """))
     env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
-           "PYTHONPATH": str(ROOT), "COLUMNS": "200", "TERM": "xterm"}
+           "PYTHONPATH": str(ROOT)}
 
-    screen = in_a_terminal(["run", "--sandbox", mode], repo, env)
+    _, screen = in_terminal(["run", "--sandbox", mode], env, cwd=repo, columns=200)
 
     assert "(pipeline) hello from run()" in screen, screen
     assert "[pipeline]" not in screen

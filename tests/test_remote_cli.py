@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import queue
-import re
-import select
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +18,10 @@ import pytest
 
 from tests import serverkit as kit
 from tests.conftest import ROOT
+from tests.terminal import Keys, in_terminal
 from tests.webkit import TOKENS, WebServer
 
 CLI_TIMEOUT_S = 120
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
 @pytest.fixture(scope="module")
@@ -378,43 +374,17 @@ def test_the_api_retries_cancels_and_filters_by_the_rules_of_decisions(
 
 def in_pty(team: dict[str, Any], config: Path, *args: str,
            answer: tuple[str, str] | None = None) -> tuple[int, str]:
-    """`ci-runner ARGS` on a pseudo-terminal (stdin, stdout and stderr): its exit code
-    and all it drew, escape sequences removed. ``answer``: (prompt, text) typed once the
-    prompt shows."""
-    env = {**_env(config, team["home"]), "TERM": "xterm-256color", "COLUMNS": "140",
-           "LINES": "50"}
-    main, child = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", *args], env=env,
-                            stdin=child, stdout=child, stderr=child, close_fds=True,
-                            start_new_session=True)
-    os.close(child)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + CLI_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(main, 65536)
-                except OSError:  # EIO: the child side is closed
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-                if answer is not None and answer[0] in b"".join(chunks).decode(errors="replace"):
-                    os.write(main, answer[1].encode())
-                    answer = None
-            elif proc.poll() is not None:
-                break
-        else:
-            raise AssertionError(f"`ci-runner {' '.join(args)}` did not end in time")
-        code = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(main)
-    return code, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    """`ci-runner ARGS` on a pseudo-terminal (stdin, stdout and stderr); ``answer``:
+    (prompt, text) typed once the prompt shows."""
+
+    def type_answer(screen: str, keys: Keys) -> bool:
+        if answer is None or answer[0] not in screen:
+            return answer is None
+        keys.type(answer[1])
+        return True
+
+    return in_terminal(args, _env(config, team["home"]), timeout=CLI_TIMEOUT_S,
+                       react=type_answer)
 
 
 def test_on_a_terminal_the_token_is_asked_for_unechoed_and_approve_shows_the_live_view(

@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from textwrap import dedent
@@ -26,10 +20,10 @@ import pytest
 
 from tests.conftest import ROOT, Result
 from tests.gitrepos import ISOLATED_GIT_ENV, git
+from tests.terminal import Keys, in_terminal
 
 Cli = Callable[..., Result]
 RepoWith = Callable[..., Path]
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 PTY_TIMEOUT_S = 90.0
 ENGINE_WORDS = ("errored", "terminated", "waiting_for_event")
 
@@ -44,46 +38,21 @@ def step_of(record: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def in_pty(home: Path, *args: str, cwd: Path, ctrl_c_on: str | None = None) -> tuple[int, str]:
-    """`ci-runner ARGS` with a pseudo-terminal as its stdout and stderr (the live view):
-    its exit code and everything it drew, escape sequences removed. ``ctrl_c_on``: once
-    the screen matches that pattern, Ctrl-C (SIGINT to its process group, as a terminal
-    does)."""
+    """`ci-runner ARGS` with a pseudo-terminal as its stdout and stderr (the live view).
+    ``ctrl_c_on``: once the screen matches that pattern, Ctrl-C."""
     env = {**os.environ, **ISOLATED_GIT_ENV, "CI_RUNNER_HOME": str(home),
-           "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "COLUMNS": "140",
-           "LINES": "50"}
-    main, child = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "ci_runner", *args], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=child, stderr=child,
-                            close_fds=True, start_new_session=True)
-    os.close(child)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + PTY_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(main, 65536)
-                except OSError:  # EIO: the child side is closed
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-                seen = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
-                if ctrl_c_on is not None and re.search(ctrl_c_on, seen):
-                    os.killpg(proc.pid, signal.SIGINT)
-                    ctrl_c_on = None
-            elif proc.poll() is not None:
-                break
-        else:
-            raise AssertionError(f"`ci-runner {' '.join(args)}` did not end in time")
-        code = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(main)
-    return code, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+           "PYTHONPATH": str(ROOT)}
+
+    def interrupt(screen: str, keys: Keys) -> bool:
+        if ctrl_c_on is None:
+            return True
+        if re.search(ctrl_c_on, screen):
+            keys.ctrl_c()
+            return True
+        return False
+
+    return in_terminal(args, env, cwd=cwd, stdin_tty=False, timeout=PTY_TIMEOUT_S,
+                       react=interrupt)
 
 
 def no_engine_words(text: str) -> None:

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -105,12 +105,9 @@ def resolve_run(conn: sqlite3.Connection, ref: str | None, repo: Path | None = N
         candidates = j.instances_with_prefix(conn, ref, limit=1000)
         if len(candidates) < 2:
             raise
-    shown = ", ".join(_candidate(r) for r in candidates[:5])
-    more = f" and {len(candidates) - 5} more" if len(candidates) > 5 else ""
-    raise UsageError(
-        f"run {ref!r} is ambiguous: {len(candidates)} runs start with it: {shown}{more};"
-        " give more of the id"
-    )
+    from ci_runner.runnames import ambiguous
+
+    raise ambiguous(ref, candidates)
 
 
 def no_runs(conn: sqlite3.Connection, scope: Scope) -> str:
@@ -123,43 +120,23 @@ def no_runs(conn: sqlite3.Connection, scope: Scope) -> str:
     return "no runs yet: `ci-runner run` in a repo with .ci/pipeline.py starts one"
 
 
-def _candidate(row: sqlite3.Row) -> str:
-    from ci_runner.statuses import run_word
-    from ci_runner.store import journal as j
-
-    meta = (j.loads(row["payload"]) or {}).get("__dispatcherMetadata") or {}
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))
-    repo = f"{meta['repo_name']}, " if meta.get("repo_name") else ""
-    return f"{row['id']} ({repo}{run_word(str(row['status']))}, {when})"
-
-
 def awaiting_approval(engine: Engine, repo: Path | None) -> str:
     """The one run waiting for an approval (in the repo here, else anywhere): what
     ``approve`` and ``reject`` act on when no run is named."""
+    from ci_runner import runnames
     from ci_runner.dispatch.control import pending_records
 
     scope = scope_of(repo)
-    waiting = _approvals(pending_records(engine, tenant=scope.tenant))
-    if len(waiting) == 1:
-        return str(waiting[0]["run_id"])
-    if waiting:
-        listed = ", ".join(f"{r['run_id']} ({r['repo']}, step {r['step']!r})" for r in waiting)
-        raise UsageError(f"{len(waiting)} runs{scope.of()} wait for an approval: {listed};"
-                         " name one (`ci-runner pending` lists them)")
-    elsewhere = _approvals(pending_records(engine)) if scope.tenant is not None else []
+    found = runnames.awaiting_approval(pending_records(engine, tenant=scope.tenant),
+                                       scope.of())
+    if found is not None:
+        return found
+    elsewhere = (runnames.approvals(pending_records(engine))
+                 if scope.tenant is not None else [])
     n = len(elsewhere)
     hint = (f"; {n} run{'s' if n > 1 else ''} of other repos {'do' if n > 1 else 'does'}"
             " (`ci-runner pending` lists them): name one" if n else "")
     raise UsageError(f"no run{scope.of()} waits for an approval{hint}")
-
-
-def _approvals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per run that waits for an approval."""
-    seen: dict[str, dict[str, Any]] = {}
-    for r in records:
-        if r["what"] == "approval":
-            seen.setdefault(str(r["run_id"]), r)
-    return list(seen.values())
 
 
 def named(run_id: str | None, verb: str) -> str:

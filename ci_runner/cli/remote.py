@@ -321,17 +321,11 @@ def pending(api: Client) -> list[dict[str, Any]]:
 
 def awaiting_approval(api: Client) -> str:
     """The one run waiting for an approval that this token sees."""
-    seen: dict[str, dict[str, Any]] = {}
-    for r in pending(api):
-        if r["what"] == "approval":
-            seen.setdefault(str(r["run_id"]), r)
-    waiting = list(seen.values())
-    if len(waiting) == 1:
-        return str(waiting[0]["run_id"])
-    if waiting:
-        listed = ", ".join(f"{r['run_id']} ({r['repo']}, step {r['step']!r})" for r in waiting)
-        raise UsageError(f"{len(waiting)} runs on {api.url} wait for an approval: {listed};"
-                         " name one (`ci-runner pending` lists them)")
+    from ci_runner import runnames
+
+    found = runnames.awaiting_approval(pending(api), f" on {api.url}")
+    if found is not None:
+        return found
     raise UsageError(f"no run on {api.url} that you may see waits for an approval")
 
 

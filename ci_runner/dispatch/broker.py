@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 << 20  # a request larger than this is refused, not read
+# A step still running this long after its start has its detail (process group, sandbox)
+# sent to the pipeline process for the journal; a shorter one's comes with its result.
+ANNOUNCE_AFTER_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,34 @@ class BrokerClient:
 # -- the trusted side ----------------------------------------------------------------
 
 
+class _Announcement:
+    """A step's detail (its process group or container, its sandbox), sent to the
+    pipeline process for the journal once the step has run ``ANNOUNCE_AFTER_S``: a
+    runner that takes the run over needs it while the step runs. A step done sooner
+    (most light steps) has it come back with its result: one message less each way."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+        self._send = send
+        self._detail: dict[str, Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, detail: dict[str, Any]) -> None:
+        self._detail = detail
+        self._timer = asyncio.get_running_loop().call_later(ANNOUNCE_AFTER_S, self._fire)
+
+    def _fire(self) -> None:
+        detail, self._detail = self._detail, None
+        if detail is not None:
+            self._send({"started": detail})
+
+    def stop(self) -> dict[str, Any] | None:
+        """The detail if it was not sent (it goes with the result then)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        detail, self._detail = self._detail, None
+        return detail
+
+
 class StepBroker:
     """Serves one run's pipeline process from a thread of the driver's process."""
 
@@ -231,6 +262,8 @@ class StepBroker:
         self._db: Any = None
         self._wraps: dict[bool, list[str]] = {}  # built once per run: ~2 ms each
         self._swept = False
+        self._logs: Path | None = None  # the run's log folder
+        self._root: Path | None = None  # its worktree, resolved
         self._cgroups: list[StepCgroup] = []  # removed when their last process is gone
         self._run_cgroup: RunCgroup | None = None
 
@@ -423,7 +456,9 @@ class StepBroker:
         self.redactor.add(values.values())  # masked in all the driver stores from now on
         masker = Masker(values.values())
         display = masker.mask(argv if isinstance(argv, str) else _join(argv))
-        log_path = paths.run_logs(ctx.run_id) / paths.step_log_name(name, occurrence)
+        if self._logs is None:
+            self._logs = paths.run_logs(ctx.run_id)
+        log_path = self._logs / paths.step_log_name(name, occurrence)
         labels = {"ci-runner.run": ctx.run_id, "ci-runner.step": label}
         limit = _pids(name, pids)
         if image is not None:
@@ -436,7 +471,9 @@ class StepBroker:
             self._swept = True
             remove_leftovers(f"{ctx.run_id}-")
         cgroup = self._cgroup_for(f"{ctx.run_id}-{label}-{attempt}", limit, image is None)
-        refused_before = cgroup.refused()
+        # The count when this step begins: a new cgroup's is 0; the run's shared one was
+        # read after the step before (one read of pids.events a step, not two).
+        refused_before = cgroup.seen_refused
         client = None if image is None else await self._docker_client(label, image)
         executor = self._executor(name, label, attempt, image, network, services, cache,
                                   memory, cpus, labels, cgroup, client)
@@ -445,6 +482,8 @@ class StepBroker:
             def on_output(text: str) -> None:
                 log.write(text)
                 event({"output": text})
+
+            announcement = _Announcement(event)
 
             def on_start(started: Mapping[str, Any]) -> None:
                 # Recorded so a runner that takes this run over can stop the group (or
@@ -458,7 +497,7 @@ class StepBroker:
                 if isinstance(started.get("pgid"), int):
                     detail["pgid_start"] = leases.start_time(started["pgid"])
                     detail["seal"] = seal(detail)  # nothing unsealed is ever killed
-                event({"started": detail})
+                announcement.start(detail)
 
             outcome = None
             if previous and previous.get("container") and image is not None:
@@ -469,6 +508,7 @@ class StepBroker:
 
                 if isinstance(executor, ContainerExecutor):
                     outcome = await executor.adopt(labels, on_output)
+            unsent = None
             if outcome is None:
                 log.note(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
                 spec = CommandSpec(argv=argv, cwd=workdir, env=_step_env(env, image is None,
@@ -477,6 +517,7 @@ class StepBroker:
                 try:
                     outcome = await executor.run(spec, on_output, on_start=on_start)
                 finally:
+                    unsent = announcement.stop()
                     refused = cgroup.refused() - refused_before
                     if cgroup is not self._run_cgroup:
                         self._remove_cgroups(cgroup)
@@ -491,6 +532,8 @@ class StepBroker:
                   "display": display}
         if refused:
             result["process_limit"] = {"limit": cgroup.limit, "refused_forks": refused}
+        if unsent is not None:
+            result["started"] = unsent
         if log.truncated:  # the run shows it: the log stops at its cap, the step ran on
             result["log_truncated"] = {"cap_bytes": log.max_bytes,
                                        "dropped_bytes": log.dropped_bytes}
@@ -537,7 +580,11 @@ class StepBroker:
             )
 
     def _workdir(self, cwd: str) -> Path:
-        root = self.context.workspace.resolve()
+        if self._root is None:
+            self._root = self.context.workspace.resolve()
+        root = self._root
+        if cwd in ("", "."):
+            return root
         target = (root / cwd).resolve()
         if not target.is_relative_to(root):
             raise UsageError(f"cwd {cwd!r} is outside the run's worktree")

@@ -335,6 +335,9 @@ class PipelineStep:
             "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
             "previous": previous, "pids": command.pids, "log_cap": command.log_cap,
         }, on_event)
+        started = outcome.pop("started", None)
+        if started is not None:  # a short step's detail, written with its result
+            self._host.notify("set_detail", name=name, occurrence=occurrence, detail=started)
         display = str(outcome.pop("display"))
         timed_out = bool(outcome.pop("timed_out"))
         result: dict[str, Any] = outcome

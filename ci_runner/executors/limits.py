@@ -83,6 +83,8 @@ class StepCgroup:
         base, _ = where()
         self.limit = limit
         self.path = None if base is None else base / _UNSAFE.sub("_", name)[:200]
+        #: ``refused()`` as last read: a shared cgroup's count before the next step.
+        self.seen_refused = 0
 
     def create(self) -> bool:
         """Make the cgroup; False when there is nowhere to make it (no limit then)."""
@@ -111,7 +113,8 @@ class StepCgroup:
             for line in (self.path / "pids.events").read_text().splitlines():
                 key, _, value = line.partition(" ")
                 if key == "max":
-                    return int(value)
+                    self.seen_refused = int(value)
+                    return self.seen_refused
         return 0
 
     def remove(self, *, wait_s: float = 0.0) -> bool:

@@ -101,6 +101,16 @@ class Access:
         try:
             row = j.get_instance(conn, run_id)
         except RunNotFound as exc:
+            # A prefix is unique or ambiguous among the runs ``who`` may see: others'
+            # runs neither block it nor show in the error.
+            visible = [r for r in j.instances_with_prefix(conn, run_id, limit=1000)
+                       if self.may_read_run(who, r)]
+            if len(visible) == 1:
+                return j.get_instance(conn, str(visible[0]["id"]))
+            if visible:
+                from ci_runner.runnames import ambiguous
+
+                raise HTTPException(400, ambiguous(run_id, visible).message) from exc
             raise HTTPException(404, exc.message) from exc
         if not self.may_read_run(who, row):
             raise HTTPException(404, _no_run(run_id))

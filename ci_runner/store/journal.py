@@ -584,18 +584,22 @@ class Journal:
         t = now()
         with immediate(self.conn):
             self._fence()
-            row = self._step(name, occurrence)
-            if row is None:
+            # No look first: the step has no row (the usual case) unless the insert
+            # says otherwise.
+            inserted = self.conn.execute(
+                "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
+                " started_at, finished_at, duration_s, result, detail, seq)"
+                " VALUES (?, ?, ?, ?, 'complete', 1, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (self.instance_id, name, occurrence, kind, started_at, t, t - started_at,
+                 dumps(result), None if detail is None else dumps(detail), self._seq + 1),
+            ).rowcount
+            if inserted:
                 self._seq += 1
-                self.conn.execute(
-                    "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
-                    " started_at, finished_at, duration_s, result, detail, seq)"
-                    " VALUES (?, ?, ?, ?, 'complete', 1, ?, ?, ?, ?, ?, ?)",
-                    (self.instance_id, name, occurrence, kind, started_at, t, t - started_at,
-                     dumps(result), None if detail is None else dumps(detail), self._seq),
-                )
                 self._progress()
                 return t - started_at
+            row = self._step(name, occurrence)
+            assert row is not None
             self._check_kind(row, name, occurrence, kind)
         # Not a first attempt after all (cannot happen while we hold the lease): the
         # usual two writes.

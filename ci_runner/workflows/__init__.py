@@ -1,0 +1,1 @@
+"""GitHub Actions workflows run offline as ci-runner runs (issue 15)."""
