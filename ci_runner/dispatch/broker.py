@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_runner import paths
+from ci_runner.dispatch.confine import BROKER_FD_ENV  # the child's end of our socket
 from ci_runner.errors import CIRunnerError, UsageError, from_record, to_record
 from ci_runner.executors.limits import DEFAULT_PIDS, RunCgroup, StepCgroup
 
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from ci_runner.dispatch.redact import Redactor
     from ci_runner.executors import Executor, Removals
 
-BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 << 20  # a request larger than this is refused, not read
 # A step still running this long after its start has its detail (process group, sandbox)

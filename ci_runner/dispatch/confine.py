@@ -30,6 +30,11 @@ from typing import Any
 from ci_runner import paths
 from ci_runner.errors import UsageError
 
+# Where the pipeline process finds its end of the broker's socket: part of the
+# environment its confinement hands it, here so that starting it needs no import of
+# the broker (asyncio), which the parent then does while the child starts.
+BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
+
 MODES = ("auto", "bwrap", "landlock", "off")
 MODE_ENV = "CI_RUNNER_SANDBOX"
 # Variables a sandboxed pipeline process keeps from its driver's environment, comma

@@ -214,7 +214,7 @@ def _start_child(
     run_id: str, metadata: dict[str, Any], confinement: Any, *, fork: bool,
     log_dir: Path | None = None,
 ) -> ChildProcess:
-    from ci_runner.dispatch.broker import BROKER_FD_ENV
+    from ci_runner.dispatch.confine import BROKER_FD_ENV
 
     workspace = Path(metadata["workspace"])
     workspace.mkdir(parents=True, exist_ok=True)  # bound into the sandbox before git fills it
