@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ci_runner.workflows.expressions import loose_equals
 from ci_runner.workflows.matrix import MatrixError, Strategy, cell_label, expand
 
 
@@ -346,3 +349,33 @@ def test_deeply_nested_values_are_errors_not_crashes() -> None:
         deep = [deep]
     with pytest.raises(MatrixError, match="nested too deeply"):
         expand({"matrix": {"a": [deep]}}, {})
+
+
+_SCALARS = st.one_of(st.sampled_from(["a", "B", "", "1"]), st.integers(-2, 2), st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["os", "py", "arch"]),
+        st.lists(_SCALARS, min_size=1, max_size=4),
+        min_size=1,
+    ),
+    st.lists(st.dictionaries(st.sampled_from(["os", "py", "x"]), _SCALARS, min_size=1), max_size=3),
+)
+def test_expansion_properties(vectors: dict[str, list[Any]], include: list[dict[str, Any]]) -> None:
+    product = 1
+    for values in vectors.values():
+        product *= len(values)
+    s = expand({"matrix": {**vectors, "include": include}}, {})
+    originals = [c for c in s.cells if getattr(c, "shown", None) is not None]
+    # every combination stays, in order, with its own values untouched
+    assert len(originals) == product
+    for cell in originals:
+        assert all(cell[k] in vectors[k] for k in vectors)
+    # an include entry either fed some original cell or is a cell of its own
+    for entry in include:
+        assert any(all(cell.get(k) == v for k, v in entry.items()) for cell in s.cells) or any(
+            all(loose_equals(cell[k], v) for k, v in entry.items() if k in vectors)
+            for cell in originals
+        )
