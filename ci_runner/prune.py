@@ -63,6 +63,9 @@ def prune(conn: sqlite3.Connection, *, older_than_s: float, dry_run: bool = Fals
         done.bytes_freed = sum(_size(paths.run_logs(r["id"])) for r in runs)
         unused, size = _unused_objects(conn, cutoff, without_runs={r["id"] for r in runs})
         done.objects, done.bytes_freed = len(unused), done.bytes_freed + size
+        done.snapshot_objects, size = _prune_snapshots(
+            conn, cutoff, done.problems, dry_run=True, without_runs={r["id"] for r in runs})
+        done.bytes_freed += size
         return done
 
     gone = set(retention.forget_runs(conn, [r["id"] for r in runs], cutoff))
@@ -88,14 +91,18 @@ def prune(conn: sqlite3.Connection, *, older_than_s: float, dry_run: bool = Fals
     return done
 
 
-def _prune_snapshots(conn: Any, cutoff: float, problems: list[str]) -> tuple[int, int]:
-    """Snapshot objects that no run still stored names (the run itself went above)."""
+def _prune_snapshots(conn: Any, cutoff: float, problems: list[str], *, dry_run: bool = False,
+                     without_runs: set[str] | None = None) -> tuple[int, int]:
+    """Snapshot objects that no run still stored names (the run itself went above);
+    ``without_runs``: as if those were gone already, for a dry run."""
     from ci_runner.workspace.snapshots import prune_stores, stores_root
 
     if not stores_root().is_dir():
         return 0, 0
     keep: dict[Path, list[str]] = {}
-    for (payload,) in conn.execute("SELECT payload FROM instances"):
+    for (run_id, payload) in conn.execute("SELECT id, payload FROM instances"):
+        if without_runs and run_id in without_runs:
+            continue
         try:
             metadata, _ = unwrap_params(json.loads(payload))
         except (ValueError, TypeError, KeyError):
@@ -103,7 +110,7 @@ def _prune_snapshots(conn: Any, cutoff: float, problems: list[str]) -> tuple[int
         store, sha = metadata.get("snapshot_store"), metadata.get("sha")
         if store and isinstance(sha, str):
             keep.setdefault(Path(str(store)), []).append(sha)
-    return prune_stores(keep, cutoff=cutoff, problems=problems)
+    return prune_stores(keep, cutoff=cutoff, problems=problems, dry_run=dry_run)
 
 
 def _remove_run_files(row: Any, problems: list[str]) -> int:

@@ -206,6 +206,10 @@ def test_retry_keeps_working_until_prune_takes_the_store(
     db.commit()
     for path in (home / "snapshots").rglob("*"):
         os.utime(path, (time.time() - 40 * DAY,) * 2, follow_symlinks=False)
+    dry = cli("prune", "--older-than", "30 days", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert "would delete" in dry.out and "snapshot object" in dry.out, dry.out
+    assert stores[0].is_dir()
     pruned = cli("prune", "--older-than", "30 days", "--json")
 
     assert pruned.code == 0, pruned.err

@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
             + ("" if dry_run or not done.mirrors_gc else
                f"; garbage-collected {_n(done.mirrors_gc, 'mirror')}")
             + ("" if not done.snapshot_objects else
-               f"; deleted {_n(done.snapshot_objects, 'snapshot object')}")
+               f"; {'would delete' if dry_run else 'deleted'}"
+               f" {_n(done.snapshot_objects, 'snapshot object')}")
         )
         for problem in done.problems:
             typer.echo(f"warning: {problem}", err=True)

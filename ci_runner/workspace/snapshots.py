@@ -201,11 +201,11 @@ def user_git_dir(store: Path) -> Path | None:
 
 
 def prune_stores(keep: Mapping[Path, Iterable[str]], *, cutoff: float,
-                 problems: list[str]) -> tuple[int, int]:
+                 problems: list[str], dry_run: bool = False) -> tuple[int, int]:
     """Delete the objects of every store that no snapshot in ``keep`` (store -> shas
     of the runs still stored) needs, unless younger than ``cutoff`` or the grace of a
     snapshot being taken; a store left with nothing goes whole. Returns
-    (objects deleted, bytes freed)."""
+    (objects deleted, bytes freed); ``dry_run``: what would be, deleting nothing."""
     root = stores_root()
     if not root.is_dir():
         return 0, 0
@@ -233,6 +233,10 @@ def prune_stores(keep: Mapping[Path, Iterable[str]], *, cutoff: float,
                 if folder.name + entry.name in needed or info.st_mtime >= young:
                     left += 1
                     continue
+                if dry_run:
+                    deleted += 1
+                    freed += info.st_size
+                    continue
                 try:
                     entry.unlink()
                 except OSError as exc:
@@ -241,8 +245,11 @@ def prune_stores(keep: Mapping[Path, Iterable[str]], *, cutoff: float,
                     continue
                 deleted += 1
                 freed += info.st_size
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when emptied
+            if not dry_run:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when emptied
+        if dry_run:
+            continue
         packs = any((store / "objects" / "pack").glob("*.pack"))
         if (store / "worktrees").is_dir():  # forget those whose folders were deleted
             with _worktree_lock(RepoInfo(root=store, common_dir=store, name=store.name)):
