@@ -74,7 +74,8 @@ def test_a_snapshot_run_sees_the_tree_exactly_and_leaves_the_users_git_alone(
 ) -> None:
     repo = repo_with(LIST_FILES, {"a.txt": "a1\n", "b.txt": "b1\n", "gone.txt": "g\n",
                                   ".gitignore": "ignored.txt\nbuild/\n"})
-    git(repo, "stash", "list")
+    write(repo, {"a.txt": "stashed away\n"})  # a stash of the user's own, which stays
+    git(repo, "stash", "push", "-q", "-m", "mine")
     write(repo, {"a.txt": "a-modified\n", "b.txt": "b-staged\n", "untracked/u.txt": "u\n",
                  "ignored.txt": "secret\n", "build/out.o": "o\n"})
     git(repo, "add", "b.txt")
@@ -94,6 +95,7 @@ def test_a_snapshot_run_sees_the_tree_exactly_and_leaves_the_users_git_alone(
         "a-modified", "b-staged", "u", str(BIG)]
     assert git_dir_state(repo) == before_git  # not one object, ref or worktree entry
     assert user_state(repo) == before
+    assert "mine" in before["stash"]
     # The big file is in ci-runner's own store instead, which really holds it.
     stored = sum(p.stat().st_size for p in (home / "snapshots").rglob("*") if p.is_file())
     assert stored >= BIG
