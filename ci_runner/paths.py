@@ -15,8 +15,24 @@ def home() -> Path:
     return Path(data) / "ci-runner"
 
 
-def database() -> Path:
-    return home() / "ci-runner.db"
+DB_ENV = "CI_RUNNER_DB"
+
+
+def database() -> Path | str:
+    """The database every command opens: ``CI_RUNNER_DB`` (a ``postgresql://`` URL, which
+    a fleet of hosts shares, or a SQLite file's path) else the SQLite file in the home."""
+    chosen = os.environ.get(DB_ENV, "").strip()
+    if not chosen:
+        return home() / "ci-runner.db"
+    if chosen.startswith(("postgresql://", "postgres://")):
+        return chosen
+    if "://" in chosen:
+        from ci_runner.errors import UsageError
+
+        scheme = chosen.split("://", 1)[0]
+        raise UsageError(f"{DB_ENV}/--db: {scheme}:// is not a database ci-runner opens; give"
+                         " a postgresql://USER@HOST/DB URL or a SQLite file's path")
+    return Path(chosen).expanduser().absolute()
 
 
 def worktrees() -> Path:

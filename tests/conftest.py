@@ -6,14 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.gitrepos import ISOLATED_GIT_ENV, make_repo
+
+if TYPE_CHECKING:
+    from tests.pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_IMAGE_PREFIX = "ci-runner-test/"
@@ -83,3 +86,28 @@ def repo_with(tmp_path: Path) -> Callable[..., Path]:
         return make_repo(tmp_path / name, {".ci/pipeline.py": pipeline, **(files or {})})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session, started by the first test asking."""
+    from tests.pgserver import running_server
+
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test; its URL."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store under test, once per backend: a SQLite file's path or a database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "engine.db")
+    return str(request.getfixturevalue("pg_url"))

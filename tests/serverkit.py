@@ -178,6 +178,8 @@ class Server:
                     "PYTHONPATH": str(ROOT), "CI_RUNNER_API_TOKEN": TOKEN,
                     **{f"HOOK_SECRET_{f.upper()}": s for f, s in SECRETS.items()},
                     **(env or {})}
+        if self.env.get("CI_RUNNER_DB"):  # a PostgreSQL database: rows() reads it there
+            DATABASES[home] = self.env["CI_RUNNER_DB"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=f"http://{LOOPBACK}:{self.port}", timeout=30)
 
@@ -237,7 +239,19 @@ class Server:
 # -- the database, read as it is ---------------------------------------------------------
 
 
+# The servers' homes whose database is PostgreSQL (CI_RUNNER_DB), with its URL.
+DATABASES: dict[Path, str] = {}
+
+
 def rows(home: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    if home in DATABASES:
+        from ci_runner.store import connect
+
+        pg = connect(DATABASES[home])
+        try:
+            return list(pg.execute(sql, args).fetchall())
+        finally:
+            pg.close()
     db = home / "ci-runner.db"
     if not db.exists():
         return []

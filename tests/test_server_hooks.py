@@ -36,9 +36,15 @@ class CI(Pipeline):
 """
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """One server for the module, once on each store (its home's SQLite file, then a
+    PostgreSQL database)."""
     root = tmp_path_factory.mktemp("hooks")
+    db_env = {}
+    if request.param == "postgresql":
+        db_env = {"CI_RUNNER_DB": request.getfixturevalue("pg_server").create_database()}
     source = make_repo(root / "source", {".ci/pipeline.py": PIPELINE})
     shas = [git(source, "rev-parse", "HEAD")]
     shas += [commit(source, {f"f{i}.txt": str(i)}, f"change {i}") for i in (1, 2)]
@@ -61,7 +67,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         config = kit.write_config(root / "ci-runner.yml", repos)
         home = root / "home"
         server = kit.Server(config, home, env={"DEPLOY_TOKEN": "deploy-123456",
-                                               "GH_STATUS": "status-token"})
+                                               "GH_STATUS": "status-token", **db_env})
         try:
             server.start()
             yield {"server": server, "home": home, "shas": shas, "forge": forge,

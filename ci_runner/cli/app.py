@@ -6,6 +6,7 @@ Exit codes: 0 complete, 1 pipeline failed, 2 usage or configuration error,
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,18 @@ def _root(
     show_version: Annotated[bool, typer.Option(
         "--version", "-V", callback=_print_version, is_eager=True,
         help="Print ci-runner's version and exit.")] = False,
+    db: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
+        "--db", metavar="URL|FILE",
+        help="The database: a postgresql:// URL a fleet shares, or a SQLite file"
+             " (default: CI_RUNNER_DB, else the file in CI_RUNNER_HOME).")] = None,
 ) -> None:
     """Durable CI pipelines from .ci/pipeline.py, run in a git worktree at a sha."""
+    if db is not None:
+        from ci_runner import paths
+
+        # Through the environment, so the processes this one starts use it too.
+        os.environ[paths.DB_ENV] = db
+        paths.database()  # a bad value is refused here, in one line
 
 
 def _params(values: list[str]) -> dict[str, Any]:
@@ -108,9 +119,16 @@ def run(
     timeout: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Fail the run if it runs longer than this ('30 minutes'; waits do not count)."
     )] = None,
+    workflow: WorkflowOpt = None,
+    job: JobOpt = None,
+    matrix: MatrixOpt = None,
+    event: EventOpt = None,
+    platform: PlatformOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the repo's pipeline at a commit in a fresh worktree, with a live view."""
+    """Run the repo's pipeline at a commit in a fresh worktree, with a live view.
+
+    A repo without .ci/pipeline.py runs its GitHub workflows (.github/workflows)."""
     from ci_runner.dispatch.confine import chosen_mode
     from ci_runner.dispatch.runs import (
         RunRequest,
@@ -128,6 +146,7 @@ def run(
         secrets_file=secrets_file.resolve() if secrets_file else None,
         only=split_names(only), skip=split_names(skip), no_cache=no_cache, sandbox=mode,
         timeout_s=_timeout(timeout),
+        workflows=selection(workflow, job, matrix, event, platform),
     )
     run_id = new_instance_id()
     # First, so its start-up overlaps all that follows.
@@ -162,8 +181,12 @@ def _timeout(value: str | None) -> float | None:
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
-    """``--only a,b --only c`` -> ``("a", "b", "c")``."""
-    return tuple(n.strip() for v in values or () for n in v.split(",") if n.strip())
+    """``--only a,b --only c`` -> ``("a", "b", "c")``; a comma in parentheses is part
+    of a name (a workflow's matrix cell: ``test (3.12, ubuntu-latest) / Run pytest``)."""
+    import re
+
+    return tuple(n.strip() for v in values or ()
+                 for n in re.split(r",(?![^()]*\))", v) if n.strip())
 
 
 def check_selection(engine: Any, request: Any) -> None:
@@ -190,7 +213,7 @@ def demo(
         typer.echo(f"demo repo: {where}")
     run(repo=where, rev="HEAD", include_uncommitted=False, param=None, pipeline=None,
         keep_workspace=False, secrets_file=None, only=None, skip=None, no_cache=False,
-        json_out=json_out)
+        workflow=None, job=None, matrix=None, event=None, platform=None, json_out=json_out)
 
 
 @app.command("send-event")
@@ -353,6 +376,12 @@ def show(
         typer.echo(f"  {s['status']:<11} {s['name']:<24} {took:>8}  {tries:<11} {code}")
         if s["error"] and s["status"] != "complete":  # why it failed, was rejected or cancelled
             typer.echo(f"              {s['error']}")
+        if s.get("skipped_because"):
+            typer.echo(f"              skipped: {s['skipped_because']}")
+        if s.get("summary"):  # a workflow step's $GITHUB_STEP_SUMMARY
+            typer.echo("              summary:")
+            for line in s["summary"].rstrip().splitlines():
+                typer.echo(f"                {line}")
     typer.echo(summary(record))
 
 
@@ -432,9 +461,28 @@ def init(
     typer.echo(f"wrote {path} (starter {name!r}); try it: ci-runner run --include-uncommitted")
 
 
-from ci_runner.cli import control, images, kept, prune, secrets, serve, ui, watch  # noqa: E402
+from ci_runner.cli import (  # noqa: E402
+    control,
+    images,
+    kept,
+    prune,
+    secrets,
+    serve,
+    ui,
+    watch,
+    workflows,
+)
+from ci_runner.cli.workflows import (  # noqa: E402
+    EventOpt,
+    JobOpt,
+    MatrixOpt,
+    PlatformOpt,
+    WorkflowOpt,
+    selection,
+)
 
 control.register(app)
+workflows.register(app)
 serve.register(app)
 images.register(app)
 kept.register(app)

@@ -397,10 +397,17 @@ def register(app: typer.Typer) -> None:
             "--once", help="Drive what needs a driver now, then exit.")] = False,
     ) -> None:
         """Drive due and queued runs, and take over runs whose runner died, until stopped."""
+        from ci_runner import paths
         from ci_runner.dispatch.worker import Worker
 
         if concurrency < 1 or poll <= 0:
             raise UsageError("--concurrency must be >= 1 and --poll > 0")
+        db = paths.database()
+        if isinstance(db, str):  # PostgreSQL: one of a fleet, claiming with SKIP LOCKED
+            from ci_runner.dispatch.fleet import FleetWorker
+
+            FleetWorker(concurrency=concurrency, poll_s=poll, url=db).serve(once=once)
+            return
         Worker(concurrency=concurrency, poll_s=poll).serve(once=once)
 
 

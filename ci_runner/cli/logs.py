@@ -76,7 +76,8 @@ def print_logs(run_ref: str | None, step: str | None, *, follow: bool, failed: b
                 status = j.get_instance(engine.conn, run_id)["status"]
                 _note(f"no step of run {run_id} failed (it is {_word(status)})")
             for section in sections:
-                _dump(section, header=step is None and (len(sections) > 1 or failed))
+                _dump(engine.conn, run_id, section,
+                      header=step is None and (len(sections) > 1 or failed))
             return
         _Follower(_LocalLogs(engine.conn, run_id, step, failed), step).run()
 
@@ -172,22 +173,44 @@ def _sections(conn: sqlite3.Connection, run_id: str, step: str | None, *,
                              f" {', '.join(known) or 'none'}; and {PIPELINE}, its own output)")
         return chosen
     wanted = not failed or j.get_instance(conn, run_id)["status"] == "errored"
-    if wanted and _size(own_log):
+    if wanted and _size(conn, run_id, own_log):
         sections.append(own)
     return sections
 
 
-def _size(path: Path) -> int:
+def _size(conn: sqlite3.Connection, run_id: str, path: Path) -> int:
+    from ci_runner.store.db import is_postgres
+
+    if is_postgres(conn):  # a fleet's logs are in its database, whichever host wrote them
+        from ci_runner.store import steplogs
+
+        return steplogs.size(conn, run_id, path.name)
     try:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
 
 
-def _dump(section: Section, *, header: bool) -> None:
+def _read(conn: sqlite3.Connection, run_id: str, path: Path, offset: int = 0) -> bytes | None:
+    """A log of this machine's (or, on PostgreSQL, of the fleet's) from ``offset``; None
+    when there is none."""
+    from ci_runner.store.db import is_postgres
+
+    if is_postgres(conn):
+        from ci_runner.store import steplogs
+
+        return steplogs.read(conn, run_id, path.name, offset)
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _dump(conn: sqlite3.Connection, run_id: str, section: Section, *, header: bool) -> None:
     assert section.path is not None
-    data = section.path.read_bytes() if section.path.exists() else None
-    _write(section, data, header=header)
+    _write(section, _read(conn, run_id, section.path), header=header)
 
 
 def _write(section: Section, data: bytes | None, *, header: bool) -> None:
@@ -235,12 +258,7 @@ class _LocalLogs:
 
     def read(self, section: Section, offset: int) -> bytes:
         assert section.path is not None
-        try:
-            with section.path.open("rb") as f:
-                f.seek(offset)
-                return f.read()
-        except FileNotFoundError:
-            return b""
+        return _read(self.conn, self.run_id, section.path, offset) or b""
 
     def running(self) -> int:
         return sum(1 for r in j.steps_of(self.conn, self.run_id, results=False)

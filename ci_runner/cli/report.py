@@ -68,7 +68,8 @@ def step_record(
     if status == "waiting":
         event_type = detail.get("event_type")
         waits_on = "approval" if event_type == APPROVAL_EVENT else event_type
-    return {
+    files = result.get("files") if isinstance(result, dict) else None
+    record = {
         "name": step_label(row["name"], row["occurrence"]),
         "kind": row["kind"],
         "status": status,
@@ -83,6 +84,10 @@ def step_record(
         # Where its command ran: bwrap, landlock, off (no sandbox) or docker.
         "sandbox": detail.get("sandbox"),
     }
+    if isinstance(files, dict) and str(files.get("summary") or "").strip():
+        # A workflow step's $GITHUB_STEP_SUMMARY (step.run(files=True)).
+        record["summary"] = str(files["summary"])
+    return record
 
 
 def run_record(conn: sqlite3.Connection, run_id: str, *, with_steps: bool = True) -> dict[str, Any]:

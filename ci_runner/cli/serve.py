@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         print_example_config: Annotated[bool, typer.Option(
             "--print-example-config", help="Print a commented example config and exit.")]
         = False,
+        no_workers: Annotated[bool, typer.Option(
+            "--no-workers", help="Intake and API only: `ci-runner worker` processes (on any"
+            " host, with a PostgreSQL --db) drive the runs.")] = False,
     ) -> None:
         """Run CI for many repos from their forges' webhooks (GitHub, Gitea, Forgejo, GitLab)."""
         from ci_runner.server.config import EXAMPLE_CONFIG, load_config
@@ -35,4 +38,4 @@ def register(app: typer.Typer) -> None:
                              " prints one to start from)")
         from ci_runner.server.lifecycle import serve as run_server
 
-        run_server(load_config(config), host=host, port=port)
+        run_server(load_config(config), host=host, port=port, workers=not no_workers)

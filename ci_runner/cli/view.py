@@ -172,6 +172,8 @@ class RunView:
             state.note = f"retry in {event.get('retry_in', 0):g}s: {_message(event)}"
         elif status in ("failed", "rejected", "cancelled"):
             state.note = _message(event)
+        elif status == "skipped" and detail.get("skipped"):
+            state.note = str(detail["skipped"])
         elif status == "waiting" and event.get("event_type") == APPROVAL_EVENT:
             state.note = "waiting for approval"
         elif status == "waiting" and event.get("event_type"):

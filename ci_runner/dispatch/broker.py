@@ -266,6 +266,13 @@ class StepBroker:
         self._root: Path | None = None  # its worktree, resolved
         self._cgroups: list[StepCgroup] = []  # removed when their last process is gone
         self._run_cgroup: RunCgroup | None = None
+        # Values a step masked (a workflow's ::add-mask::), for the rest of the run.
+        self._masks = AddedMasks(paths.run_logs(context.run_id) / ADDED_MASKS)
+        self.redactor.add(self._masks.values)
+
+    def _add_mask(self, value: str) -> None:
+        self._masks.add(value)
+        self.redactor.add([value])
 
     def start(self) -> None:
         # The thread's own handle on the pipeline's socket, taken here: whoever owns
@@ -433,13 +440,19 @@ class StepBroker:
             self._db = connect(paths.database())
         memo.add_artifacts(self._db, self.context.run_id, step, items)
 
+    async def _op_redact(self, event: Callable[[dict[str, Any]], None], *, text: str) -> str:
+        """``text`` masked as the run masks what it stores (its secrets, ::add-mask::
+        values): how a step's name may show a value without holding it."""
+        return self.redactor.text(str(text))
+
     async def _op_exec(
         self, event: Callable[[dict[str, Any]], None], *, name: str, occurrence: int,
         attempt: int, argv: list[str] | str, env: dict[str, str], secrets: list[str],
         cwd: str, timeout_s: float, image: str | None = None, network: bool | str = False,
         services: dict[str, str] | None = None, cache: dict[str, str] | None = None,
         memory: str = "2g", cpus: float = 2.0, previous: dict[str, Any] | None = None,
-        pids: int | None = None, log_cap: int | None = None,
+        pids: int | None = None, log_cap: int | None = None, files: bool = False,
+        add_mask: bool = False,
     ) -> dict[str, Any]:
         from ci_runner.dispatch.seal import seal
         from ci_runner.dispatch.steplog import StepLog
@@ -454,7 +467,7 @@ class StepBroker:
         values = resolve_secrets(list(secrets), environ=os.environ,
                                  secrets_file=ctx.secrets_file)
         self.redactor.add(values.values())  # masked in all the driver stores from now on
-        masker = Masker(values.values())
+        masker = Masker([*values.values(), *self._masks.values])
         display = masker.mask(argv if isinstance(argv, str) else _join(argv))
         if self._logs is None:
             self._logs = paths.run_logs(ctx.run_id)
@@ -508,12 +521,21 @@ class StepBroker:
 
                 if isinstance(executor, ContainerExecutor):
                     outcome = await executor.adopt(labels, on_output)
+            box = None
+            if files:
+                from ci_runner.dispatch.stepfiles import ENV, StepFiles
+
+                box = StepFiles.make(ctx, label, attempt, light=image is None)
             unsent = None
             if outcome is None:
                 log.note(f"--- attempt {attempt}: {display} ({time.strftime('%H:%M:%S')})\n")
-                spec = CommandSpec(argv=argv, cwd=workdir, env=_step_env(env, image is None,
-                                                                         ctx.confinement),
-                                   secrets=values, timeout_s=timeout_s)
+                step_env = _step_env(env, image is None, ctx.confinement)
+                if box is not None:
+                    step_env[ENV] = str(box.inside)
+                spec = CommandSpec(argv=argv, cwd=workdir, env=step_env,
+                                   secrets=values, timeout_s=timeout_s,
+                                   masks=tuple(self._masks.values),
+                                   on_mask=self._add_mask if add_mask else None)
                 try:
                     outcome = await executor.run(spec, on_output, on_start=on_start)
                 finally:
@@ -530,6 +552,9 @@ class StepBroker:
         result = {"exit_code": outcome.exit_code, "duration_s": round(outcome.duration_s, 6),
                   "output_tail": outcome.output_tail, "timed_out": outcome.timed_out,
                   "display": display}
+        if box is not None:
+            # Masked with what the step itself masked too (::add-mask::).
+            result["files"] = box.collect(Masker([*values.values(), *self._masks.values]))
         if refused:
             result["process_limit"] = {"limit": cgroup.limit, "refused_forks": refused}
         if unsent is not None:
@@ -801,6 +826,33 @@ def _forget(tasks: dict[int, asyncio.Task[None]], call_id: int) -> Callable[[Any
         tasks.pop(call_id, None)
 
     return done
+
+
+ADDED_MASKS = ".added-masks"  # in the run's log folder, 0600; never served
+
+
+class AddedMasks:
+    """The values a run's steps masked with ``::add-mask::``: kept in a private file
+    beside the run's logs so a resumed run masks them too, as it does its secrets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.values: list[str] = []
+        try:
+            self.values = [v for v in json.loads(path.read_text("utf-8")) if isinstance(v, str)]
+        except (OSError, ValueError, TypeError):
+            self.values = []
+
+    def add(self, value: str) -> None:
+        if value in self.values:
+            return
+        self.values.append(value)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_suffix(".part"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(self.values, out)
+        self.path.with_suffix(".part").replace(self.path)
 
 
 def _step_env(env: dict[str, str], light: bool, confinement: Confinement) -> dict[str, str]:

@@ -210,6 +210,9 @@ def plan(metadata: Mapping[str, Any], *, mode: str | None = None) -> Confinement
     forbidden = [home, Path.home(), Path("/tmp"), Path("/run"), Path("/var/run")]  # noqa: S108
     ro: list[Path] = [*sandbox.python_paths(forbidden=forbidden),
                       *sandbox.toolchain_paths(os.environ.get("PATH", ""), forbidden=forbidden)]
+    # Tools a run found and will put on its steps' PATH (a workflow's setup-python).
+    extra = [str(p) for p in metadata.get("toolchains") or () if isinstance(p, str)]
+    ro += sandbox.toolchain_paths(os.pathsep.join(extra), forbidden=forbidden)
     gitdir, admin = _git_dirs(workspace, Path(str(metadata.get("repo", ""))))
     if gitdir is not None:
         ro.append(gitdir)

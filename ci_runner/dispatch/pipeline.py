@@ -139,6 +139,23 @@ class PipelineStep:
             return skipped.result
         return await self._step.wait_for_approval(name, **options)
 
+    async def redacted(self, text: str) -> str:
+        """``text`` with the run's secrets (and values masked by its steps) as ``***``:
+        a name built from a command's text can then be a step's name."""
+        if not text:
+            return text
+        return str(await self._broker.call("redact", {"text": text}))
+
+    @watched
+    async def skip(self, name: str, reason: str) -> None:
+        """Record a step that will not run, and why (``skipped`` in the view, its
+        reason as ``skipped_because``); replayed like any step."""
+        occurrence = self._step.occurrence(name)
+        if self._host.request("peek", name=name, occurrence=occurrence)["state"] is None:
+            self._host.request("record", name=name, occurrence=occurrence, kind="run",
+                               status="skipped", result=dict(SKIPPED_RUN),
+                               detail={"skipped": reason})
+
     @watched
     async def save_artifact(self, name: str, path: str) -> dict[str, Any]:
         """Keep one file of the worktree as an artifact of this run, under ``name``."""
@@ -241,6 +258,8 @@ class PipelineStep:
         artifacts: Sequence[str] = (),
         pids: int | None = None,
         log_cap: int | None = None,
+        files: bool = False,
+        add_mask: bool = False,
     ) -> dict[str, Any]:
         """Run ``cmd`` in the worktree; returns ``{exit_code, duration_s, output_tail}``.
 
@@ -254,6 +273,11 @@ class PipelineStep:
         ``artifacts`` (globs in the worktree) are kept with the run. ``pids`` is a
         light step's process limit (512 by default; forks past it fail). ``log_cap``
         is the most bytes its log keeps (64 MiB by default; the step runs on).
+        ``files=True`` gives the command an empty folder of its own,
+        named by ``$CI_RUNNER_FILES``: the files it leaves there come back as the
+        result's ``files`` (``{name: text}``, masked), replayed with the result.
+        ``add_mask=True``: an output line ``::add-mask::VALUE`` is taken out of the
+        output and VALUE is masked everywhere from then on in the run (GitHub's).
         """
         from ci_runner.engine import policy as defaults
 
@@ -267,7 +291,8 @@ class PipelineStep:
                        else defaults.DEFAULT_TIMEOUT_S),
             image=image, network=network, services=dict(services or {}),
             cache=_cache_mounts(name, cache), memory=memory, cpus=cpus,
-            artifacts=list(artifacts), pids=pids, log_cap=log_cap,
+            artifacts=list(artifacts), pids=pids, log_cap=log_cap, files=files,
+            add_mask=add_mask,
         )
         policy = RetryPolicy.parse(retries)
         skipped = self._left_out_step(name, "run", dict(SKIPPED_RUN))
@@ -334,6 +359,8 @@ class PipelineStep:
             "network": command.network, "services": command.services,
             "cache": command.cache, "memory": command.memory, "cpus": command.cpus,
             "previous": previous, "pids": command.pids, "log_cap": command.log_cap,
+            **({"files": True} if command.files else {}),
+            **({"add_mask": True} if command.add_mask else {}),
         }, on_event)
         started = outcome.pop("started", None)
         if started is not None:  # a short step's detail, written with its result
@@ -388,6 +415,8 @@ class Command:
     artifacts: list[str] = field(default_factory=list)
     pids: int | None = None
     log_cap: int | None = None
+    files: bool = False
+    add_mask: bool = False
 
 
 _CACHE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

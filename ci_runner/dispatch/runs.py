@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ci_runner import paths
 from ci_runner.dispatch.envelope import PIPELINE_FILE, WORKFLOW, unwrap_params, wrap_params
@@ -22,6 +22,9 @@ from ci_runner.engine.process import ChildProcess, start_child
 from ci_runner.engine.service import Observer
 from ci_runner.errors import PipelineNotFound, UsageError
 from ci_runner.store.db import immediate, now
+
+if TYPE_CHECKING:
+    from ci_runner.workflows.plan import Selection
 
 TERMINAL = ("complete", "errored", "terminated")
 
@@ -45,6 +48,9 @@ class RunRequest:
     timeout_s: float | None = None  # how long each drive of the run may last
     # More metadata for the envelope (a webhook's forge, delivery, PR...): no secrets.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Run the repo's GitHub workflows (--workflow, --job, --event...): a
+    # ``workflows.plan.Selection``; also taken when the repo has no .ci/pipeline.py.
+    workflows: Selection | None = None
 
 
 def check_names(only: tuple[str, ...], skip: tuple[str, ...]) -> None:
@@ -257,6 +263,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     and the commit, one checks it out, and the pipeline file is read from the checkout.
     """
     from ci_runner.workspace import hold, open_repo, resolve_rev, snapshot_uncommitted, tenant_key
+    from ci_runner.workspace.submodules import declared_submodules
     from ci_runner.workspace.worktree import RepoInfo, add_worktree, locate, remove
 
     if request.include_uncommitted and request.rev != "HEAD":
@@ -288,9 +295,15 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     run_id = run_id or new_instance_id()
     source_repo = store or repo
     workspace = add_worktree(source_repo, sha, paths.worktrees() / run_id)
-    try:
-        submodules = _declared_submodules(source_repo, sha, workspace, request.pipeline,
-                                          shown=repo.root)
+    try:  # what to run, read from the checkout: nothing of it stays if that fails
+        source = None if request.workflows is not None else _pipeline_source(
+            source_repo, sha, workspace)
+        workflow_meta: dict[str, Any] = {}
+        if source is None:
+            workflow_meta = _workflow_metadata(source_repo, sha, ref, request, secrets_file,
+                                               shown=repo.root)
+        submodules = (declared_submodules(source, request.pipeline) if source is not None
+                      else True)
     except BaseException:
         remove(source_repo, workspace)
         raise
@@ -307,6 +320,7 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
         "sandbox": request.sandbox, "timeout_s": request.timeout_s,
         "submodules": submodules,
+        **workflow_meta,
         **request.extra,
     }
     if store is not None:
@@ -320,26 +334,43 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
     return run_id
 
 
-def _declared_submodules(repo: Any, sha: str, workspace: Path, pipeline: str | None, *,
-                         shown: Path) -> Any:
-    """What the run's pipeline file says of submodules, read from its fresh checkout
-    (no git process); from git when the checkout has no plain file there (a symlink, a
-    sparse checkout). No pipeline file at all: PipelineNotFound."""
+def _pipeline_source(repo: Any, sha: str, workspace: Path) -> bytes | None:
+    """The run's pipeline file, read from its fresh checkout (no git process); from git
+    when the checkout has no plain file there (a symlink, a sparse checkout); None when
+    the commit has none."""
     from ci_runner.workspace import file_at
-    from ci_runner.workspace.submodules import declared_submodules
 
     path = workspace / PIPELINE_FILE
-    source: bytes | None = None
     if not (path.is_symlink() or path.parent.is_symlink()) and path.is_file():
-        source = path.read_bytes()
-    else:
-        source = file_at(repo, sha, PIPELINE_FILE)
-    if source is None:
+        return path.read_bytes()
+    return file_at(repo, sha, PIPELINE_FILE)
+
+
+def _workflow_metadata(repo: Any, sha: str, ref: str | None, request: RunRequest,
+                       secrets_file: Path | None, *, shown: Path) -> dict[str, Any]:
+    """A run of the repo's GitHub workflows, checked now: the repo has no
+    .ci/pipeline.py, or the user asked for workflows. ``repo`` holds ``sha`` (a
+    snapshot's store, or the repository ``shown`` in messages)."""
+    from ci_runner.workflows.launch import has_workflows, workflow_metadata
+    from ci_runner.workflows.plan import Selection
+
+    if request.workflows is None and not has_workflows(repo, sha):
         raise PipelineNotFound(
-            f"no {PIPELINE_FILE} in {shown} at {sha[:12]}: `ci-runner init` writes a"
-            " starter (commit it, or run with --include-uncommitted)"
+            f"no {PIPELINE_FILE} and no .github/workflows/*.yml in {shown} at"
+            f" {sha[:12]}: `ci-runner init` writes a starter (commit it, or run with"
+            " --include-uncommitted)"
         )
-    return declared_submodules(source, pipeline)
+    event = request.extra.get("event")  # a webhook's: push or pull_request
+    selection = request.workflows if request.workflows is not None else Selection(
+        event=event if event in ("push", "pull_request") else "push")
+    # A fork's run gets no secrets: its workflows see none of their names either.
+    meta = workflow_metadata(repo, sha, ref, selection,
+                             None if request.extra.get("untrusted") else secrets_file)
+    if request.extra.get("loader"):  # a fork's gate: it loads the workflows once approved
+        meta["inner_loader"] = meta.pop("loader")
+    if request.extra.get("sender"):
+        meta["gha"]["actor"] = str(request.extra["sender"])
+    return meta
 
 
 def _say_of_workspace(run_id: str, notes: list[str]) -> None:
@@ -372,7 +403,9 @@ def drive_run(
 
     row = engine.get(run_id)
     run_id = str(row["id"])
-    metadata, _ = unwrap_params(json.loads(row["payload"]))
+    from ci_runner.dispatch.fleet import localize
+
+    metadata = localize(engine.conn, row)  # a run created on another host: forked here
     workspace = Path(metadata["workspace"])
     if not workspace.is_dir() or not (workspace / ".git").exists():
         _refork(metadata, workspace)  # here, not in the sandbox: it cannot write git's files

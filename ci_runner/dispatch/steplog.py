@@ -11,13 +11,16 @@ end must not fill the disk. Past the cap one marker line says so and the rest of
 the output is dropped (counted in ``dropped_bytes``); the step keeps running, the
 attempt's notes still go in, and the step's result keeps the output's last lines.
 The cap is on the file, so every attempt of a step shares it.
+
+With a PostgreSQL database (a fleet), what the file gets is also appended to the
+database (``store.steplogs``), so any host shows the log.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 DEFAULT_LOG_CAP = 64 * 1024 * 1024
 
@@ -40,6 +43,7 @@ class StepLog:
         self._size = 0
         self._at_line_start = True
         self._notes: list[str] = []
+        self._mirror: Any = None  # store.steplogs.Mirror, on a fleet's database
 
     def note(self, line: str) -> None:
         """A line about the attempt: kept if the step has output to go with it."""
@@ -74,10 +78,15 @@ class StepLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._mirror is not None:
+            self._mirror.flush()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("ab")
+        from ci_runner.store.steplogs import Mirror
+
+        self._mirror = Mirror.for_path(self.path)
         # The file may hold earlier attempts' output: the cap is on the file.
         self._size = self._file.tell()
         notes, self._notes = "".join(self._notes), []
@@ -88,6 +97,8 @@ class StepLog:
         assert self._file is not None
         if data:
             self._file.write(data)
+            if self._mirror is not None:
+                self._mirror.write(data, flush=flush)
             self._size += len(data)
             self._at_line_start = data.endswith(b"\n")
         if flush:

@@ -10,6 +10,7 @@ steps return their stored result without running again.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -32,6 +33,7 @@ from ci_runner.errors import (
 )
 from ci_runner.store import connect
 from ci_runner.store import journal as j
+from ci_runner.store.db import is_url
 
 # How often an idle driver checks whether its run was cancelled.
 CONTROL_POLL_S = 1.0
@@ -68,7 +70,8 @@ class LocalHost:
 
 
 class Engine:
-    """A durable engine over one SQLite file. Not thread-safe: one per thread."""
+    """A durable engine over one database (a SQLite file or PostgreSQL). Not thread-safe:
+    one per thread."""
 
     def __init__(
         self,
@@ -85,7 +88,8 @@ class Engine:
         single thread (see ``ci_runner.engine.process``), else by spawning.
         ``reap_orphan`` stops a step's processes the journal names (its ``detail``);
         ``sweep_orphans`` whatever else a dead driver of the instance left behind."""
-        self.db_path = Path(db_path)
+        # A SQLite file's path, or a postgresql:// URL (which Path would mangle).
+        self.db_path: Path | str = db_path if is_url(db_path) else Path(db_path)
         self.fork_children = fork_children
         self.conn = connect(self.db_path)
         self.inline_sleep_max_s = inline_sleep_max_s
@@ -164,7 +168,7 @@ class Engine:
         instance_id = row["id"]
         epoch = j.acquire_lease(
             self.conn, instance_id, owner=self.owner, ttl_s=self.lease_ttl_s,
-            owner_dead=not leases.owner_alive(row["owner"]),
+            owner_dead=not leases.owner_alive(row["owner"]) or _handed_over(row["owner"]),
         )
         journal = j.Journal(self.conn, instance_id, epoch)
         self._reap(journal)
@@ -399,6 +403,12 @@ class Engine:
             service.handle("fail", {"name": current["name"], "occurrence": current["occurrence"],
                                     "error": error, "final": True})
         return {"kind": "errored", "error": error}
+
+
+def _handed_over(owner: str | None) -> bool:
+    """Whether the run's holder is the fleet worker that claimed it for this process
+    (``store.claims``): it hands its lease over, and is alive doing so."""
+    return owner is not None and owner == os.environ.get("CI_RUNNER_HANDOVER")
 
 
 class _Heartbeat:

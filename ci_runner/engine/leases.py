@@ -10,8 +10,22 @@ import os
 import socket
 from functools import cache
 
-LEASE_TTL_S = 60.0
-HEARTBEAT_EVERY_S = 15.0
+LEASE_TTL_ENV = "CI_RUNNER_LEASE_TTL_S"
+
+
+def _lease_ttl() -> float:
+    """How long a silent driver keeps its run: after that, on another host, the run is
+    taken over (on this host a dead driver is seen at once). A fleet may shorten it."""
+    text = os.environ.get(LEASE_TTL_ENV, "").strip()
+    try:
+        value = float(text) if text else 60.0
+    except ValueError:
+        value = 60.0
+    return value if value >= 1.0 else 60.0
+
+
+LEASE_TTL_S = _lease_ttl()
+HEARTBEAT_EVERY_S = min(15.0, LEASE_TTL_S / 4)
 
 
 def start_time(pid: int) -> str:

@@ -33,6 +33,11 @@ class CommandSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout_s: float | None = None
+    # More values to mask (a workflow's ::add-mask:: of earlier steps), not in the env.
+    masks: tuple[str, ...] = field(default=(), repr=False)
+    # Set: ``::add-mask::VALUE`` lines are taken out of the output, VALUE masked from
+    # then on and passed here (light steps).
+    on_mask: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

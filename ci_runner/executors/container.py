@@ -322,7 +322,7 @@ class ContainerExecutor:
         the step ends; a timeout stops them and gives exit code 124.
         """
         argv = ["sh", "-c", spec.argv] if isinstance(spec.argv, str) else list(spec.argv)
-        masker = Masker(spec.secrets.values())
+        masker = Masker([*spec.secrets.values(), *spec.masks])
         if not argv:
             raise ExecutorError(
                 f"empty command (step cwd {spec.cwd}): give the step a program to run",
@@ -339,7 +339,7 @@ class ContainerExecutor:
         labels = {**self.labels, LABEL_SECRETS: ",".join(sorted(spec.secrets))}
         client = await self._connect(self.labels)
         pod = _Pod(client, self, labels)
-        output = MaskedOutput(masker, on_output)
+        output = MaskedOutput(masker, on_output, on_mask=spec.on_mask)
         loop = asyncio.get_running_loop()
 
         def progress(line: str) -> None:

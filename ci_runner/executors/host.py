@@ -132,7 +132,7 @@ class HostExecutor:
     ) -> CommandResult:
         """Run ``spec`` to completion; ``on_start`` gets ``{"pgid": ...}``; see ``Executor.run``."""
         argv = ["sh", "-c", spec.argv] if isinstance(spec.argv, str) else list(spec.argv)
-        masker = Masker(spec.secrets.values())
+        masker = Masker([*spec.secrets.values(), *spec.masks])
         program = argv[0] if argv else ""
         env = scrubbed_env(spec.env)
         if argv and self.wrap:
@@ -149,7 +149,7 @@ class HostExecutor:
         env.update(spec.secrets)
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        protocol = _StepProtocol(loop, masker, on_output)
+        protocol = _StepProtocol(loop, masker, on_output, spec.on_mask)
         transport: _PidfdProcess | asyncio.SubprocessTransport
         try:
             if _HAVE_PIDFD:
@@ -326,11 +326,12 @@ class _StepProtocol(asyncio.SubprocessProtocol):
     """Forwards the step's merged output as it arrives, straight from loop callbacks
     (no reader task or stream buffer in between), and tells run() when it exited."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, masker: Masker, sink: OutputSink) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, masker: Masker, sink: OutputSink,
+                 on_mask: Callable[[str], None] | None = None) -> None:
         self.exited: asyncio.Future[None] = loop.create_future()
         self.drained: asyncio.Future[None] = loop.create_future()
         self.aborted: asyncio.Future[None] = loop.create_future()
-        self.output = MaskedOutput(masker, sink, on_sink_error=self._abort)
+        self.output = MaskedOutput(masker, sink, on_sink_error=self._abort, on_mask=on_mask)
 
     @property
     def sink_error(self) -> BaseException | None:

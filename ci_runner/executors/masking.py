@@ -94,7 +94,22 @@ class Masker:
     """Replaces secret values with ``MASK``, in one string or in a stream of chunks."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._patterns = tuple(sorted(_patterns(secrets), key=lambda p: (-len(p), p)))
+        self._secrets = [s for s in secrets if s]
+        self._build()
+        self._pending = ""
+        # How many leading characters of _pending lie inside a MASK already emitted.
+        self._covered = 0
+
+    def add(self, values: Iterable[str]) -> None:
+        """Mask ``values`` too, from here on in the stream (a workflow's ``::add-mask::``);
+        what was emitted already stays as it was."""
+        new = [v for v in values if v and v not in self._secrets]
+        if new:
+            self._secrets += new
+            self._build()
+
+    def _build(self) -> None:
+        self._patterns = tuple(sorted(_patterns(self._secrets), key=lambda p: (-len(p), p)))
         self._longest = len(self._patterns[0]) if self._patterns else 0
         # Whether a chunk holds any pattern at all is answered by the patterns that
         # contain no other one: where a longer pattern occurs, one of these does too.
@@ -113,9 +128,6 @@ class Masker:
             if len(pattern) > _HEAD:
                 heads.setdefault(pattern[:_HEAD], []).append(pattern)
         self._heads = heads
-        self._pending = ""
-        # How many leading characters of _pending lie inside a MASK already emitted.
-        self._covered = 0
 
     @property
     def longest(self) -> int:

@@ -25,10 +25,66 @@ SINK_CHUNK = 64 * 1024
 _KEEP = TAIL_CHARS + 1
 
 
+ADD_MASK = "::add-mask::"
+
+
+class MaskCommands:
+    """Takes GitHub's ``::add-mask::VALUE`` lines out of a stream, before masking:
+    the value is masked from then on and the line itself never shows. Other text
+    passes at once; only a line that may still become such a command is held."""
+
+    def __init__(self, masker: Masker, on_mask: Callable[[str], None]) -> None:
+        self._masker = masker
+        self._on_mask = on_mask
+        self._line = ""  # the current line, held while it may be a command
+        self._at_start = True
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for piece in text.splitlines(keepends=True):
+            if not self._at_start:
+                out.append(piece)
+                self._at_start = piece.endswith("\n")
+                continue
+            line = self._line + piece
+            ended = line.endswith("\n")
+            if line.startswith(ADD_MASK):
+                if ended:
+                    self._mask(line[len(ADD_MASK):].rstrip("\r\n"))
+                    self._line = ""
+                else:
+                    self._line = line
+                continue
+            if not ended and ADD_MASK.startswith(line):
+                self._line = line  # may still become the command
+                continue
+            self._line = ""
+            out.append(line)
+            self._at_start = ended
+        return "".join(out)
+
+    def flush(self) -> str:
+        line, self._line = self._line, ""
+        if line.startswith(ADD_MASK):
+            self._mask(line[len(ADD_MASK):].rstrip("\r"))
+            return ""
+        return line
+
+    def _mask(self, value: str) -> None:
+        value = value.strip()
+        if value:
+            self._masker.add([value])
+            self._on_mask(value)
+
+
 class MaskedOutput:
     def __init__(
-        self, masker: Masker, sink: OutputSink, *, on_sink_error: Callable[[], None] | None = None
+        self, masker: Masker, sink: OutputSink, *, on_sink_error: Callable[[], None] | None = None,
+        on_mask: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_mask``: take ``::add-mask::`` lines out (``MaskCommands``), and tell it
+        each value."""
+        self._commands = MaskCommands(masker, on_mask) if on_mask is not None else None
         self._masker = masker
         self._sink = sink
         self._on_sink_error = on_sink_error
@@ -41,14 +97,18 @@ class MaskedOutput:
         self.sink_error: BaseException | None = None
 
     def feed(self, data: bytes) -> None:
-        self._emit(self._masker.feed(self._decoder.decode(data)))
+        self.write(self._decoder.decode(data))
 
     def write(self, text: str) -> None:
+        if self._commands is not None:
+            text = self._commands.feed(text)
         self._emit(self._masker.feed(text))
 
     def close(self) -> None:
-        rest = self._masker.feed(self._decoder.decode(b"", final=True))
-        self._emit(rest + self._masker.flush())
+        rest = self._decoder.decode(b"", final=True)
+        if self._commands is not None:
+            rest = self._commands.feed(rest) + self._commands.flush()
+        self._emit(self._masker.feed(rest) + self._masker.flush())
 
     def tail(self) -> str:
         """The last 20 lines (at most 4000 characters), already masked."""

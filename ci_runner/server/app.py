@@ -132,7 +132,7 @@ class _Db:
     """One SQLite connection per worker thread (connections are not shared across
     threads while in use)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
         self._local = threading.local()
 
@@ -259,7 +259,8 @@ def create_app(config: Config, intake: Intake, *,
         path = _step_log_path(conn, full, step)
         return StreamingResponse(_follow(db, full, path, follow, offset),
                                  media_type="text/plain; charset=utf-8",
-                                 headers={"X-Log-Exists": "1" if path.exists() else "0"})
+                                 headers={"X-Log-Exists": "1" if _log_exists(conn, full, path)
+                                          else "0"})
 
     @app.get("/api/runs/{run_id}/artifacts", tags=["runs"])
     def list_artifacts(run_id: str, who: Caller) -> list[dict[str, Any]]:
@@ -489,7 +490,7 @@ class _WriteProbe:
     most once every ``HEALTH_PROBE_EVERY_S``, and at once after a delivery could not
     be stored."""
 
-    def __init__(self, path: Path, intake: Intake) -> None:
+    def __init__(self, path: Path | str, intake: Intake) -> None:
         self.path = path
         self.intake = intake
         self.reason: str | None = None  # why the last probe failed; None: it worked
@@ -509,7 +510,11 @@ class _WriteProbe:
                 self._conn = store.probe_connection(self.path)
             store.probe(self._conn)
             reason = None
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:
+            from ci_runner.store.db import storage_failure
+
+            if not (storage_failure(exc) or isinstance(exc, sqlite3.Error | OSError)):
+                raise
             if store.is_busy(exc):
                 reason = (f"the database is locked: a write waited over"
                           f" {store.PROBE_BUSY_TIMEOUT_S:g}s for another writer, and"
@@ -749,7 +754,7 @@ async def _follow(db: _Db, run_id: str, path: Path, follow: bool,
         # Read the status before the file: output written before the run stopped is
         # then always in the last read.
         status = await asyncio.to_thread(lambda: j.get_instance(db.conn(), run_id)["status"])
-        while data := await asyncio.to_thread(_read_from, path, offset):
+        while data := await asyncio.to_thread(_read_from, db, run_id, path, offset):
             offset += len(data)
             yield data
         if not follow or status in j.TERMINAL or status in j.HIBERNATING:
@@ -757,7 +762,24 @@ async def _follow(db: _Db, run_id: str, path: Path, follow: bool,
         await asyncio.sleep(LOG_POLL_S)
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+def _log_exists(conn: sqlite3.Connection, run_id: str, path: Path) -> bool:
+    from ci_runner.store.db import is_postgres
+
+    if is_postgres(conn):  # a fleet: whichever host drove the step wrote its log here
+        from ci_runner.store import steplogs
+
+        return steplogs.size(conn, run_id, path.name) > 0
+    return path.exists()
+
+
+def _read_from(db: _Db, run_id: str, path: Path, offset: int) -> bytes:
+    from ci_runner.store.db import is_postgres
+
+    conn = db.conn()
+    if is_postgres(conn):
+        from ci_runner.store import steplogs
+
+        return (steplogs.read(conn, run_id, path.name, offset) or b"")[:1 << 20]
     try:
         with path.open("rb") as f:
             f.seek(offset)

@@ -46,6 +46,8 @@ server:
   # sandbox: auto            # bwrap | landlock | off; runs of fork PRs always need bwrap
   # run_timeout: 6 hours     # a run stops (failed) past this; a pipeline's own timeout may be less
   # request_timeout: 10      # seconds a client has to send a whole request (slow ones get 408)
+  # db: postgresql://ci@db.example.com/ci  # a fleet's shared database (CI_RUNNER_DB and
+                                           # --db win over it); default: SQLite in the home
 repos:
   - name: octo-org/octo-repo          # the forge's full name (GitLab: path_with_namespace)
     forge: github                     # github | gitea | forgejo | gitlab
@@ -120,6 +122,7 @@ class ServerConfig:
     sandbox: str = "auto"  # every run's sandbox: auto | bwrap | landlock | off (forks: bwrap)
     run_timeout_s: float = 6 * 3600.0  # a run's time each time it is driven (waits not counted)
     request_timeout_s: float = 10.0  # a client has this long to send a whole request
+    db: str | None = None  # a postgresql:// URL (or a SQLite file) unless CI_RUNNER_DB says
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ def parse_config(data: Any, *, path: Path, environ: Mapping[str, str]) -> Config
 def _server(check: _Checker, raw: Any) -> ServerConfig:
     known = {"host", "port", "workers", "api_token_env", "users", "approvers", "grace_s",
              "max_body_mb", "public_url", "pass_env", "poll_s", "retention", "sandbox",
-             "run_timeout", "request_timeout"}
+             "run_timeout", "request_timeout", "db"}
     s = check.mapping(raw, "server", known)
     api_token = None
     if "api_token_env" in s:
@@ -235,7 +238,17 @@ def _server(check: _Checker, raw: Any) -> ServerConfig:
         run_timeout_s=check.duration(s.get("run_timeout", "6 hours"), "server.run_timeout"),
         request_timeout_s=check.number(s.get("request_timeout", 10), "server.request_timeout",
                                        low=0.1, high=3600),
+        db=_db(check, s.get("db")),
     )
+
+
+def _db(check: _Checker, raw: Any) -> str | None:
+    if raw is None:
+        return None
+    text = check.text(raw, "server.db").strip()
+    if "://" in text and not text.startswith(("postgresql://", "postgres://")):
+        check.fail("server.db", "a postgresql://USER@HOST/DB URL or a SQLite file's path")
+    return text
 
 
 def _repo(check: _Checker, raw: Any, where: str) -> RepoConfig:

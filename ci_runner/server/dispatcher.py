@@ -104,6 +104,7 @@ def driver_environment(config: Config, environ: Mapping[str, str]) -> dict[str, 
         if name not in config.server.pass_env:
             env.pop(name, None)
     env["CI_RUNNER_HOME"] = str(paths.home())
+    env[paths.DB_ENV] = str(paths.database())  # a fleet's database, from the config too
     # Which of these a sandboxed pipeline process still gets (see dispatch.confine).
     env[PASS_ENV] = ",".join(config.server.pass_env)
     # The server's SIGINT at shutdown hands a run back for its next start.
@@ -159,6 +160,7 @@ class Dispatcher:
         sandbox: str | None = None,
         refuse_forks: str | None = None,
         on_change: Callable[[], None] = lambda: None,
+        drive: bool = True,
     ) -> None:
         """``sandbox``: the mode every run gets (auto, bwrap, landlock, off; a fork's
         run always gets bubblewrap); ``refuse_forks``: why fork pull requests cannot
@@ -171,6 +173,7 @@ class Dispatcher:
         self.sandbox = sandbox
         self.refuse_forks = refuse_forks
         self.on_change = on_change
+        self.drive = drive  # False (`serve --no-workers`): workers elsewhere drive the runs
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self._info: dict[str, _RunInfo] = {}
         self._retry_at: dict[int, float] = {}
@@ -246,7 +249,7 @@ class Dispatcher:
         self._drive(engine)
 
     def _drive(self, engine: Engine) -> None:
-        if self._stop.is_set():  # from here on, stop() owns the drivers
+        if self._stop.is_set() or not self.drive:  # from here on, stop() owns the drivers
             return
         self._reap()
         self._schedule(engine)
@@ -362,6 +365,8 @@ class Dispatcher:
             "ref": row["ref"], "event": row["event"], "pr": row["pr"], "branch": row["branch"],
             "sender": row["sender"], "untrusted": untrusted,
         }
+        if isinstance(paths.database(), str):  # shared: a worker on another host fetches it
+            extra["clone_url"] = repo.clone_url
         if untrusted:
             # No secrets file (not even the tenant's store) and the gate loader.
             extra |= {"loader": GATE_LOADER, "secrets_file": None,

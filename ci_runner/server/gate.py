@@ -42,11 +42,13 @@ class UntrustedRunner:
                 message=f"pull request #{meta.get('pr')}{who} comes from a fork: approve to"
                         " run its pipeline (no secrets, no network)",
             )
-        from ci_runner.dispatch.loader import load_runner
         from ci_runner.dispatch.pipeline import PipelineEvent
-        from ci_runner.engine.runtime import call_run
+        from ci_runner.engine.runtime import call_run, import_path
 
-        runner = load_runner(meta)  # the fork's code is imported only now
+        # The fork's code is imported only now (its workflows, when it has no pipeline).
+        load_runner = import_path(str(meta.get("inner_loader")
+                                      or "ci_runner.dispatch.loader:load_runner"))
+        runner = load_runner(meta)
         inner = PipelineEvent(
             payload=event.payload, timestamp=event.timestamp, instance_id=event.instance_id,
             repo=str(meta["repo"]), sha=str(meta["sha"]), ref=meta.get("ref"),

@@ -77,7 +77,7 @@ class Intake:
     """Receives deliveries for the HTTP layer; ``on_accept`` is called after each commit
     that stored something new (the dispatcher's wake-up)."""
 
-    def __init__(self, config: Config, db_path: Path, on_accept: Callable[[], None]) -> None:
+    def __init__(self, config: Config, db_path: Path | str, on_accept: Callable[[], None]) -> None:
         self.config = config
         self.db_path = db_path
         self.on_accept = on_accept
@@ -265,9 +265,10 @@ class Intake:
 
 
 def _storage_failure(exc: Exception) -> bool:
-    """Whether the database failed (locked, full, unwritable), not the row."""
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError | sqlite3.DataError)
+    """Whether the database failed (locked, full, unwritable, unreachable), not the row."""
+    from ci_runner.store.db import storage_failure
+
+    return storage_failure(exc)
 
 
 def _shown(value: str | None, limit: int = 200) -> str | None:

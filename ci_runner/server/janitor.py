@@ -17,7 +17,7 @@ EVERY_S = 3600.0
 class Janitor:
     """A daemon thread pruning what ended more than ``retention_s`` ago."""
 
-    def __init__(self, retention_s: float | None, db_path: Path, *,
+    def __init__(self, retention_s: float | None, db_path: Path | str, *,
                  first_s: float = FIRST_S, every_s: float = EVERY_S) -> None:
         self.retention_s = retention_s
         self._db_path = db_path

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 from ci_runner import paths
 from ci_runner.server.config import Config
@@ -40,7 +41,36 @@ def _raise_descriptor_limit() -> None:
     log.info("open files: up to %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
-def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
+def _set_limits(conn: Any, config: Config) -> None:
+    """On a fleet's database, each repo's concurrency as its slot rows: every worker on
+    every host claims within them (``store.claims``)."""
+    from ci_runner.store.db import is_postgres
+
+    if not is_postgres(conn):
+        return
+    from ci_runner.store.claims import set_limits
+    from ci_runner.workspace.mirror import mirror_path
+
+    set_limits(conn, {"local:" + str(mirror_path(r.forge, r.name).resolve()): r.concurrency
+                      for r in config.repos})
+
+
+def _log_database(db: object) -> None:
+    from ci_runner.store.db import is_url
+
+    if is_url(db):
+        from ci_runner.store.pg import shown
+
+        log.info("database: %s (shared: workers on other hosts may drive its runs)",
+                 shown(str(db)))
+    else:
+        log.info("database: %s", db)
+
+
+def serve(config: Config, *, host: str | None = None, port: int | None = None,
+          workers: bool = True) -> None:
+    """Serve until SIGTERM; ``workers=False``: intake and API only, the runs are driven
+    by `ci-runner worker` processes (on this host or, with PostgreSQL, any)."""
     import uvicorn
 
     from ci_runner.server.app import create_app, http_protocol, request_timeout_s
@@ -59,8 +89,15 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
                         format="%(asctime)s %(levelname)s %(message)s")
     host = host or config.server.host
     port = config.server.port if port is None else port
+    if config.server.db and not os.environ.get(paths.DB_ENV):
+        os.environ[paths.DB_ENV] = config.server.db  # drivers started from here inherit it
     db_path = paths.database()
-    connect(db_path).close()  # create and migrate before anything else touches it
+    conn = connect(db_path)  # create and migrate before anything else touches it
+    try:
+        _set_limits(conn, config)
+    finally:
+        conn.close()
+    _log_database(db_path)
     _raise_descriptor_limit()
     from ci_runner.sandbox import probe
 
@@ -74,8 +111,10 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     dispatcher = Dispatcher(
         config, driver_env=driver_environment(config, os.environ),
         secrets_files=write_secrets_files(config), sandbox=mode, refuse_forks=refuse_forks,
-        on_change=reporter.wake,
+        on_change=reporter.wake, drive=workers,
     )
+    if not workers:
+        log.info("--no-workers: runs are driven by `ci-runner worker` processes")
     intake = Intake(config, db_path, on_accept=dispatcher.wake)
     janitor = Janitor(config.server.retention_s, db_path)
     app = create_app(config, intake, on_decision=dispatcher.wake)

@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+from ci_runner import paths
 from ci_runner.server.ansi import Renderer
 
 POLL_S = 0.05
@@ -28,7 +31,7 @@ LOG_CHUNK = 256 * 1024  # bytes of log read and sent at once
 class ChangeFeed:
     """Counts the database's commits by other connections, while anyone listens."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path | str) -> None:
         self.db_path = db_path
         self.version = 0
         self._listeners = 0
@@ -70,7 +73,7 @@ class ChangeFeed:
             while self._listeners > 0:
                 try:
                     now = await asyncio.to_thread(_data_version, conn)
-                except sqlite3.Error:  # busy, or the file went: say "changed", look again
+                except Exception:  # busy, or the file went: say "changed", look again
                     now = None
                 if now != last or now is None:
                     if last is not None:
@@ -81,11 +84,24 @@ class ChangeFeed:
             conn.close()
 
     def _connect(self) -> sqlite3.Connection:
+        from ci_runner.store.db import is_url
+
+        if is_url(self.db_path):
+            from ci_runner.store import pg
+
+            return pg.PgConnection(pg.open_raw(str(self.db_path)), str(self.db_path))  # type: ignore[return-value]
         return sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
                                check_same_thread=False, timeout=1.0)
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
+    from ci_runner.store.db import is_postgres
+
+    if is_postgres(conn):
+        # The next transaction id: it moves with every write, by any host, and reads
+        # (this one included) leave it where it is, as SQLite's data_version does.
+        return int(conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
+                                ).fetchone()[0])
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
@@ -102,12 +118,7 @@ class LogTail:
         """What was written since the last read, as HTML: the lines it completed and the
         line still open (see ``Renderer.feed``); None if nothing was. ``final``: the
         log is complete, nothing is left open."""
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read(LOG_CHUNK)
-        except FileNotFoundError:
-            data = b""
+        data = log_bytes(self.path, self.offset, LOG_CHUNK)
         self.offset += len(data)
         if not data and (not final or self._finished):
             return None
@@ -115,17 +126,65 @@ class LogTail:
         return self._renderer.feed(data, final=self._finished)
 
     def grown(self) -> bool:
-        try:
-            return self.path.stat().st_size > self.offset
-        except FileNotFoundError:
-            return False
+        size = log_size(self.path)
+        return size is not None and size > self.offset
 
     def shrunk(self) -> bool:
         """Whether the file is shorter than what was read of it: written anew."""
-        try:
-            return self.path.stat().st_size < self.offset
-        except FileNotFoundError:
-            return self.offset > 0
+        size = log_size(self.path)
+        return self.offset > 0 if size is None else size < self.offset
+
+
+# A fleet's logs are in its database (store.steplogs), whichever host wrote them: read
+# there through one connection the pages share.
+_fleet_conn: Any = None
+_fleet_lock = threading.Lock()
+
+
+def _fleet() -> Any:
+    """The shared connection to a fleet's PostgreSQL database, or None (SQLite)."""
+    global _fleet_conn  # noqa: PLW0603 - one connection for every page's logs
+    db = paths.database()
+    if not isinstance(db, str):
+        return None
+    if _fleet_conn is None or _fleet_conn.url != db:
+        from ci_runner.store import connect
+
+        if _fleet_conn is not None:
+            _fleet_conn.close()
+        _fleet_conn = connect(db)
+    return _fleet_conn
+
+
+def log_bytes(path: Path, offset: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the log at ``path`` (``logs/RUN/FILE``) from ``offset``."""
+    with _fleet_lock:
+        conn = _fleet()
+        if conn is not None:
+            from ci_runner.store import steplogs
+
+            return (steplogs.read(conn, path.parent.name, path.name, offset) or b"")[:limit]
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def log_size(path: Path) -> int | None:
+    """The log's size; None when it has none."""
+    with _fleet_lock:
+        conn = _fleet()
+        if conn is not None:
+            from ci_runner.store import steplogs
+
+            size = steplogs.size(conn, path.parent.name, path.name)
+            return size or None
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def event(name: str, data: str) -> bytes:

@@ -269,10 +269,7 @@ def _active(record: dict[str, Any]) -> str | None:
 
 
 def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+    return live.log_size(path) or 0  # a fleet's: in its database
 
 
 def _waterfall(record: dict[str, Any], now: float) -> dict[str, Any] | None:

@@ -99,7 +99,7 @@ def request_for(forge: str, repo: str, sha: str, ref: str | None, status: Status
 
 
 class StatusReporter:
-    def __init__(self, config: Config, db_path: Path, *, poll_s: float = 0.5) -> None:
+    def __init__(self, config: Config, db_path: Path | str, *, poll_s: float = 0.5) -> None:
         self.config = config
         self.db_path = db_path
         self.poll_s = poll_s

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from ci_runner.store.db import BUSY_TIMEOUT_S, connect, immediate, now
+from ci_runner.store.db import BUSY_TIMEOUT_S, connect, immediate, is_postgres, now
 from ci_runner.store.journal import TERMINAL, dumps
 
 _COLUMNS = ("forge", "delivery_id", "repo", "event", "action", "sha", "ref", "branch", "tag",
@@ -39,12 +39,13 @@ _LOG_COLUMNS = ("forge", "delivery_id", "repo", "event", "action", "sha", "ref",
                 "received_at")
 
 
-def intake_connection(path: Path) -> sqlite3.Connection:
+def intake_connection(path: Path | str) -> sqlite3.Connection:
     """A connection for ``accept``: it waits for the write lock by polling every 0.5 ms
     itself, instead of SQLite's busy handler, whose sleeps grow to 100 ms: a forge's
     delivery should not wait 100 ms for a lock that is free again after one."""
     conn = connect(path)
-    conn.execute("PRAGMA busy_timeout = 0")
+    if not is_postgres(conn):  # PostgreSQL locks rows, not the database: it just waits
+        conn.execute("PRAGMA busy_timeout = 0")
     return conn
 
 
@@ -104,8 +105,11 @@ def _abandon(conn: sqlite3.Connection) -> None:
     """Leave no transaction open after a failed one: a COMMIT that failed for want of
     space may leave it open, and every later BEGIN on this connection would fail."""
     if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled it back itself
-            conn.execute("ROLLBACK")
+        with contextlib.suppress(Exception):  # the database may have rolled it back itself
+            if is_postgres(conn):
+                conn.rollback()
+            else:
+                conn.execute("ROLLBACK")
 
 
 def _seen(conn: sqlite3.Connection, record: dict[str, Any]) -> Outcome:
@@ -126,10 +130,13 @@ def is_busy(exc: BaseException) -> bool:
         "locked" in str(exc) or "busy" in str(exc))
 
 
-def probe_connection(path: Path) -> sqlite3.Connection:
+def probe_connection(path: Path | str) -> sqlite3.Connection:
     """A connection for ``probe``: it gives up on a lock after ``PROBE_BUSY_TIMEOUT_S``."""
     conn = connect(path)
-    conn.execute(f"PRAGMA busy_timeout = {int(PROBE_BUSY_TIMEOUT_S * 1000)}")
+    if is_postgres(conn):
+        conn.execute(f"SET lock_timeout = '{int(PROBE_BUSY_TIMEOUT_S * 1000)}ms'")
+    else:
+        conn.execute(f"PRAGMA busy_timeout = {int(PROBE_BUSY_TIMEOUT_S * 1000)}")
     return conn
 
 

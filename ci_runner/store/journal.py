@@ -20,7 +20,7 @@ from ci_runner.errors import (
     UsageError,
 )
 from ci_runner.statuses import run_word
-from ci_runner.store.db import immediate, now
+from ci_runner.store.db import clock, immediate, is_postgres, lock_row, notify, now
 
 TERMINAL = ("complete", "errored", "terminated")
 HIBERNATING = ("waiting", "waiting_for_event")
@@ -49,7 +49,7 @@ def create_instance(
 ) -> None:
     """Store a queued instance; with ``owner`` it is leased to its creator, so a worker
     does not pick it up between its creation and its creator driving it."""
-    t = now()
+    t = clock(conn) if owner else now()
     with immediate(conn):
         conn.execute(
             "INSERT INTO instances (id, tenant, workflow, payload, status, created_at,"
@@ -57,16 +57,22 @@ def create_instance(
             (instance_id, tenant, workflow, dumps(payload), t, t, owner,
              t + ttl_s if owner else None),
         )
+        notify(conn)
 
 
-def get_instance(conn: sqlite3.Connection, instance_id: str) -> sqlite3.Row:
+def get_instance(
+    conn: sqlite3.Connection, instance_id: str, *, lock: bool = False
+) -> sqlite3.Row:
+    """The instance ``instance_id`` (or the one its unique prefix names); ``lock``: inside
+    ``immediate``, its row is kept from changing until the commit (see ``lock_row``)."""
+    suffix = lock_row(conn) if lock else ""
     row: sqlite3.Row | None = conn.execute(
-        "SELECT * FROM instances WHERE id = ?", (instance_id,)
+        "SELECT * FROM instances WHERE id = ?" + suffix, (instance_id,)  # noqa: S608 - a constant lock clause
     ).fetchone()
     if row is None:
         # Accept a unique prefix, as git does for shas: ids are long.
         rows: list[sqlite3.Row] = conn.execute(
-            "SELECT * FROM instances WHERE substr(id, 1, length(?)) = ? LIMIT 2",
+            "SELECT * FROM instances WHERE substr(id, 1, length(?)) = ? LIMIT 2" + suffix,  # noqa: S608 - a constant lock clause
             (instance_id, instance_id),
         ).fetchall()
         if len(rows) == 1:
@@ -82,6 +88,7 @@ _LISTED = ("id, tenant, workflow, payload, status, created_at, updated_at, start
 
 # Where a CI run's payload (the dispatcher's envelope) keeps the ref it ran at.
 _REF = "json_extract(payload, '$.__dispatcherMetadata.ref')"
+_PG_REF = "(payload::json #>> '{__dispatcherMetadata,ref}')"
 
 
 def list_instances(
@@ -90,7 +97,8 @@ def list_instances(
 ) -> list[sqlite3.Row]:
     """The newest instances first, optionally only ``tenant``'s, only those in one of
     ``statuses`` (engine words), or only runs at ``branch`` (a name, or a full ref)."""
-    where, args = _filters(tenant=tenant, statuses=statuses, branch=branch)
+    where, args = _filters(tenant=tenant, statuses=statuses, branch=branch,
+                           pg=is_postgres(conn))
     return conn.execute(
         f"SELECT {_LISTED} FROM instances{where}"  # noqa: S608 - constant columns, ? values
         " ORDER BY created_at DESC LIMIT ?",
@@ -103,7 +111,8 @@ def count_instances(
     statuses: tuple[str, ...] | None = None, branch: str | None = None,
 ) -> int:
     """How many instances ``list_instances`` would find with no limit."""
-    where, args = _filters(tenant=tenant, statuses=statuses, branch=branch)
+    where, args = _filters(tenant=tenant, statuses=statuses, branch=branch,
+                           pg=is_postgres(conn))
     row = conn.execute(f"SELECT count(*) FROM instances{where}", args).fetchone()  # noqa: S608
     return int(row[0])
 
@@ -131,6 +140,7 @@ def instances_with_prefix(
 
 def _filters(
     *, tenant: str | None, statuses: tuple[str, ...] | None, branch: str | None,
+    pg: bool = False,
 ) -> tuple[str, tuple[Any, ...]]:
     """A WHERE clause (made of constant text) and its values."""
     clauses: list[str] = []
@@ -142,7 +152,7 @@ def _filters(
         clauses.append(f"status IN ({', '.join('?' * len(statuses)) or 'NULL'})")
         args.extend(statuses)
     if branch is not None:
-        clauses.append(f"{_REF} IN ('refs/heads/' || ?, ?)")
+        clauses.append(f"{_PG_REF if pg else _REF} IN ('refs/heads/' || ?, ?)")
         args.extend((branch, branch))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
@@ -154,14 +164,19 @@ def steps_of(
     for a light step's exit code, read by SQLite from results of at most 64 KiB."""
     columns = "*" if results else (
         "instance_id, seq, name, occurrence, kind, status, attempts, started_at, finished_at,"
-        " duration_s, error, detail, CASE WHEN kind = 'run' AND length(CAST(result AS BLOB))"
-        " <= 65536 THEN json_object('exit_code', json_extract(result, '$.exit_code')) END"
-        " AS result")
+        " duration_s, error, detail, " + (_PG_EXIT_CODE if is_postgres(conn) else _EXIT_CODE))
     return conn.execute(
         f"SELECT {columns} FROM steps WHERE instance_id = ?"  # noqa: S608 - constant columns
         " ORDER BY seq, name, occurrence",
         (instance_id,),
     ).fetchall()
+
+
+_EXIT_CODE = ("CASE WHEN kind = 'run' AND length(CAST(result AS BLOB)) <= 65536 THEN"
+              " json_object('exit_code', json_extract(result, '$.exit_code')) END AS result")
+_PG_EXIT_CODE = ("CASE WHEN kind = 'run' AND octet_length(result) <= 65536 THEN"
+                 " json_build_object('exit_code', result::json -> 'exit_code')::text END"
+                 " AS result")
 
 
 def acquire_lease(
@@ -172,11 +187,11 @@ def acquire_lease(
     Allowed when nobody holds it, the lease expired, or the caller checked that
     the holder's process is dead (``owner_dead``).
     """
-    t = now()
     with immediate(conn):
+        t = clock(conn)
         row = conn.execute(
-            "SELECT status, owner, lease_expires_at, lease_epoch FROM instances WHERE id = ?",
-            (instance_id,),
+            "SELECT status, owner, lease_expires_at, lease_epoch FROM instances WHERE id = ?"  # noqa: S608 - a constant lock clause
+            + lock_row(conn), (instance_id,),
         ).fetchone()
         if row is None:
             raise RunNotFound(f"no run {instance_id!r}")
@@ -198,6 +213,13 @@ def acquire_lease(
             (owner, epoch, t + ttl_s, t, t, instance_id),
         )
     return epoch
+
+
+def set_payload(conn: sqlite3.Connection, instance_id: str, payload: Any) -> None:
+    """Replace the instance's payload (a fleet's host points a run's paths at its own)."""
+    with immediate(conn):
+        conn.execute("UPDATE instances SET payload = ? WHERE id = ?",
+                     (dumps(payload), instance_id))
 
 
 def crashes(conn: sqlite3.Connection, instance_id: str) -> int:
@@ -223,7 +245,8 @@ def send_event(
     """
     with immediate(conn):
         row = conn.execute(
-            "SELECT status, waiting_for FROM instances WHERE id = ?", (instance_id,)
+            "SELECT status, waiting_for FROM instances WHERE id = ?" + lock_row(conn),  # noqa: S608 - a constant lock clause
+            (instance_id,),
         ).fetchone()
         if row is None:
             raise RunNotFound(f"no run {instance_id!r}: `ci-runner runs` lists the runs")
@@ -251,11 +274,12 @@ def send_event(
                     f" {event_type!r}:"
                     " `ci-runner pending` lists the runs that are"
                 )
-        cur = conn.execute(
-            "INSERT INTO events (instance_id, type, payload, created_at) VALUES (?, ?, ?, ?)",
-            (instance_id, event_type, dumps(payload), now()),
-        )
-        return int(cur.lastrowid or 0)
+        row = conn.execute(
+            "INSERT INTO events (instance_id, type, payload, created_at) VALUES (?, ?, ?, ?)"
+            " RETURNING id", (instance_id, event_type, dumps(payload), now()),
+        ).fetchone()
+        notify(conn)
+        return int(row[0])
 
 
 def terminate(
@@ -278,7 +302,7 @@ def terminate(
     t = now()
     why = error or {"type": "Cancelled", "message": "cancelled by the user", "fields": {}}
     with immediate(conn):
-        row = get_instance(conn, instance_id)
+        row = get_instance(conn, instance_id, lock=True)
         if row["status"] in TERMINAL:
             raise InvalidState(f"run {row['id']} is already {run_word(row['status'])}")
         if only_if is not None and row["status"] not in only_if:
@@ -289,6 +313,7 @@ def terminate(
             " finished_at = ?, updated_at = ?, error = ? WHERE id = ?",
             (status, t, t, dumps(why), row["id"]),
         )
+        notify(conn)
         steps = conn.execute(
             "SELECT detail FROM steps WHERE instance_id = ? AND status = 'running'",
             (row["id"],),
@@ -308,7 +333,7 @@ def terminate(
 def request_pause(conn: sqlite3.Connection, instance_id: str) -> str:
     """Pause: at once when no driver runs it, else at its next step (returns 'pausing')."""
     with immediate(conn):
-        row = get_instance(conn, instance_id)
+        row = get_instance(conn, instance_id, lock=True)
         status = row["status"]
         if status in TERMINAL or status == "paused":
             raise InvalidState(f"run {row['id']} is {run_word(status)}; it cannot be paused")
@@ -325,7 +350,7 @@ def request_pause(conn: sqlite3.Connection, instance_id: str) -> str:
 def unpause(conn: sqlite3.Connection, instance_id: str) -> str:
     """Make a paused instance runnable again; returns its new status."""
     with immediate(conn):
-        row = get_instance(conn, instance_id)
+        row = get_instance(conn, instance_id, lock=True)
         if row["status"] != "paused" and row["control"] != "pause":
             raise InvalidState(f"run {row['id']} is {run_word(row['status'])}, not paused")
         if row["status"] != "paused":  # the pause had not taken effect yet: withdraw it
@@ -342,6 +367,7 @@ def unpause(conn: sqlite3.Connection, instance_id: str) -> str:
             "UPDATE instances SET status = ?, control = NULL, updated_at = ? WHERE id = ?",
             (status, now(), row["id"]),
         )
+        notify(conn)
         return status
 
 
@@ -349,7 +375,7 @@ def reset_from(conn: sqlite3.Connection, instance_id: str, step: str | None) -> 
     """A new attempt of the instance keeping the results of steps before ``step``
     (all of them dropped when ``step`` is None). Returns how many steps were dropped."""
     with immediate(conn):
-        row = get_instance(conn, instance_id)
+        row = get_instance(conn, instance_id, lock=True)
         if row["status"] == "running" or row["control"] is not None:
             raise InvalidState(
                 f"run {row['id']} is running; cancel it first (`ci-runner cancel {row['id']}`)"
@@ -375,6 +401,7 @@ def reset_from(conn: sqlite3.Connection, instance_id: str, step: str | None) -> 
             " WHERE id = ?",
             (now(), row["id"]),
         )
+        notify(conn)
         return int(dropped)
 
 
@@ -383,17 +410,30 @@ def runnable(conn: sqlite3.Connection, *, at: float | None = None) -> list[sqlit
     running ones (the caller keeps those whose owner is dead or whose lease expired)."""
     t = now() if at is None else at
     rows: list[sqlite3.Row] = conn.execute(
-        "SELECT id, status, owner, lease_expires_at FROM instances WHERE status IN"
-        " ('queued', 'running')"
-        " OR (status IN ('waiting', 'waiting_for_event') AND wake_at IS NOT NULL"
-        "     AND wake_at <= ?)"
-        " OR (status = 'waiting_for_event' AND EXISTS (SELECT 1 FROM events e,"
-        "     json_each(instances.waiting_for) w WHERE e.instance_id = instances.id"
-        "     AND e.consumed_by IS NULL AND e.type = json_extract(w.value, '$.event_type')))"
-        " ORDER BY created_at",
+        "SELECT id, status, owner, lease_expires_at FROM instances WHERE"  # noqa: S608
+        f" {RUNNABLE_PG if is_postgres(conn) else RUNNABLE} ORDER BY created_at",
         (t,),
     ).fetchall()
     return rows
+
+
+# Which instances may need a driver at ``?`` (queued, running, a due timer, an arrived
+# event): the caller checks running ones' leases.
+RUNNABLE = (
+    "(status IN ('queued', 'running')"
+    " OR (status IN ('waiting', 'waiting_for_event') AND wake_at IS NOT NULL"
+    "     AND wake_at <= ?)"
+    " OR (status = 'waiting_for_event' AND EXISTS (SELECT 1 FROM events e,"
+    "     json_each(instances.waiting_for) w WHERE e.instance_id = instances.id"
+    "     AND e.consumed_by IS NULL AND e.type = json_extract(w.value, '$.event_type'))))")
+RUNNABLE_PG = (
+    "(status IN ('queued', 'running')"
+    " OR (status IN ('waiting', 'waiting_for_event') AND wake_at IS NOT NULL"
+    "     AND wake_at <= ?)"
+    " OR (status = 'waiting_for_event' AND EXISTS (SELECT 1 FROM events e,"
+    "     json_array_elements(instances.waiting_for::json) w WHERE"
+    "     e.instance_id = instances.id AND e.consumed_by IS NULL"
+    "     AND e.type = w.value ->> 'event_type')))")
 
 
 def with_status(conn: sqlite3.Connection, status: str) -> list[str]:
@@ -445,8 +485,12 @@ class Journal:
     def _fence(self) -> str | None:
         """Check the lease is still ours; returns a pending control request ('pause')."""
         row = self.conn.execute(
-            "SELECT lease_epoch, control FROM instances WHERE id = ?", (self.instance_id,)
+            "SELECT lease_epoch, control FROM instances WHERE id = ?" + lock_row(self.conn),  # noqa: S608 - a constant lock clause
+            (self.instance_id,),
         ).fetchone()
+        return self._fenced(row)
+
+    def _fenced(self, row: Any) -> str | None:
         if row is None or row[0] != self.epoch:
             raise LeaseLost(
                 f"run {self.instance_id} was cancelled or taken over by another process;"
@@ -454,6 +498,40 @@ class Journal:
             )
         self.control = row[1]
         return row[1]  # type: ignore[no-any-return]
+
+    def _fence_then(self, sql: str, params: tuple[Any, ...], *,
+                    last: bool = False) -> list[Any]:
+        """``_fence``, then ``sql``'s rows. On PostgreSQL both go in one round trip (a
+        step's cost is its round trips): ``sql`` runs before the fence is checked, and
+        a failed check rolls it back with the transaction. ``last``: the transaction
+        ends with ``sql``, its COMMIT sent along: ``sql`` must then be guarded by the
+        fence itself (``_guard``), for a failed check finds it committed."""
+        if not is_postgres(self.conn):
+            self._fence()
+            return list(self.conn.execute(sql, params).fetchall())
+        fence, rows = self.conn.batch([  # type: ignore[attr-defined]
+            ("SELECT lease_epoch, control FROM instances WHERE id = ? FOR UPDATE",
+             (self.instance_id,)), (sql, params)], commit=last)
+        self._fenced(fence[0] if fence else None)
+        return list(rows)
+
+    def _guard(self) -> str:
+        """A condition that makes a write do nothing unless the lease is still ours (on
+        PostgreSQL, where the write may be committed before the fence is read)."""
+        if not is_postgres(self.conn):
+            return ""
+        return " AND (SELECT lease_epoch FROM instances WHERE id = ?) = ?"
+
+    def _guard_args(self) -> tuple[Any, ...]:
+        return (self.instance_id, self.epoch) if is_postgres(self.conn) else ()
+
+    def _last(self, sql: str, params: tuple[Any, ...]) -> None:
+        """The transaction's last write, after its fence: on PostgreSQL sent with the
+        COMMIT, in one round trip."""
+        if is_postgres(self.conn):
+            self.conn.batch([(sql, params)], commit=True)  # type: ignore[attr-defined]
+        else:
+            self.conn.execute(sql, params)
 
     def still_ours(self) -> bool:
         row = self.conn.execute(
@@ -491,8 +569,11 @@ class Journal:
         # Not fsynced: a lost attempt marker only means an attempt is not counted
         # after a power cut; the next durable commit makes it permanent anyway.
         with immediate(self.conn, durable=False):
-            control = self._fence()
-            row = self._step(name, occurrence)
+            found = self._fence_then(
+                "SELECT * FROM steps WHERE instance_id = ? AND name = ? AND occurrence = ?",
+                (self.instance_id, name, occurrence))
+            control = self.control
+            row = found[0] if found else None
             if row is not None:
                 self._check_kind(row, name, occurrence, kind)
                 if row["status"] in ("complete", "failed", "skipped"):
@@ -507,7 +588,7 @@ class Journal:
                 if control == "pause" and not started:
                     return {"state": "pause"}
                 attempt = int(row["attempts"]) + 1
-                self.conn.execute(
+                self._last(
                     "UPDATE steps SET status = 'running', attempts = ?, started_at = ?"
                     " WHERE instance_id = ? AND name = ? AND occurrence = ?",
                     (attempt, t, self.instance_id, name, occurrence),
@@ -516,7 +597,7 @@ class Journal:
             if control == "pause" and not started:
                 return {"state": "pause"}
             self._seq += 1
-            self.conn.execute(
+            self._last(
                 "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
                 " started_at, detail, seq) VALUES (?, ?, ?, ?, 'running', 1, ?, ?, ?)",
                 (self.instance_id, name, occurrence, kind, t,
@@ -539,16 +620,17 @@ class Journal:
         workflow's process."""
         t = now()
         with immediate(self.conn):
-            self._fence()
-            row = self.conn.execute(
-                "UPDATE steps SET status = ?, result = ?, finished_at = ?,"
+            updated = self._fence_then(
+                "UPDATE steps SET status = ?, result = ?, finished_at = ?,"  # noqa: S608 - constant guard
                 " duration_s = ? - started_at,"
                 " detail = json_patch(COALESCE(detail, '{}'), COALESCE(?, '{}')),"
                 " error = NULL WHERE instance_id = ? AND name = ? AND occurrence = ?"
-                " AND kind <> 'event' RETURNING duration_s",
+                " AND kind <> 'event'" + self._guard() + " RETURNING duration_s",
                 (status, dumps(result), t, t, None if detail is None else dumps(detail),
-                 self.instance_id, name, occurrence),
-            ).fetchone()
+                 self.instance_id, name, occurrence, *self._guard_args()),
+                last=not self.crashes,
+            )
+            row = updated[0] if updated else None
             self._progress()
         if row is None and self._is_wait(name, occurrence):
             raise UsageError(f"step {name!r} is a wait: its outcome cannot be recorded by the"
@@ -583,17 +665,16 @@ class Journal:
         in one durable transaction. Returns the duration."""
         t = now()
         with immediate(self.conn):
-            self._fence()
             # No look first: the step has no row (the usual case) unless the insert
             # says otherwise.
-            inserted = self.conn.execute(
+            inserted = self._fence_then(
                 "INSERT INTO steps (instance_id, name, occurrence, kind, status, attempts,"
                 " started_at, finished_at, duration_s, result, detail, seq)"
                 " VALUES (?, ?, ?, ?, 'complete', 1, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT DO NOTHING RETURNING 1",
                 (self.instance_id, name, occurrence, kind, started_at, t, t - started_at,
                  dumps(result), None if detail is None else dumps(detail), self._seq + 1),
-            ).rowcount
+            )
             if inserted:
                 self._seq += 1
                 self._progress()
@@ -630,9 +711,14 @@ class Journal:
                             "error": loads(row["error"]), "recorded": False}
             self._seq += 1
             self.conn.execute(
-                "INSERT OR REPLACE INTO steps (instance_id, name, occurrence, kind, status,"
+                "INSERT INTO steps (instance_id, name, occurrence, kind, status,"
                 " attempts, started_at, finished_at, duration_s, result, detail, seq)"
-                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?)"
+                " ON CONFLICT (instance_id, name, occurrence) DO UPDATE SET"
+                " kind = excluded.kind, status = excluded.status, attempts = 0,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " duration_s = 0, result = excluded.result, error = NULL, wake_at = NULL,"
+                " detail = excluded.detail, seq = excluded.seq",
                 (self.instance_id, name, occurrence, kind, status, t, t, dumps(result),
                  None if detail is None else dumps(detail), self._seq),
             )
@@ -756,9 +842,9 @@ class Journal:
             return {"state": "waiting", "deadline": deadline}
 
     def heartbeat(self, ttl_s: float) -> None:
-        t = now()
         with immediate(self.conn, durable=False):
             self._fence()
+            t = clock(self.conn)
             self.conn.execute(
                 "UPDATE instances SET lease_expires_at = ? WHERE id = ?",
                 (t + ttl_s, self.instance_id),
@@ -774,6 +860,7 @@ class Journal:
                 " lease_expires_at = NULL, control = NULL, updated_at = ? WHERE id = ?",
                 (status, wake_at, dumps(waiting_for), t, self.instance_id),
             )
+            notify(self.conn)
 
     def release(self, status: str = "queued") -> None:
         """Give the instance back without finishing it (shutdown, paused)."""
@@ -784,6 +871,7 @@ class Journal:
                 " updated_at = ? WHERE id = ?",
                 (status, now(), self.instance_id),
             )
+            notify(self.conn)
 
     def finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
@@ -809,6 +897,7 @@ class Journal:
                               " while it ran (a step beside it failed)", "fields": {}}),
                  self.instance_id),
             ).fetchall()
+            notify(self.conn)
         return [(str(r[0]), int(r[1])) for r in cancelled]
 
     def status(self) -> str:

@@ -29,8 +29,11 @@ def cache_put(
 ) -> None:
     with immediate(conn):
         conn.execute(
-            "INSERT OR REPLACE INTO step_cache (tenant, key, result, artifacts, run_id, step,"
-            " created_at, hits) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            "INSERT INTO step_cache (tenant, key, result, artifacts, run_id, step,"
+            " created_at, hits) VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (tenant, key)"
+            " DO UPDATE SET result = excluded.result, artifacts = excluded.artifacts,"
+            " run_id = excluded.run_id, step = excluded.step,"
+            " created_at = excluded.created_at, hits = 0",
             (tenant, key, dumps(result), dumps(artifacts), run_id, step, now()),
         )
 
@@ -56,8 +59,10 @@ def add_artifacts(
     t = now()
     with immediate(conn):
         conn.executemany(
-            "INSERT OR REPLACE INTO artifacts (instance_id, step, path, sha256, size,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO artifacts (instance_id, step, path, sha256, size,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id, path)"
+            " DO UPDATE SET step = excluded.step, sha256 = excluded.sha256,"
+            " size = excluded.size, created_at = excluded.created_at",
             [(instance_id, step, i["path"], i["sha256"], i["size"], t) for i in items],
         )
 

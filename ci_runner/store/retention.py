@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from ci_runner.store.db import immediate
+from ci_runner.store.db import immediate, is_postgres
 from ci_runner.store.journal import TERMINAL, loads
 
 _DONE = ", ".join(f"'{s}'" for s in TERMINAL)
@@ -48,7 +48,9 @@ def forget_runs(conn: sqlite3.Connection, run_ids: Sequence[str], cutoff: float)
             if not ids:
                 continue
             marks = ", ".join("?" * len(ids))
-            for table, column in (("steps", "instance_id"), ("events", "instance_id"),
+            # A fleet's database holds the runs' logs too (store.steplogs).
+            logs = (("step_logs", "instance_id"),) if is_postgres(conn) else ()
+            for table, column in (*logs, ("steps", "instance_id"), ("events", "instance_id"),
                                   ("artifacts", "instance_id"), ("deliveries", "run_id"),
                                   ("instances", "id")):
                 conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)  # noqa: S608
