@@ -347,16 +347,17 @@ def _pipeline_source(repo: Any, sha: str, workspace: Path) -> bytes | None:
 
 
 def _workflow_metadata(repo: Any, sha: str, ref: str | None, request: RunRequest,
-                       secrets_file: Path | None, *, shown: Path) -> dict[str, Any]:
+                       secrets_file: Path | None, *, shown: Path | None = None
+                       ) -> dict[str, Any]:
     """A run of the repo's GitHub workflows, checked now: the repo has no
-    .ci/pipeline.py, or the user asked for workflows. ``repo`` holds ``sha`` (a
-    snapshot's store, or the repository ``shown`` in messages)."""
+    .ci/pipeline.py, or the user asked for workflows. ``repo`` holds ``sha``: a
+    snapshot's store, or the repository itself; ``shown``, the one messages name."""
     from ci_runner.workflows.launch import has_workflows, workflow_metadata
     from ci_runner.workflows.plan import Selection
 
     if request.workflows is None and not has_workflows(repo, sha):
         raise PipelineNotFound(
-            f"no {PIPELINE_FILE} and no .github/workflows/*.yml in {shown} at"
+            f"no {PIPELINE_FILE} and no .github/workflows/*.yml in {shown or repo.root} at"
             f" {sha[:12]}: `ci-runner init` writes a starter (commit it, or run with"
             " --include-uncommitted)"
         )
