@@ -14,12 +14,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
+# Measure this checkout's code, in this process and in every CLI it starts: an editable
+# install points at one checkout (often another worktree's), and its finder would
+# otherwise serve that one's ci_runner.
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def compile_package() -> None:
@@ -96,6 +102,12 @@ def median(values: list[float]) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms"
+
+
+def spread(values: list[float], fmt: Callable[[float], str] | None = None) -> str:
+    """``median [min-max]`` of ``values``: a verdict is never one figure."""
+    show = fmt or (lambda v: f"{v:.2f}x")
+    return f"{show(statistics.median(values))} [{show(min(values))}-{show(max(values))}]"
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,23 @@
-"""Hibernation at scale: 1,000 runs waiting for approval at once, then `approve`.
+"""Hibernation at scale: a curve over the number of runs waiting for approval at once
+(10, 100, 1,000 by default; `--runs 10,100,1000,10000`), then `approve`.
 
-Setup: N real runs (default 1,000; `--runs N`) of a small temp repo whose pipeline does
+Setup: at each point, real runs of a small temp repo, added to those made for the
+points before, whose pipeline does
 `step.do("build")`, `step.wait_for_approval("gate")`, `step.run("deploy", ["true"])`.
 Each one really starts: a worktree is forked, a pipeline process runs `build`, reaches
 the gate and the run hibernates (status waiting_for_event). They are made through the
 Python API (`start_run` + `drive_run`, what `ci-runner run` calls) by 2 worker
 processes, since the CLI costs a fresh interpreter per run; the time it took is printed.
 
-Then, with all N waiting:
+Then, at each point, with all of them waiting:
 - the processes that are still ours: every process on the machine whose environment
-  holds this benchmark's CI_RUNNER_HOME, or whose command line mentions ci_runner or
-  ci-runner without pointing at another CI_RUNNER_HOME (this benchmark's own process is
-  left out), and their total RSS. Goal: none, 0 bytes.
+  holds this benchmark's CI_RUNNER_HOME, or whose command line or working directory
+  names the benchmark's temp folder (sandboxed ones have a scrubbed environment; this
+  benchmark's own process is left out), and their total RSS. Goal: none, 0 bytes.
 - what the waiting runs keep on disk: the SQLite db + wal, their worktrees, their logs.
 - the wall time of `ci-runner pending --json` listing all N (informational).
 
-Then a sample of the waiting runs (default 20; `--sample K`) is approved through the real
+Then a sample of the waiting runs (default 7; `--sample K`, at least 5) is approved through the real
 CLI, `ci-runner approve RUN --json`, interleaved with `python -c pass` (the peer, as in
 bench_startup.py) and `ci-runner --help` (a reference: the CLI's own start-up). Ours is
 from `time.time()` taken right before spawning `approve` to the `deploy` step's
@@ -37,10 +39,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from _common import PY, Row, cli, make_repo, median, ms, print_table, run_env, verdict
+from _common import PY, Row, cli, make_repo, median, ms, print_table, run_env, spread, verdict
 
-RUNS = 1000
-SAMPLE = 20
+RUNS = (10, 100, 1000)
+SAMPLE = 7
+PENDING_ROUNDS = 5
 WORKERS = 2  # the machine has 2 cores
 CHUNK = 25
 GOAL_S = 0.300
@@ -110,8 +113,13 @@ def create_runs(repo: Path, home: Path, n: int) -> tuple[list[str], float]:
 # -- what the waiting runs hold ------------------------------------------------------------
 
 def our_processes(home: Path) -> list[tuple[int, int, str]]:
-    """(pid, rss bytes, cmdline) of every process that is ci-runner's or uses ``home``."""
+    """(pid, rss bytes, cmdline) of every process of this benchmark's runs: its
+    CI_RUNNER_HOME in the environment, or the benchmark's folder (which holds the home
+    and the repo) in the command line or as the working directory. A sandboxed process
+    has a scrubbed environment but its binds name the folder; other engineers' ci-runner
+    processes on a shared machine name none of it."""
     mine = f"CI_RUNNER_HOME={home}".encode()
+    folder = str(home.parent)
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -120,11 +128,10 @@ def our_processes(home: Path) -> list[tuple[int, int, str]]:
             env = (proc / "environ").read_bytes().split(b"\0")
             cmd = (proc / "cmdline").read_bytes()
             status = (proc / "status").read_text()
+            cwd = str((proc / "cwd").readlink())
         except OSError:
             continue
-        other_home = any(e.startswith(b"CI_RUNNER_HOME=") and e != mine for e in env)
-        names_us = b"ci_runner" in cmd or b"ci-runner" in cmd
-        if mine in env or (names_us and not other_home):
+        if mine in env or folder.encode() in cmd or cwd.startswith(folder):
             rss = next((int(line.split()[1]) * 1024 for line in status.splitlines()
                         if line.startswith("VmRSS:")), 0)  # kernel threads have none
             found.append((int(proc.name), rss, cmd.replace(b"\0", b" ").decode(errors="replace")))
@@ -203,109 +210,134 @@ def check_pending(home: Path, n: int) -> float:
     return took
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=RUNS, help="waiting runs to create")
-    parser.add_argument("--sample", type=int, default=SAMPLE, help="of those, how many to approve")
-    args = parser.parse_args()
-    n, k = args.runs, min(args.sample, args.runs)
+def measure_level(home: Path, repo: Path, n: int, waiting_ids: list[str], k: int
+                  ) -> tuple[list[Row], list[str], dict[str, list[float]]]:
+    """Rows for one point of the curve: ``n`` runs made so far, ``waiting_ids`` of them
+    waiting; ``k`` of those approved through the CLI (they leave the waiting set)."""
+    w = len(waiting_ids)
+    with sqlite3.connect(home / "ci-runner.db") as db:
+        waiting = db.execute("SELECT count(*) FROM instances WHERE status ="
+                             " 'waiting_for_event'").fetchone()[0]
+    if waiting != w:
+        raise SystemExit(f"{waiting} runs are waiting for approval, not {w}")
 
-    with tempfile.TemporaryDirectory(prefix="ci-runner-bench-") as tmp:
-        root = Path(tmp)
-        repo, _ = make_repo(root / "repo", {".ci/pipeline.py": PIPELINE, "README.md": "b\n"})
-        home = root / "home"
+    time.sleep(0.5)  # let the last pipeline processes finish exiting
+    procs = our_processes(home)
+    db_b, wal_b = size(home / "ci-runner.db"), size(home / "ci-runner.db-wal")
+    trees_b, trees_files = disk_used(home / "worktrees")
+    admin_b, _ = disk_used(repo / ".git" / "worktrees")
+    logs_b, _ = disk_used(home / "logs")
 
-        ids, made_s = create_runs(repo, home, n)
-        with sqlite3.connect(home / "ci-runner.db") as db:
-            waiting = db.execute("SELECT count(*) FROM instances WHERE status ="
-                                 " 'waiting_for_event'").fetchone()[0]
-        if waiting != n:
-            raise SystemExit(f"only {waiting} of {n} runs are waiting for approval")
+    bare_python()  # warm-up of the interpreter and the CLI, untimed
+    pending_json(home)
+    pend: list[float] = []
+    pend_bare: list[float] = []
+    for r in range(PENDING_ROUNDS):
+        sides = [lambda: pend.append(check_pending(home, w)),
+                 lambda: pend_bare.append(bare_python())]
+        for side in sides[r % 2:] + sides[:r % 2]:
+            side()
 
-        time.sleep(0.5)  # let the last pipeline processes finish exiting
-        procs = our_processes(home)
-        db_b, wal_b = size(home / "ci-runner.db"), size(home / "ci-runner.db-wal")
-        trees_b, trees_files = disk_used(home / "worktrees")
-        admin_b, _ = disk_used(repo / ".git" / "worktrees")
-        logs_b, _ = disk_used(home / "logs")
-
-        bare_python()  # warm-up of the interpreter and the CLI, untimed
-        pending_json(home)
-        pend: list[float] = []
-        pend_bare: list[float] = []
-        for r in range(3):
-            sides = [lambda: pend.append(check_pending(home, n)),
-                     lambda: pend_bare.append(bare_python())]
-            for side in sides[r % 2:] + sides[:r % 2]:
-                side()
-
-        sample = ids[:: max(1, n // k)][:k]
-        ours: list[list[float]] = []
-        bare: list[float] = []
-        helps: list[float] = []
-        approve_imports: list[float] = []
-        child_imports: list[float] = []
-        for r, run_id in enumerate(sample):
-            sides = [lambda rid=run_id: ours.append(approve(home, rid)),
-                     lambda: bare.append(bare_python()),
-                     lambda: helps.append(timed([*cli(), "--help"], run_env(home))),
-                     lambda: approve_imports.append(bare_python(APPROVE_IMPORTS)),
-                     lambda: child_imports.append(bare_python(CHILD_IMPORTS))]
-            turn = r % len(sides)
-            for side in sides[turn:] + sides[:turn]:  # rotate: nobody always goes first
-                side()
-            print(f"  approval {r + 1}/{k}: deploy began after {ms(ours[-1][0])},"
-                  f" python -c pass {ms(bare[-1])}", flush=True)
-        time.sleep(0.5)
-        procs_after = our_processes(home)
-        with sqlite3.connect(home / "ci-runner.db") as db:
-            still = db.execute("SELECT count(*) FROM instances WHERE status ="
-                               " 'waiting_for_event'").fetchone()[0]
+    sample = waiting_ids[:: max(1, w // k)][:k]
+    ours: list[list[float]] = []
+    refs: dict[str, list[float]] = {"bare": [], "help": [], "approve_imports": [],
+                                    "child_imports": []}
+    for r, run_id in enumerate(sample):
+        sides = [lambda rid=run_id: ours.append(approve(home, rid)),
+                 lambda: refs["bare"].append(bare_python()),
+                 lambda: refs["help"].append(timed([*cli(), "--help"], run_env(home))),
+                 lambda: refs["approve_imports"].append(bare_python(APPROVE_IMPORTS)),
+                 lambda: refs["child_imports"].append(bare_python(CHILD_IMPORTS))]
+        turn = r % len(sides)
+        for side in sides[turn:] + sides[:turn]:  # rotate: nobody always goes first
+            side()
+        print(f"  {n} made: approval {r + 1}/{k}: deploy began after {ms(ours[-1][0])},"
+              f" python -c pass {ms(refs['bare'][-1])}", flush=True)
+    for run_id in sample:
+        waiting_ids.remove(run_id)
+    time.sleep(0.5)
+    procs_after = our_processes(home)
 
     total = [o[0] for o in ours]
-    mid, b = median(total), median(bare)
+    at = f"{w:,} waiting:"
     rows = [
-        Row(f"creating {n} waiting runs ({WORKERS} workers)", f"{made_s:.1f} s",
-            "-", f"{made_s / n * 1000:.0f} ms per run", "-", "info"),
-        Row(f"processes left with {n} waiting", f"{len(procs)}", "-", "-", "0",
-            verdict(not procs)),
-        Row("  their total RSS", mb(sum(p[1] for p in procs)), "-", "-", "0 bytes",
-            verdict(not sum(p[1] for p in procs))),
-        Row("  processes left after the approvals", f"{len(procs_after)}", "-", "-", "0",
+        Row(f"{at} processes left / their RSS", f"{len(procs)} / {mb(sum(p[1] for p in procs))}",
+            "-", "-", "0 / 0 bytes", verdict(not procs)),
+        Row(f"{at} processes left after {k} approvals", f"{len(procs_after)}", "-", "-", "0",
             verdict(not procs_after)),
-        Row("SQLite db + wal", f"{mb(db_b)} + {mb(wal_b)}", "-",
-            f"{(db_b + wal_b) / n / 1000:.1f} kB per run", "-", "info"),
-        Row("worktrees kept for waiting runs", mb(trees_b), "-",
-            f"{trees_b / n / 1000:.1f} kB, {trees_files / n:.0f} files per run", "-", "info"),
-        Row("  + git admin dirs (repo/.git/worktrees)", mb(admin_b), "-",
-            f"{admin_b / n / 1000:.1f} kB per run", "-", "info"),
-        Row("  + run logs", mb(logs_b), "-", f"{logs_b / n / 1000:.1f} kB per run", "-",
-            "info"),
-        Row(f"`ci-runner pending --json` ({n} pending)", ms(median(pend)),
-            ms(median(pend_bare)) + " python -c pass",
-            f"{median(pend) / median(pend_bare):.1f}x", "-", "info"),
-        Row("approve -> deploy step begins (median)", ms(mid), ms(b) + " python -c pass",
-            f"{mid / b:.1f}x", "<= 300 ms", verdict(mid <= GOAL_S)),
-        Row("approve -> deploy step begins (p90)", ms(p90(total)), "-", "-", "<= 300 ms",
+        Row(f"{at} SQLite db + wal", f"{mb(db_b)} + {mb(wal_b)}", "-",
+            f"{(db_b + wal_b) / n / 1000:.1f} kB per run made", "-", "info"),
+        Row(f"{at} worktrees + git admin dirs + logs", mb(trees_b + admin_b + logs_b), "-",
+            f"{(trees_b + admin_b + logs_b) / max(w, 1) / 1000:.1f} kB,"
+            f" {trees_files / max(w, 1):.0f} files per waiting run", "-", "info"),
+        Row(f"{at} `pending --json`", spread(pend, ms), spread(pend_bare, ms) + " pass",
+            spread([a / b for a, b in zip(pend, pend_bare, strict=True)]), "-", "info"),
+        Row(f"{at} approve -> deploy begins", spread(total, ms),
+            spread(refs["bare"], ms) + " pass",
+            spread([a / b for a, b in zip(total, refs["bare"], strict=True)]),
+            "<= 300 ms", verdict(median(total) <= GOAL_S)),
+        Row(f"{at}   p90 of those", ms(p90(total)), "-", "-", "<= 300 ms",
             verdict(p90(total) <= GOAL_S)),
     ]
     for i, phase in enumerate(PHASES, start=1):
         part = median([o[i] for o in ours])
-        rows.append(Row(f"  {phase}", ms(part), "-", f"{part / mid:.0%} of total", "-",
+        rows.append(Row(f"{at}   {phase}", ms(part), "-",
+                        f"{part / median(total):.0%} of total", "-", "info"))
+    notes = [f"left ({w} waiting): pid {pid}, {mb(rss)}: {cmd[:120]}"
+             for pid, rss, cmd in procs + procs_after]
+    return rows, notes, refs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default=",".join(map(str, RUNS)),
+                        help="the curve's points: waiting runs made so far (default"
+                             " %(default)s; 10000 takes about half an hour)")
+    parser.add_argument("--sample", type=int, default=SAMPLE,
+                        help="approvals through the CLI at each point (at least 5)")
+    args = parser.parse_args()
+    levels = sorted({int(v) for v in args.runs.split(",") if v})
+    k = max(5, args.sample)
+
+    rows: list[Row] = []
+    notes: list[str] = []
+    refs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="ci-runner-bench-") as tmp:
+        root = Path(tmp)
+        repo, _ = make_repo(root / "repo", {".ci/pipeline.py": PIPELINE, "README.md": "b\n"})
+        home = root / "home"
+        made = 0
+        waiting_ids: list[str] = []
+        for level in levels:
+            # Each point adds runs to the same home: what was approved before is done.
+            more = level - made
+            if more > 0:
+                ids, made_s = create_runs(repo, home, more)
+                waiting_ids += ids
+                rows.append(Row(f"creating {more:,} more waiting runs ({WORKERS} workers)",
+                                f"{made_s:.1f} s", "-",
+                                f"{made_s / more * 1000:.0f} ms per run", "-", "info"))
+                made = level
+            got_rows, got_notes, got_refs = measure_level(
+                home, repo, made, waiting_ids, min(k, len(waiting_ids)))
+            rows += got_rows
+            notes += got_notes
+            for key, values in got_refs.items():
+                refs.setdefault(key, []).extend(values)
+
+    b = refs["bare"]
+    for label, key in (("ref: `ci-runner --help`", "help"),
+                       ("ref: python importing the approve path", "approve_imports"),
+                       ("ref: python importing the pipeline process", "child_imports")):
+        rows.append(Row(label, spread(refs[key], ms), spread(b, ms) + " pass",
+                        spread([t / p for t, p in zip(refs[key], b, strict=True)]), "-",
                         "info"))
-    whole = median([o[-1] for o in ours])
-    rows.append(Row("  whole `approve --json` command (to exit)", ms(whole), "-", "-", "-",
-                    "info"))
-    for label, times in (("ref: `ci-runner --help`", helps),
-                         ("ref: python importing the approve path", approve_imports),
-                         ("ref: python importing the pipeline process", child_imports)):
-        t = median(times)
-        rows.append(Row(label, ms(t), ms(b) + " python -c pass", f"{t / b:.1f}x", "-", "info"))
     notes = [
-        "processes: this benchmark's CI_RUNNER_HOME in the environment, or ci_runner /"
-        " ci-runner in the command line (not another home's); the benchmark itself excluded",
-        f"approvals: {k} runs spread over the {n}, each interleaved with `python -c pass`,"
-        f" `ci-runner --help` and the two import references; {still} runs still wait after",
+        "a curve: each point adds waiting runs to the same home; at each, K of the waiting"
+        " runs (spread over them) are approved through the CLI, interleaved with `python -c"
+        " pass`, `ci-runner --help` and the two import references",
+        "processes: this benchmark's CI_RUNNER_HOME in the environment, or its temp folder"
+        " in the command line or as the working directory; the benchmark itself excluded",
         "ours starts at time.time() just before spawning `ci-runner approve RUN --json` and"
         " ends at the deploy step's steps.started_at (same wall clock)",
         "phases come from the journal (events.created_at/consumed_at, steps.started_at);"
@@ -313,11 +345,10 @@ def main() -> None:
         "the approve path's pipeline process is spawned after the approval is stored (it is"
         " not started early as `ci-runner run` does), so its start-up is on the critical path",
         "disk: allocated blocks (du), not apparent sizes",
+        *notes,
     ]
-    for pid, rss, cmd in procs + procs_after:
-        notes.append(f"left: pid {pid}, {mb(rss)}: {cmd[:120]}")
-    print_table(f"hibernation: {n} runs waiting for approval, {k} approved through the CLI,"
-                " medians", rows, notes)
+    print_table(f"hibernation: a curve over {', '.join(f'{v:,}' for v in levels)} waiting"
+                f" runs, {k} approved through the CLI at each, median [min-max]", rows, notes)
 
 
 if __name__ == "__main__":

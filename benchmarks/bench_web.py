@@ -37,11 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PY, Row, cli, make_repo, ms, print_table, run_env, verdict
+from _common import PY, Row, cli, make_repo, ms, print_table, run_env, spread, verdict
 
 LINES = 40
 ROUNDS = 5
-LATENCY_ROUNDS = 3
+LATENCY_ROUNDS = 5
 PAGES = 6
 BIG, SMALL = 1000, 10
 GOAL_MEDIAN_S = 0.25
@@ -292,7 +292,9 @@ def render_times(ui: Ui, page: Any, ids: list[str]) -> tuple[list[float], list[f
 def main() -> None:
     browser = _browser()
     playwright, chromium = browser if browser is not None else (None, None)
-    page = chromium.new_page() if chromium is not None else None
+    # The pages' CSP (script-src 'self') forbids eval, which playwright's
+    # wait_for_function uses in the page: the harness, not the product, needs it.
+    page = chromium.new_page(bypass_csp=True) if chromium is not None else None
     how = "chromium" if page is not None else "the page's event stream (no chromium)"
     rows: list[Row] = []
     notes: list[str] = []
@@ -303,11 +305,13 @@ def main() -> None:
         ui = Ui(home)
         web: list[float] = []
         terminal: list[float] = []
+        per_round: list[float] = []  # each round's median, for the spread
         try:
             for _ in range(LATENCY_ROUNDS):
                 w, t = latency_round(repo, home, ui, page, root)
                 web += w
                 terminal += t
+                per_round.append(_median(w))
         finally:
             ui.close()
         med, p99 = _median(web), _p99(web)
@@ -319,6 +323,8 @@ def main() -> None:
             Row("log line -> in the page, p99", ms(p99), f"{ms(tp99)} logs --follow",
                 f"{p99 / tp99:.2f}x", f"<= {GOAL_P99_S * 1000:.0f} ms",
                 verdict(p99 <= GOAL_P99_S)),
+            Row(f"  the {LATENCY_ROUNDS} runs' medians, median [min-max]",
+                spread(per_round, ms), "-", "-", "-", "info"),
         ]
 
         big_home, small_home = root / "home-big", root / "home-small"
@@ -348,7 +354,7 @@ def main() -> None:
                 ui.close()
         first = "load" if page is not None else "GET"
         b, s = _median(loads["big"] or gets["big"]), _median(loads["small"] or gets["small"])
-        spread = (max(rounds["big"]) - min(rounds["big"])) / _median(rounds["big"])
+        spread_big = (max(rounds["big"]) - min(rounds["big"])) / _median(rounds["big"])
         notes.append(f"round medians, {BIG} runs: "
                      + ", ".join(ms(v) for v in rounds["big"]) + f"; {SMALL} runs: "
                      + ", ".join(ms(v) for v in rounds["small"]))
@@ -356,7 +362,7 @@ def main() -> None:
             Row(f"run page first render ({first}), {BIG} runs", ms(b), f"{ms(s)} with {SMALL}",
                 f"{b / s:.2f}x", f"<= {GOAL_RENDER_S * 1000:.0f} ms",
                 verdict(b <= GOAL_RENDER_S)),
-            Row(f"  spread of the {ROUNDS} rounds' medians", f"{spread * 100:.0f}%", "-", "-",
+            Row(f"  spread of the {ROUNDS} rounds' medians", f"{spread_big * 100:.0f}%", "-", "-",
                 "-", "info"),
             Row("  server alone (GET /runs/ID)", ms(_median(gets["big"])),
                 f"{ms(_median(gets['small']))} with {SMALL}",

@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 ORDER = ("bench_light_step", "bench_heavy_step", "bench_startup", "bench_fork",
          "bench_engine_vs_dbos", "bench_hibernation", "bench_webhooks", "bench_watch",
          "bench_cached_run", "bench_sandbox", "bench_output", "bench_input_keys",
-         "bench_web", "bench_postgres", "bench_burst")
+         "bench_web", "bench_postgres", "bench_burst", "bench_uncommitted")
 
 
 def main() -> None:

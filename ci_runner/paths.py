@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from hashlib import sha256
 from pathlib import Path
 
 
@@ -64,6 +63,8 @@ def step_log_name(name: str, occurrence: int) -> str:
     the run's own files (a step named ``pipeline``), get a hash suffix."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
     if safe != name or (occurrence == 1 and f"{safe}.log" in _NOT_A_STEP):
+        from hashlib import sha256  # here: hashlib's import is a tenth of `--help`'s own
+
         safe += "-" + sha256(name.encode()).hexdigest()[:8]
     if occurrence > 1:
         safe += f"#{occurrence}"

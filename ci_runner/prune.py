@@ -4,7 +4,8 @@ months does not fill its disk.
 Goes: finished runs (their records, step logs, kept worktrees and snapshot refs),
 webhook deliveries that started no run, step-cache entries, artifact objects no
 remaining run or cache entry points to, and unreachable objects in the webhook
-server's mirrors. Stays: every run that is not over (waiting for an approval,
+server's mirrors, and the objects of snapshots of uncommitted trees that no remaining
+run names (``workspace.snapshots``). Stays: every run that is not over (waiting for an approval,
 sleeping, paused, running), however old, and anything newer than the cutoff.
 
 Safe beside live runs: rows are deleted only if still finished inside the write
@@ -42,6 +43,7 @@ class Pruned:
     objects: int = 0
     bytes_freed: int = 0
     mirrors_gc: int = 0
+    snapshot_objects: int = 0
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -61,6 +63,9 @@ def prune(conn: sqlite3.Connection, *, older_than_s: float, dry_run: bool = Fals
         done.bytes_freed = sum(_size(paths.run_logs(r["id"])) for r in runs)
         unused, size = _unused_objects(conn, cutoff, without_runs={r["id"] for r in runs})
         done.objects, done.bytes_freed = len(unused), done.bytes_freed + size
+        done.snapshot_objects, size = _prune_snapshots(
+            conn, cutoff, done.problems, dry_run=True, without_runs={r["id"] for r in runs})
+        done.bytes_freed += size
         return done
 
     gone = set(retention.forget_runs(conn, [r["id"] for r in runs], cutoff))
@@ -81,7 +86,31 @@ def prune(conn: sqlite3.Connection, *, older_than_s: float, dry_run: bool = Fals
         done.objects += 1
         done.bytes_freed += size
     done.mirrors_gc = _gc_mirrors(cutoff, done.problems)
+    done.snapshot_objects, freed = _prune_snapshots(conn, cutoff, done.problems)
+    done.bytes_freed += freed
     return done
+
+
+def _prune_snapshots(conn: Any, cutoff: float, problems: list[str], *, dry_run: bool = False,
+                     without_runs: set[str] | None = None) -> tuple[int, int]:
+    """Snapshot objects that no run still stored names (the run itself went above);
+    ``without_runs``: as if those were gone already, for a dry run."""
+    from ci_runner.workspace.snapshots import prune_stores, stores_root
+
+    if not stores_root().is_dir():
+        return 0, 0
+    keep: dict[Path, list[str]] = {}
+    for (run_id, payload) in conn.execute("SELECT id, payload FROM instances"):
+        if without_runs and run_id in without_runs:
+            continue
+        try:
+            metadata, _ = unwrap_params(json.loads(payload))
+        except (ValueError, TypeError, KeyError):
+            continue
+        store, sha = metadata.get("snapshot_store"), metadata.get("sha")
+        if store and isinstance(sha, str):
+            keep.setdefault(Path(str(store)), []).append(sha)
+    return prune_stores(keep, cutoff=cutoff, problems=problems, dry_run=dry_run)
 
 
 def _remove_run_files(row: Any, problems: list[str]) -> int:

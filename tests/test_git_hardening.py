@@ -245,14 +245,14 @@ def test_a_users_repo_keeps_its_config_and_runs_none_of_it(
 
     repo = open_repo(repo_dir)
     head = resolve_rev(repo).sha
-    sha = snapshot_uncommitted(repo)
-    hold(repo, "run-1", sha)
+    snap = snapshot_uncommitted(repo)
+    hold(snap.store, "run-1", snap.sha)
     dest = tmp_path / "wt"
-    fork(repo, sha, dest)
+    fork(snap.store, snap.sha, dest)
     assert (dest / "new.txt").read_text() == "untracked\n"
-    assert file_at(repo, sha, "a.txt") == b"changed\n"
-    remove(repo, dest)
-    release(repo, "run-1")
+    assert file_at(snap.store, snap.sha, "a.txt") == b"changed\n"
+    remove(snap.store, dest)
+    release(snap.store, "run-1")
     fork(repo, head, dest)
     remove(repo, dest)
 

@@ -120,6 +120,24 @@ def test_initialized_submodules_are_checked_out_at_the_recorded_commits(
     assert not (repo / ".git" / "modules" / "vendor" / "lib" / "worktrees").exists()
 
 
+def test_a_snapshot_run_checks_out_the_submodules_too(cli, superproject, home: Path):
+    # The snapshot lives in ci-runner's own store (issue 16), which finds the user's
+    # submodule clones through its `modules` link.
+    repo = superproject()
+    (repo / "uncommitted.txt").write_text("wip\n")
+    result = cli("run", "--json", "--include-uncommitted", cwd=repo)
+    assert result.code == 0, result.err
+    record = result.json()
+    db = sqlite3.connect(home / "ci-runner.db")
+    (seen,) = db.execute("SELECT result FROM steps WHERE instance_id = ? AND name = 'seen'",
+                         (record["run_id"],)).fetchone()
+    assert json.loads(seen) == {"vendor/lib": [".git", ".gitmodules", "deep", "hello.txt"],
+                                "vendor/lib/deep": [".git", "deep.txt"],
+                                "vendor/other": [".git", "other.txt"]}
+    assert "note:" not in result.err
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
 def test_submodules_not_initialized_are_named_in_the_runs_output(cli, superproject):
     repo = superproject(init=False)
     result, record = _run(cli, repo)

@@ -153,6 +153,12 @@ def pids(path: Path) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def snapshot_store(home: Path) -> Path:
+    """The one store of snapshots (the user's repository never holds them)."""
+    (store,) = (home / "snapshots").glob("*.git")
+    return store
+
+
 def run_refs(repo: Path) -> list[str]:
     return git(repo, "for-each-ref", "--format=%(refname)", "refs/ci-runner/").split()
 
@@ -176,7 +182,7 @@ def test_a_change_triggers_one_run_and_ignored_files_none(
     assert len(w.runs()) == 1
     record = cli("show", run["id"], "--json").json()
     assert (record["status"], record["trigger"], record["snapshot"]) == ("complete", "watch", True)
-    assert git(repo, "show", f"{record['sha']}:notes.txt") == "a change"
+    assert git(snapshot_store(home), "show", f"{record['sha']}:notes.txt") == "a change"
     assert run_refs(repo) == []  # the snapshot's ref went with the run
     assert not Path(record["workspace"]).exists()
     assert w.interrupt() == 130
@@ -185,6 +191,7 @@ def test_a_change_triggers_one_run_and_ignored_files_none(
 
 def test_a_burst_of_changes_triggers_one_run(
     cli: Callable[..., Result], repo_with: Callable[..., Path], watching: Callable[..., Watching],
+    home: Path,
 ) -> None:
     repo = repo_with(QUICK)
     w = watching(repo, "--debounce", "500")
@@ -196,7 +203,8 @@ def test_a_burst_of_changes_triggers_one_run(
     assert len(w.runs()) == 1
     record = cli("show", run["id"], "--json").json()
     assert record["status"] == "complete"
-    assert git(repo, "show", f"{record['sha']}:counter.txt") == "19"  # the tree it settled on
+    # The tree it settled on:
+    assert git(snapshot_store(home), "show", f"{record['sha']}:counter.txt") == "19"
     assert w.interrupt() == 130
 
 

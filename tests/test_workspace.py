@@ -31,7 +31,7 @@ SHA = re.compile(r"[0-9a-f]{40}")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, home: Path) -> None:
     # The code under test runs git with os.environ: keep the developer's config out,
     # and stop repository discovery from climbing above tmp_path.
     for name, value in ISOLATED_GIT_ENV.items():
@@ -172,29 +172,34 @@ def test_snapshot_holds_the_working_tree_and_leaves_the_user_alone(
     (repo_dir / "src" / "main.py").unlink()
     before = user_state(repo_dir)
 
-    sha = snapshot_uncommitted(repo)
+    snap = snapshot_uncommitted(repo)
+    sha, store = snap.sha, snap.store.root
 
     assert SHA.fullmatch(sha)
     assert user_state(repo_dir) == before
     assert git(repo_dir, "rev-parse", "HEAD") == head
-    assert git(repo_dir, "rev-parse", f"{sha}^") == head
-    assert git(repo_dir, "branch", "--all", "--contains", sha) == ""
-    subject = git(repo_dir, "log", "-1", "--format=%s", sha)
+    # Not in the user's repository at all: in the store, which reads the user's objects.
+    assert subprocess.run(["git", "cat-file", "-e", sha], cwd=repo_dir,
+                          check=False).returncode != 0
+    assert git(store, "rev-parse", f"{sha}^") == head
+    assert git(store, "branch", "--all", "--contains", sha) == ""
+    subject = git(store, "log", "-1", "--format=%s", sha)
     assert subject == "ci-runner snapshot of uncommitted changes"
-    assert file_at(repo, sha, "a.txt") == b"a-modified\n"
-    assert file_at(repo, sha, "b.txt") == b"b-staged\n"
-    assert file_at(repo, sha, "new-staged.txt") == b"s\n"
-    assert file_at(repo, sha, "untracked/u.txt") == b"u\n"
-    assert file_at(repo, sha, ".gitignore") == b"ignored.txt\nbuild/\n"
-    assert file_at(repo, sha, "ignored.txt") is None
-    assert file_at(repo, sha, "build/out") is None
-    assert file_at(repo, sha, "src/main.py") is None
+    got = snap.store
+    assert file_at(got, sha, "a.txt") == b"a-modified\n"
+    assert file_at(got, sha, "b.txt") == b"b-staged\n"
+    assert file_at(got, sha, "new-staged.txt") == b"s\n"
+    assert file_at(got, sha, "untracked/u.txt") == b"u\n"
+    assert file_at(got, sha, ".gitignore") == b"ignored.txt\nbuild/\n"
+    assert file_at(got, sha, "ignored.txt") is None
+    assert file_at(got, sha, "build/out") is None
+    assert file_at(got, sha, "src/main.py") is None
 
 
 def test_snapshot_of_a_clean_tree_has_the_head_tree(repo: RepoInfo, repo_dir: Path) -> None:
-    sha = snapshot_uncommitted(repo)
+    snap = snapshot_uncommitted(repo)
     head_tree = git(repo_dir, "rev-parse", "HEAD^{tree}")
-    assert git(repo_dir, "rev-parse", f"{sha}^{{tree}}") == head_tree
+    assert git(snap.store.root, "rev-parse", f"{snap.sha}^{{tree}}") == head_tree
 
 
 def test_snapshot_in_a_repo_with_no_commits(tmp_path: Path) -> None:
@@ -202,18 +207,19 @@ def test_snapshot_in_a_repo_with_no_commits(tmp_path: Path) -> None:
     write(path, {"hello.txt": "hello\n"})
     repo = open_repo(path)
     before = user_state(path)
-    sha = snapshot_uncommitted(repo)
+    snap = snapshot_uncommitted(repo)
     assert user_state(path) == before
-    assert git(path, "rev-list", "--parents", "-1", sha) == sha  # no parent
-    assert file_at(repo, sha, "hello.txt") == b"hello\n"
+    assert git(snap.store.root, "rev-list", "--parents", "-1", snap.sha) == snap.sha
+    assert file_at(snap.store, snap.sha, "hello.txt") == b"hello\n"
 
 
 def test_snapshot_from_a_linked_worktree(repo_dir: Path, tmp_path: Path) -> None:
     git(repo_dir, "worktree", "add", "-q", "-b", "side", str(tmp_path / "side"))
     side = open_repo(tmp_path / "side")
     write(tmp_path / "side", {"a.txt": "from-side\n"})
-    sha = snapshot_uncommitted(side)
-    assert file_at(side, sha, "a.txt") == b"from-side\n"
+    snap = snapshot_uncommitted(side)
+    assert snap.store == snapshot_uncommitted(open_repo(repo_dir)).store  # one per repository
+    assert file_at(snap.store, snap.sha, "a.txt") == b"from-side\n"
     assert git(repo_dir, "status", "--porcelain") == ""
 
 
@@ -222,8 +228,8 @@ def test_snapshot_keeps_files_a_sparse_checkout_leaves_out(repo: RepoInfo, repo_
     # part of the commit, not a deletion.
     git(repo_dir, "update-index", "--skip-worktree", "b.txt")
     (repo_dir / "b.txt").unlink()
-    sha = snapshot_uncommitted(repo)
-    assert file_at(repo, sha, "b.txt") == b"b1\n"
+    snap = snapshot_uncommitted(repo)
+    assert file_at(snap.store, snap.sha, "b.txt") == b"b1\n"
 
 
 # fork / remove
@@ -289,9 +295,13 @@ def test_many_forks_of_one_repo_at_once(repo: RepoInfo, repo_dir: Path, tmp_path
 
 def test_fork_a_snapshot(repo: RepoInfo, repo_dir: Path, tmp_path: Path) -> None:
     write(repo_dir, {"a.txt": "work in progress\n", "new.txt": "n\n"})
-    fork(repo, snapshot_uncommitted(repo), tmp_path / "w")
+    snap = snapshot_uncommitted(repo)
+    fork(snap.store, snap.sha, tmp_path / "w")
     assert (tmp_path / "w" / "a.txt").read_text() == "work in progress\n"
     assert (tmp_path / "w" / "new.txt").read_text() == "n\n"
+    assert git(repo_dir, "worktree", "list", "--porcelain").count("worktree ") == 1
+    remove(snap.store, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
 
 
 def test_fork_failure_is_one_line(repo: RepoInfo, repo_dir: Path, tmp_path: Path) -> None:
@@ -352,17 +362,18 @@ def test_hold_keeps_a_snapshot_through_gc(repo: RepoInfo, repo_dir: Path) -> Non
     held = snapshot_uncommitted(repo)
     write(repo_dir, {"a.txt": "dropped\n"})
     dropped = snapshot_uncommitted(repo)
-    hold(repo, "run-1", held)
-    assert git(repo_dir, "rev-parse", "refs/ci-runner/runs/run-1") == held
+    store = held.store
+    hold(store, "run-1", held.sha)
+    assert git(store.root, "rev-parse", "refs/ci-runner/runs/run-1") == held.sha
 
-    git(repo_dir, "gc", "-q", "--prune=now")
+    git(store.root, "gc", "-q", "--prune=now")  # as a step's own git might
 
-    assert file_at(repo, held, "a.txt") == b"held\n"
-    gone = subprocess.run(["git", "cat-file", "-e", dropped], cwd=repo_dir, check=False)
+    assert file_at(store, held.sha, "a.txt") == b"held\n"
+    gone = subprocess.run(["git", "cat-file", "-e", dropped.sha], cwd=store.root, check=False)
     assert gone.returncode != 0
-    release(repo, "run-1")
-    assert git(repo_dir, "for-each-ref", "refs/ci-runner/") == ""
-    release(repo, "run-1")
+    release(store, "run-1")
+    assert git(store.root, "for-each-ref", "refs/ci-runner/") == ""
+    release(store, "run-1")
 
 
 @pytest.mark.parametrize("run_id", ["", "../x", "a b", "-x", "x.lock", "a..b"])

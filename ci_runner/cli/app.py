@@ -6,9 +6,7 @@ Exit codes: 0 complete, 1 pipeline failed, 2 usage or configuration error,
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -231,6 +229,8 @@ def send_event(
     from ci_runner.engine.step import valid_event_type
 
     try:
+        import json
+
         data = json.loads(payload) if payload is not None else None
     except json.JSONDecodeError as exc:
         raise UsageError(f"--payload is not valid JSON: {exc}") from exc
@@ -277,21 +277,26 @@ def runs(
                     empty=f"no run on {api.url} matches" if filtered
                     else f"no runs on {api.url} that you may see")
         return
+    from contextlib import closing
+
     from ci_runner.cli.report import list_records
-    from ci_runner.dispatch.runs import open_engine
+    from ci_runner.store import connect
 
     scope = Scope(None, None) if all_repos else scope_of(repo)
-    with open_engine() as engine:
-        records = list_records(engine.conn, tenant=scope.tenant, limit=limit,
+    # The store alone: a listing needs no engine (whose import is a third of the time).
+    with closing(connect(paths.database())) as conn:
+        records = list_records(conn, tenant=scope.tenant, limit=limit,
                                statuses=statuses, branch=branch)
         empty = "" if records or json_out else _nothing_listed(
-            engine.conn, scope, filtered=status is not None or branch is not None)
+            conn, scope, filtered=status is not None or branch is not None)
     _print_runs(records, json_out=json_out, empty=empty)
 
 
 def _print_runs(records: list[dict[str, Any]], *, json_out: bool, empty: str) -> None:
     """``runs``' output, of this machine's runs or a server's."""
     if json_out:
+        import json
+
         typer.echo(json.dumps(records))
         return
     if not records:
@@ -349,6 +354,8 @@ def show(
 
         with open_engine() as engine:
             record = run_record(engine.conn, resolve_run(engine.conn, run_id, repo))
+    import json
+
     from ci_runner.cli.view import summary
     from ci_runner.statuses import said
 
@@ -492,7 +499,9 @@ def _narrowed(argv: list[str]) -> typer.Typer:
     for all of ours, mostly evaluating annotations); running one command needs one.
     Anything else (``--help``, a typo) gets the whole app and its full messages.
     """
-    if not argv or argv[0].startswith("-"):
+    if not argv or argv[0] in _GROUP_ONLY:
+        return _summaries()
+    if argv[0].startswith("-"):
         return app
     from typer.main import get_command_name
 
@@ -510,6 +519,51 @@ def _narrowed(argv: list[str]) -> typer.Typer:
     return app
 
 
+# What the group answers alone, before any command is looked at: its help (every
+# command's name and summary) and its version. Anything else starting with "-" (a typo,
+# "--") gets the whole app.
+_GROUP_ONLY = ("--help", "--version", "-V")
+
+
+def _summaries() -> typer.Typer:
+    """``app`` with each command's parameters left out: the top-level help lists only
+    names and summaries, and building every command's parameters from its annotations
+    is most of the time `ci-runner --help` took. The help text is typer's own, from the
+    same names, docstrings and settings (tests/test_cli_startup.py compares it)."""
+    import copy
+
+    def bare(typer_app: typer.Typer) -> typer.Typer:
+        lean = copy.copy(typer_app)
+        lean.registered_commands = [_without_params(info)
+                                    for info in typer_app.registered_commands]
+        lean.registered_groups = []
+        for group in typer_app.registered_groups:
+            kept = copy.copy(group)
+            if group.typer_instance is not None:
+                kept.typer_instance = bare(group.typer_instance)
+            lean.registered_groups.append(kept)
+        return lean
+
+    return bare(app)
+
+
+def _without_params(info: Any) -> Any:
+    import copy
+
+    original = info.callback
+    if original is None:
+        return info
+
+    def command() -> None:
+        raise AssertionError("only the top-level help is built from these")
+
+    command.__name__, command.__doc__ = original.__name__, original.__doc__
+    command.__qualname__ = original.__qualname__
+    kept = copy.copy(info)
+    kept.callback = command
+    return kept
+
+
 def _group() -> None:
     """Nothing to do: its presence keeps ``_narrowed``'s app a group of commands."""
 
@@ -518,7 +572,9 @@ def main() -> None:
     try:
         try:
             _narrowed(sys.argv[1:])(prog_name="ci-runner")
-        except (OSError, sqlite3.OperationalError) as exc:
+        except CIRunnerError:
+            raise
+        except Exception as exc:  # an OSError or sqlite3's (not imported for --help)
             full = disk_full(exc)
             if full is None:
                 raise

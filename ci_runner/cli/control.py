@@ -11,7 +11,6 @@ only as ``latest``: a stray command must not stop a run nobody meant.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import subprocess
@@ -200,6 +199,8 @@ def register(app: typer.Typer) -> None:
         if server is not None:
             _decide_remotely(run_id, comment, who, detach, json_out, server, reject=reject)
             return
+        import getpass
+
         from ci_runner.dispatch.control import decide
         from ci_runner.dispatch.runs import open_engine, warm_child
 

@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
             f" {_n(done.objects, 'artifact object')}: {_mb(done.bytes_freed)}"
             + ("" if dry_run or not done.mirrors_gc else
                f"; garbage-collected {_n(done.mirrors_gc, 'mirror')}")
+            + ("" if not done.snapshot_objects else
+               f"; {'would delete' if dry_run else 'deleted'}"
+               f" {_n(done.snapshot_objects, 'snapshot object')}")
         )
         for problem in done.problems:
             typer.echo(f"warning: {problem}", err=True)

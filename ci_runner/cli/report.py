@@ -12,7 +12,6 @@ import json
 import sqlite3
 from typing import Any
 
-from ci_runner.engine.leases import owner_alive
 from ci_runner.engine.policy import APPROVAL_EVENT
 from ci_runner.statuses import run_word, step_word, waiting_for
 from ci_runner.store import journal as j
@@ -128,7 +127,7 @@ def _record(
         "workspace": meta.get("workspace"),
         # Running, but its runner died (killed, power loss): `resume` takes it over.
         "orphaned": row["status"] in ("running", "queued") and row["owner"] is not None
-        and not owner_alive(row["owner"]),
+        and not _owner_alive(row["owner"]),
     }
     if with_steps:
         approvals = [
@@ -174,3 +173,11 @@ def list_records(
     rows = j.list_instances(conn, tenant=tenant, limit=limit, statuses=statuses, branch=branch)
     # A listing never loads step results: a run's could be a MiB a step.
     return [_record(conn, r, with_steps=True, results=False) for r in rows]
+
+
+def _owner_alive(owner: str) -> bool:
+    # Imported only for a run that has an owner: the leases module pulls in socket,
+    # a tenth of what `ci-runner runs` imports.
+    from ci_runner.engine.leases import owner_alive
+
+    return owner_alive(owner)

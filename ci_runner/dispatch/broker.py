@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ci_runner import paths
+from ci_runner.dispatch.confine import BROKER_FD_ENV  # the child's end of our socket
 from ci_runner.errors import CIRunnerError, UsageError, from_record, to_record
 from ci_runner.executors.limits import DEFAULT_PIDS, RunCgroup, StepCgroup
 
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     from ci_runner.dispatch.redact import Redactor
     from ci_runner.executors import Executor, Removals
 
-BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 << 20  # a request larger than this is refused, not read
 # A step still running this long after its start has its detail (process group, sandbox)
@@ -75,6 +75,8 @@ class RunContext:
     cache_scope: str  # the tenant, or the tenant and pull request for an untrusted run
     confinement: Confinement
     submodules: bool | list[str] = True  # which ones the worktree's checkout includes
+    snapshot_store: str | None = None  # where an --include-uncommitted run's sha lives
+    git_common_dir: str | None = None
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], confinement: Confinement) -> RunContext:
@@ -87,6 +89,8 @@ class RunContext:
             secrets_file=Path(secrets) if secrets and not untrusted else None,
             untrusted=untrusted, cache_scope=cache_scope(metadata),
             confinement=confinement, submodules=metadata.get("submodules", True),
+            snapshot_store=metadata.get("snapshot_store"),
+            git_common_dir=metadata.get("git_common_dir"),
         )
 
 
@@ -475,13 +479,14 @@ class StepBroker:
             self._copier.note("".join(f"ci-runner: {note}\n" for note in notes))
 
     def _fill(self) -> list[str]:
-        from ci_runner.workspace import fill, has_files, open_repo
+        from ci_runner.workspace import fill, has_files
+        from ci_runner.workspace.snapshots import checkout_source
 
         ctx = self.context
         if has_files(ctx.workspace):
             return []
-        notes = fill(open_repo(ctx.repo), ctx.sha, ctx.workspace,
-                     submodules=ctx.submodules)
+        notes = fill(checkout_source(ctx.repo, ctx.snapshot_store, ctx.git_common_dir),
+                     ctx.sha, ctx.workspace, submodules=ctx.submodules)
         ctx.confinement.hand_over_workspace()  # written by git as us: the sandbox's now
         return notes
 

@@ -30,6 +30,11 @@ from typing import Any
 from ci_runner import paths
 from ci_runner.errors import UsageError
 
+# Where the pipeline process finds its end of the broker's socket: part of the
+# environment its confinement hands it, here so that starting it needs no import of
+# the broker (asyncio), which the parent then does while the child starts.
+BROKER_FD_ENV = "CI_RUNNER_BROKER_FD"
+
 MODES = ("auto", "bwrap", "landlock", "off")
 MODE_ENV = "CI_RUNNER_SANDBOX"
 # Variables a sandboxed pipeline process keeps from its driver's environment, comma
@@ -220,6 +225,11 @@ def plan(metadata: Mapping[str, Any], *, mode: str | None = None) -> Confinement
     gitdir, admin = _git_dirs(workspace, Path(str(metadata.get("repo", ""))))
     if gitdir is not None:
         ro.append(gitdir)
+    store = metadata.get("snapshot_store")
+    if store:  # a snapshot's objects, and the user's that its store reads through
+        from ci_runner.workspace.snapshots import user_git_dir
+
+        ro += [Path(str(store)), *filter(None, [user_git_dir(Path(str(store)))])]
     scope = sha256(str(metadata.get("tenant", "")).encode()).hexdigest()[:16]
     if untrusted:
         scope += f"-pr-{metadata.get('pr') or 'unknown'}"

@@ -86,9 +86,12 @@ def retry(engine: Engine, run_id: str, step: str | None) -> str:
     row = j.get_instance(engine.conn, run_id)
     metadata, _ = unwrap_params(json.loads(row["payload"]))
     if metadata.get("snapshot"):
-        from ci_runner.workspace import hold, open_repo
+        from ci_runner.workspace import hold
+        from ci_runner.workspace.snapshots import checkout_source
 
-        hold(open_repo(Path(metadata["repo"])), str(row["id"]), str(metadata["sha"]))
+        hold(checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                             metadata.get("git_common_dir")),
+             str(row["id"]), str(metadata["sha"]))
     j.reset_from(engine.conn, row["id"], step)
     return str(row["id"])
 

@@ -189,8 +189,11 @@ def pick_pipeline(module: Any, wanted: str | None, where: str) -> type[Pipeline]
 
 
 def _refork(metadata: dict[str, Any], workspace: Path) -> None:
-    from ci_runner.workspace import fork, open_repo
+    from ci_runner.workspace import fork
+    from ci_runner.workspace.snapshots import checkout_source
 
-    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True,
+    fork(checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                         metadata.get("git_common_dir")),
+         str(metadata["sha"]), workspace, again=True,
          submodules=metadata.get("submodules", True),
          only=str(Path(str(metadata.get("pipeline_file", PIPELINE_FILE))).parent))

@@ -227,7 +227,7 @@ def _start_child(
     run_id: str, metadata: dict[str, Any], confinement: Any, *, fork: bool,
     log_dir: Path | None = None,
 ) -> ChildProcess:
-    from ci_runner.dispatch.broker import BROKER_FD_ENV
+    from ci_runner.dispatch.confine import BROKER_FD_ENV
     from ci_runner.dispatch.unfilled import FILES_FD_ENV
 
     workspace = Path(metadata["workspace"])
@@ -273,15 +273,12 @@ def _start_child(
 def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None) -> str:
     """Store the queued run; returns the run id. Its worktree is forked by its driver.
 
-    Nothing is written when the repo, the rev or the pipeline file is missing.
+    Nothing is left when the repo, the rev or the pipeline file is missing. The git
+    processes on this path are counted (tests/test_cli_startup.py): one finds the repo
+    and the commit, one reads the pipeline file.
     """
-    from ci_runner.workspace import (
-        hold,
-        open_repo,
-        resolve_rev,
-        snapshot_uncommitted,
-        tenant_key,
-    )
+    from ci_runner.workspace import hold, open_repo, resolve_rev, snapshot_uncommitted, tenant_key
+    from ci_runner.workspace.worktree import RepoInfo, locate
 
     if request.include_uncommitted and request.rev != "HEAD":
         raise UsageError(
@@ -292,37 +289,45 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         from ci_runner.secrets import check_secrets_file
 
         check_secrets_file(request.secrets_file)
-    repo = open_repo(request.repo_path)
-    secrets_file = request.secrets_file
-    if secrets_file is None:  # else the repo's own store (`ci-runner secrets set`), if any
-        from ci_runner.secrets import stored_secrets_file
-
-        secrets_file = stored_secrets_file(tenant_key(repo))
+    store: RepoInfo | None = None  # where the snapshot's objects are, not the user's .git
     if request.include_uncommitted:
-        sha = snapshot_uncommitted(repo)
+        repo = open_repo(request.repo_path)
+        snapshot = snapshot_uncommitted(repo)
+        sha, store = snapshot.sha, snapshot.store
         try:
             ref = resolve_rev(repo, "HEAD").ref
         except Exception:
             ref = None
     else:
-        resolved = resolve_rev(repo, request.rev)
+        repo, resolved = locate(request.repo_path, request.rev)
         sha, ref = resolved.sha, resolved.ref
+    secrets_file = request.secrets_file
+    if secrets_file is None:  # else the repo's own store (`ci-runner secrets set`), if any
+        from ci_runner.secrets import stored_secrets_file
+
+        secrets_file = stored_secrets_file(tenant_key(repo))
+    source_repo = store or repo
     from ci_runner.workspace import file_at
     from ci_runner.workspace.submodules import declared_submodules
 
-    source = None if request.workflows is not None else file_at(repo, sha, PIPELINE_FILE)
+    # What to run, read from git (no checkout: the driver forks the worktree).
+    source = (None if request.workflows is not None
+              else file_at(source_repo, sha, PIPELINE_FILE))
     workflow_meta: dict[str, Any] = {}
     if source is None:
-        workflow_meta = _workflow_metadata(repo, sha, ref, request, secrets_file)
+        workflow_meta = _workflow_metadata(source_repo, sha, ref, request, secrets_file,
+                                           shown=repo.root)
     submodules = declared_submodules(source, request.pipeline) if source is not None else True
     run_id = run_id or new_instance_id()
     workspace = paths.worktrees() / run_id
     tenant = tenant_key(repo)
     metadata = {
         "tenant": tenant, "repo": str(repo.root), "repo_name": repo.name, "sha": sha,
+        "git_common_dir": str(repo.common_dir),
         "ref": ref, "pipeline": request.pipeline, "pipeline_file": PIPELINE_FILE,
         "workspace": str(workspace), "trigger": request.trigger,
         "snapshot": request.include_uncommitted, "run_id": run_id,
+        "snapshot_store": str(store.root) if store is not None else None,
         "keep_workspace": request.keep_workspace,
         "secrets_file": str(secrets_file) if secrets_file else None,
         "only": list(request.only), "skip": list(request.skip), "no_cache": request.no_cache,
@@ -331,24 +336,38 @@ def start_run(engine: Engine, request: RunRequest, *, run_id: str | None = None)
         **workflow_meta,
         **request.extra,
     }
-    if request.include_uncommitted:
-        hold(repo, run_id, sha)
+    if store is not None:
+        hold(store, run_id, sha)
     _upsert_tenant(engine, tenant, repo.name, str(repo.root))
     engine.create(WORKFLOW, wrap_params(metadata, request.params), tenant=tenant,
                   instance_id=run_id, claim=True)
     return run_id
 
 
+def _pipeline_source(repo: Any, sha: str, workspace: Path) -> bytes | None:
+    """The run's pipeline file, read from its fresh checkout (no git process); from git
+    when the checkout has no plain file there (a symlink, a sparse checkout); None when
+    the commit has none."""
+    from ci_runner.workspace import file_at
+
+    path = workspace / PIPELINE_FILE
+    if not (path.is_symlink() or path.parent.is_symlink()) and path.is_file():
+        return path.read_bytes()
+    return file_at(repo, sha, PIPELINE_FILE)
+
+
 def _workflow_metadata(repo: Any, sha: str, ref: str | None, request: RunRequest,
-                       secrets_file: Path | None) -> dict[str, Any]:
+                       secrets_file: Path | None, *, shown: Path | None = None
+                       ) -> dict[str, Any]:
     """A run of the repo's GitHub workflows, checked now: the repo has no
-    .ci/pipeline.py, or the user asked for workflows."""
+    .ci/pipeline.py, or the user asked for workflows. ``repo`` holds ``sha``: a
+    snapshot's store, or the repository itself; ``shown``, the one messages name."""
     from ci_runner.workflows.launch import has_workflows, workflow_metadata
     from ci_runner.workflows.plan import Selection
 
     if request.workflows is None and not has_workflows(repo, sha):
         raise PipelineNotFound(
-            f"no {PIPELINE_FILE} and no .github/workflows/*.yml in {repo.root} at"
+            f"no {PIPELINE_FILE} and no .github/workflows/*.yml in {shown or repo.root} at"
             f" {sha[:12]}: `ci-runner init` writes a starter (commit it, or run with"
             " --include-uncommitted)"
         )
@@ -476,22 +495,30 @@ def put_away_workspace(engine: Engine, metadata: dict[str, Any]) -> None:
         return  # taken over by another driver meanwhile, or ended by another process
     from ci_runner.dispatch.confine import remove_scratch
     from ci_runner.errors import CIRunnerError
-    from ci_runner.workspace import open_repo, remove
+    from ci_runner.workspace import remove
 
     try:
-        remove(open_repo(Path(metadata["repo"])), Path(metadata["workspace"]))
+        remove(_checkout_source(metadata), Path(metadata["workspace"]))
     except CIRunnerError as exc:  # the repo moved away, say: nothing of ours to remove
         print(f"note: the worktree of run {metadata['run_id']} was left: {exc.message}",
               file=sys.stderr)
     remove_scratch(str(metadata["run_id"]))
 
 
+def _checkout_source(metadata: dict[str, Any]) -> Any:
+    """The repository (or snapshot store) the run's worktree is a worktree of."""
+    from ci_runner.workspace.snapshots import checkout_source
+
+    return checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                           metadata.get("git_common_dir"))
+
+
 def _fill(metadata: dict[str, Any]) -> None:
     from ci_runner.errors import CIRunnerError
-    from ci_runner.workspace import fill, open_repo
+    from ci_runner.workspace import fill
 
     try:
-        notes = fill(open_repo(Path(metadata["repo"])), str(metadata["sha"]),
+        notes = fill(_checkout_source(metadata), str(metadata["sha"]),
                      Path(metadata["workspace"]), submodules=metadata.get("submodules", True))
     except CIRunnerError as exc:
         print(f"note: the kept worktree holds only .ci/: {exc.message}", file=sys.stderr)
@@ -540,13 +567,14 @@ def _same_sandbox(started: Any, wanted: Any) -> bool:
 
 
 def _refork(metadata: dict[str, Any], workspace: Path) -> None:
-    """Fork the run's worktree holding only its pipeline's folder: the broker checks out
-    the rest when a step first needs it (``StepBroker.files``)."""
-    from ci_runner.workspace import fork, open_repo
+    from ci_runner.workspace import fork
+    from ci_runner.workspace.snapshots import checkout_source
 
     folder = str(Path(str(metadata.get("pipeline_file", PIPELINE_FILE))).parent)
     # --force: git may still have it registered, its folder gone or left empty.
-    fork(open_repo(Path(metadata["repo"])), str(metadata["sha"]), workspace, again=True,
+    fork(checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                         metadata.get("git_common_dir")),
+         str(metadata["sha"]), workspace, again=True,
          submodules=metadata.get("submodules", True), only=folder)
 
 
@@ -554,10 +582,12 @@ def finish_workspace(metadata: dict[str, Any], *, even_kept: bool = False) -> st
     """Remove the run's worktree (unless kept, or ``even_kept``) and let go of its
     snapshot; returns why nothing could be done when the repo cannot be opened (moved,
     deleted): its files are then not ours to touch."""
-    from ci_runner.workspace import open_repo, release, remove
+    from ci_runner.workspace import release, remove
+    from ci_runner.workspace.snapshots import checkout_source
 
-    try:
-        repo = open_repo(Path(metadata["repo"]))
+    try:  # the repository, or the snapshot's store: the worktree is one of its
+        repo = checkout_source(metadata["repo"], metadata.get("snapshot_store"),
+                               metadata.get("git_common_dir"))
     except Exception as exc:
         return str(getattr(exc, "message", exc))
     if even_kept or not metadata.get("keep_workspace"):

@@ -1,7 +1,9 @@
-"""Checkouts for runs: one detached git worktree per run, at a pinned sha."""
+"""Checkouts for runs: one detached git worktree per run, at a pinned sha (of a commit,
+or of a snapshot of the working tree kept in a store of ci-runner's own)."""
 
 from __future__ import annotations
 
+from ci_runner.workspace.snapshots import Snapshot, snapshot_uncommitted
 from ci_runner.workspace.worktree import (
     RepoInfo,
     ResolvedRev,
@@ -14,13 +16,13 @@ from ci_runner.workspace.worktree import (
     release,
     remove,
     resolve_rev,
-    snapshot_uncommitted,
     tenant_key,
 )
 
 __all__ = [
     "RepoInfo",
     "ResolvedRev",
+    "Snapshot",
     "file_at",
     "fill",
     "fork",

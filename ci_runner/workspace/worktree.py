@@ -1,15 +1,16 @@
 """Gives every run its own checkout of one sha without touching the user's working copy.
 
 A run is pinned to a commit: either one that exists (``resolve_rev``) or one made on
-the fly from the uncommitted working tree (``snapshot_uncommitted``). ``fork`` checks
-that commit out as a detached linked worktree, ``remove`` takes it away again, and
-``hold``/``release`` keep a ref on the commit so ``git gc`` cannot prune a snapshot
-while its run lives. ``fork(..., only=".ci")`` checks out one folder and leaves the
-rest of the tree to ``fill``, called when a step needs the files: a run whose steps
-are all served from the cache never pays for a checkout of the whole tree. Submodules
-the user initialized are checked out too (``submodules.py``). Every git call goes
-through ``_git`` as an argument list, and so through ``gitcmd.run_git``: no hook,
-fsmonitor or ``ext::`` URL of the repository runs.
+the fly from the uncommitted working tree (``snapshots.snapshot_uncommitted``, in a
+store of ci-runner's own). ``fork`` checks that commit out as a detached linked
+worktree, ``remove`` takes it away again, and ``hold``/``release`` keep a ref on the
+commit so ``git gc`` cannot prune a snapshot while its run lives. ``fork(...,
+only=".ci")`` checks out one folder and leaves the rest of the tree to ``fill``,
+called when a step needs the files: a run whose steps are all served from the cache
+never pays for a checkout of the whole tree. Submodules the user initialized are
+checked out too (``submodules.py``). Every git call goes through ``_git`` as an
+argument list, and so through ``gitcmd.run_git``: no hook, fsmonitor or ``ext::`` URL
+of the repository runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,21 +33,12 @@ if TYPE_CHECKING:
     from ci_runner.workspace.submodules import Wanted
 
 _RUN_REF_PREFIX = "refs/ci-runner/runs/"
-_SNAPSHOT_MESSAGE = "ci-runner snapshot of uncommitted changes"
-_SNAPSHOTTING = "snapshot the uncommitted working tree"
-# A fixed identity: the snapshot must commit even where user.name/email are unset,
-# and it is ci-runner's object, not the user's authorship.
-_SNAPSHOT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "ci-runner",
-    "GIT_AUTHOR_EMAIL": "ci-runner@localhost",
-    "GIT_COMMITTER_NAME": "ci-runner",
-    "GIT_COMMITTER_EMAIL": "ci-runner@localhost",
-}
 # `git worktree add` reads every worktree's entry and dies on one another add is still
 # writing ("failed to read .git/worktrees/NAME/commondir"): retried a few times, for
 # adds that our lock does not keep apart (the user's own).
 _RACING_ADD = re.compile(r"failed to read .*worktrees/[^/\s]+/(commondir|gitdir)")
 _FORK_ATTEMPTS = 8
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # Stricter than git's own rules on purpose: a run id becomes one path component.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -128,6 +119,26 @@ def _bare_repo(cwd: Path) -> RepoInfo | None:
     return RepoInfo(root=root, common_dir=root, name=root.name)
 
 
+def locate(path: Path, rev: str = "HEAD") -> tuple[RepoInfo, ResolvedRev]:
+    """``open_repo(path)`` and ``resolve_rev(repo, rev)`` in one git process, as every
+    run's start needs both; when git says anything unexpected, the two of them, for
+    their exact errors (a bare repository, an unknown revision, no commits yet)."""
+    _check_rev(rev)
+    where = Path(path).absolute()
+    if where.is_dir():
+        found = _git(where, "rev-parse", "--show-toplevel", "--git-common-dir",
+                     f"{rev}^{{commit}}", "--symbolic-full-name", rev)
+        lines = found.text.splitlines()
+        # A sha or an expression (main~1) has no symbolic name: no fourth line.
+        if found.status == 0 and len(lines) in (3, 4) and _OBJECT_ID.fullmatch(lines[2]):
+            root = Path(lines[0]).resolve()
+            repo = RepoInfo(root=root, common_dir=(where / lines[1]).resolve(), name=root.name)
+            named = lines[3] if len(lines) == 4 else ""
+            return repo, ResolvedRev(sha=lines[2], ref=named if named.startswith("refs/") else None)
+    repo = open_repo(where)
+    return repo, resolve_rev(repo, rev)
+
+
 def resolve_rev(repo: RepoInfo, rev: str = "HEAD") -> ResolvedRev:
     """Pin ``rev`` (a branch, tag, sha or any commit-ish) to its commit."""
     _check_rev(rev)
@@ -148,34 +159,6 @@ def resolve_rev(repo: RepoInfo, rev: str = "HEAD") -> ResolvedRev:
     # A detached HEAD names itself; shas and expressions such as main~1 name nothing.
     ref = named if named.startswith("refs/") else None
     return ResolvedRev(sha=found.text, ref=ref)
-
-
-def snapshot_uncommitted(repo: RepoInfo) -> str:
-    """Commit the working tree as it is now, on no branch, and return the new sha.
-
-    The tree holds tracked files as they are on disk (staged or not) and untracked
-    files that are not ignored. The parent is HEAD when there is one. The user's index,
-    files, stash and branches are left alone: git works on a copy of the index.
-    """
-    head = _git(repo.root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    parent = head.text if head.status == 0 else None
-    user_index = repo.root / _git_ok(repo.root, _SNAPSHOTTING, "rev-parse", "--git-path", "index")
-    with tempfile.TemporaryDirectory(prefix="ci-runner-index-") as scratch:
-        index = Path(scratch) / "index"
-        env = {"GIT_INDEX_FILE": str(index)}
-        if user_index.is_file():
-            # Copying keeps the stat cache, so `add -A` hashes only changed files, and
-            # keeps skip-worktree bits, so a sparse checkout is not read as deletions.
-            shutil.copyfile(user_index, index)
-        elif parent is not None:
-            _git_ok(repo.root, _SNAPSHOTTING, "read-tree", parent, env=env)
-        _git_ok(repo.root, _SNAPSHOTTING, "add", "--all", env=env)
-        tree = _git_ok(repo.root, _SNAPSHOTTING, "write-tree", env=env)
-    parents = ["-p", parent] if parent is not None else []
-    return _git_ok(
-        repo.root, _SNAPSHOTTING, "commit-tree", "--no-gpg-sign", "-m", _SNAPSHOT_MESSAGE,
-        *parents, tree, env=_SNAPSHOT_IDENTITY,
-    )
 
 
 def hold(repo: RepoInfo, run_id: str, sha: str) -> None:
@@ -202,33 +185,50 @@ def fork(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
     checked out there once more. ``only``: check out just this folder of the tree (a
     ``--no-checkout`` worktree, then that folder); ``fill`` checks out the rest.
     """
+    target = add_worktree(repo, sha, dest, again=again, files=only is None)
+    if only is not None:
+        _check_out_folder(repo, sha, target, only)
+        return []  # submodules come with the rest of the files (``fill``)
+    return check_out_submodules(repo, sha, target, submodules)
+
+
+def add_worktree(repo: RepoInfo, sha: str, dest: Path, *, again: bool = False,
+                 files: bool = True) -> Path:
+    """``fork``'s first half: the worktree alone, no submodule (with ``files=False``, no
+    file either: a ``--no-checkout`` worktree); returns its path."""
     _check_rev(sha)
     target = Path(dest).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    bare = repo.root == repo.common_dir
     with _worktree_lock(repo):
-        if bare:  # perhaps a mirror, which runs can write
+        if _is_bare(repo):  # perhaps a mirror, which runs can write
             from ci_runner.workspace.mirror import is_mirror, reset_foreign_config
 
             if is_mirror(repo):  # a filter it names would run during the checkout
                 reset_foreign_config(repo.root)
-        result = _add_worktree(repo, sha, target, again=again, files=only is None)
+        result = _add_worktree(repo, sha, target, again=again, files=files)
     if result.status != 0:
         raise _failure(f"could not create a worktree of {sha} at {target}", result,
                        "check that the path is free and the commit exists")
-    if only is not None:
-        _check_out_folder(repo, sha, target, only)
-        return []  # submodules come with the rest of the files (``fill``)
-    return _submodules(repo, sha, target, submodules)
+    return target
 
 
-def _submodules(repo: RepoInfo, sha: str, target: Path, submodules: Wanted) -> list[str]:
+def check_out_submodules(repo: RepoInfo, sha: str, target: Path,
+                         submodules: Wanted = True) -> list[str]:
+    """``fork``'s second half (see there): nothing at all without a ``.gitmodules``."""
     if not (target / ".gitmodules").is_file():
         return []
-    bare = repo.root == repo.common_dir
     from ci_runner.workspace.submodules import check_out
 
-    return check_out(repo.common_dir, sha, target, wanted=submodules, bare=bare)
+    return check_out(repo.common_dir, sha, target, wanted=submodules, bare=_is_bare(repo))
+
+
+def _is_bare(repo: RepoInfo) -> bool:
+    """A bare repository other than a snapshot store (whose `modules` are the user's)."""
+    if repo.root != repo.common_dir:
+        return False
+    from ci_runner.workspace.snapshots import is_store
+
+    return not is_store(repo)
 
 
 def _add_worktree(repo: RepoInfo, sha: str, target: Path, *, again: bool,
@@ -258,10 +258,12 @@ def _check_out_folder(repo: RepoInfo, sha: str, target: Path, folder: str) -> No
         raise WorkspaceError(f"{target} is not a linked worktree after `git worktree add`",
                              path=str(target))
     (admin / PARTIAL).write_text(sha + "\n", encoding="utf-8")
-    if _git(repo.root, "cat-file", "-e", f"{sha}:{folder}").status != 0:
-        return  # nothing to check out (a pipeline file that is missing fails later)
-    _git_ok(repo.root, f"check out {folder} of {sha} at {target}", *_in(admin, target),
-            "-c", "submodule.recurse=false", "checkout", sha, "--", folder)
+    result = _git(repo.root, *_in(admin, target), "-c", "submodule.recurse=false",
+                  "checkout", sha, "--", folder)
+    if result.status != 0 and "did not match any file" not in result.stderr:
+        raise _failure(f"could not check out {folder} of {sha} at {target}", result,
+                       "check that the commit exists")
+    # (No such folder: nothing to check out; a missing pipeline file fails later.)
 
 
 # In a worktree's admin folder while only one folder of its tree is checked out.
@@ -284,7 +286,7 @@ def fill(repo: RepoInfo, sha: str, dest: Path, *, submodules: Wanted = True) -> 
     admin = _admin_dir(target)
     if admin is None or not (admin / PARTIAL).exists():
         return []
-    if repo.root == repo.common_dir:  # perhaps a mirror, which runs can write (as fork)
+    if _is_bare(repo):  # perhaps a mirror, which runs can write (as fork)
         from ci_runner.workspace.mirror import is_mirror, reset_foreign_config
 
         with _worktree_lock(repo):
@@ -295,7 +297,7 @@ def fill(repo: RepoInfo, sha: str, dest: Path, *, submodules: Wanted = True) -> 
     _git_ok(repo.root, f"check out {sha} at {target}", *_in(admin, target),
             "-c", "submodule.recurse=false", "reset", "--hard", "--quiet", sha)
     (admin / PARTIAL).unlink(missing_ok=True)
-    return _submodules(repo, sha, target, submodules)
+    return check_out_submodules(repo, sha, target, submodules)
 
 
 def _in(admin: Path, target: Path) -> tuple[str, ...]:
