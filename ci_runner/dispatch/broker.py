@@ -58,7 +58,8 @@ _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 << 20  # a request larger than this is refused, not read
 # A step still running this long after its start has its detail (process group, sandbox)
 # sent to the pipeline process for the journal; a shorter one's comes with its result.
-ANNOUNCE_AFTER_S = 0.005
+# Above what a light step in bubblewrap takes (5-10 ms), so that it sends nothing extra.
+ANNOUNCE_AFTER_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -526,7 +527,8 @@ class StepBroker:
     async def _op_exec(
         self, event: Callable[[dict[str, Any]], None], *, name: str, occurrence: int,
         attempt: int, argv: list[str] | str, env: dict[str, str], secrets: list[str],
-        cwd: str, timeout_s: float, image: str | None = None, network: bool | str = False,
+        cwd: str, timeout_s: float, image: str | None = None,
+        network: bool | str | None = None,
         services: dict[str, str] | None = None, cache: dict[str, str] | None = None,
         memory: str = "2g", cpus: float = 2.0, previous: dict[str, Any] | None = None,
         pids: int | None = None, log_cap: int | None = None, files: bool = False,
@@ -668,7 +670,8 @@ class StepBroker:
         pending = [*self._cgroups, *([done] if done is not None else [])]
         self._cgroups = [c for c in pending if not c.remove()]
 
-    def _check_untrusted(self, name: str, secrets: list[str], network: bool | str) -> None:
+    def _check_untrusted(self, name: str, secrets: list[str],
+                         network: bool | str | None) -> None:
         if not self.context.untrusted:
             return
         if secrets:
@@ -695,7 +698,8 @@ class StepBroker:
         return target
 
     def _executor(
-        self, name: str, label: str, attempt: int, image: str | None, network: bool | str,
+        self, name: str, label: str, attempt: int, image: str | None,
+        network: bool | str | None,
         services: dict[str, str] | None, cache: dict[str, str] | None, memory: str,
         cpus: float, labels: dict[str, str], cgroup: StepCgroup,
         client: DockerClient | None = None,
@@ -706,6 +710,8 @@ class StepBroker:
         if image is None:
             if network and not isinstance(network, bool):
                 raise UsageError(f"step {name!r}: a light step's network is True or False")
+            # A light step has the host's network unless it says network=False; a
+            # fork's never has any (asking for it was refused above).
             wants_net = network is not False and not ctx.untrusted
             if wants_net not in self._wraps:
                 self._wraps[wants_net] = ctx.confinement.step_wrap(network=wants_net)
@@ -726,7 +732,8 @@ class StepBroker:
         if self._removals is None:
             self._removals = Removals()
         return ContainerExecutor(
-            image, network=False if ctx.untrusted else network, services=dict(services or {}),
+            image, network=False if ctx.untrusted else (network or False),
+            services=dict(services or {}),
             caches=caches,
             labels=labels | {"ci-runner.attempt": str(attempt)},
             memory=memory, cpus=cpus, workspace=ctx.workspace, client=client,
