@@ -277,7 +277,7 @@ class PipelineStep:
         cwd: str | None = None,
         check: bool = True,
         image: str | None = None,
-        network: bool | str = False,
+        network: bool | str | None = None,
         services: Mapping[str, str] | None = None,
         cache: Mapping[str, str] | None = None,
         memory: str = "2g",
@@ -292,7 +292,9 @@ class PipelineStep:
         """Run ``cmd`` in the worktree; returns ``{exit_code, duration_s, output_tail}``.
 
         A list runs as is; a string runs through ``sh -c``. A non-zero exit fails the
-        step (retried per ``retries``) unless ``check=False``. ``image=`` makes it a
+        step (retried per ``retries``) unless ``check=False``. A light step has the
+        host's network unless ``network=False`` (loopback only; a fork's run never has
+        any). ``image=`` makes it a
         heavy step: a hardened container with the worktree at /workspace, no network
         unless ``network=True``, ``services={name: image}`` beside it on localhost,
         ``cache={name: path}`` volumes kept per repo between runs. With ``inputs``
@@ -309,8 +311,11 @@ class PipelineStep:
         """
         from ci_runner.engine import policy as defaults
 
-        if image is None and (services or cache or network):
-            raise UsageError(f"step {name!r}: services, cache and network need image=")
+        if image is None and (services or cache):
+            raise UsageError(f"step {name!r}: services and cache need image=")
+        if image is None and network is not None and not isinstance(network, bool):
+            raise UsageError(f"step {name!r}: a light step's network is True or False"
+                             " (a Docker network's name needs image=)")
         command = Command(
             argv=_argv(name, cmd), env=dict(env or {}),
             secrets=[secrets] if isinstance(secrets, str) else list(secrets),
@@ -438,7 +443,7 @@ class Command:
     check: bool
     timeout_s: float
     image: str | None = None
-    network: bool | str = False
+    network: bool | str | None = None  # None: the default (a light step's host network)
     services: dict[str, str] = field(default_factory=dict)
     cache: dict[str, str] = field(default_factory=dict)
     memory: str = "2g"
