@@ -14,6 +14,7 @@ server to guess (``? IS NULL`` would not compile with server-side binding).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -108,6 +109,8 @@ class PgConnection:
                 self._open = False
                 raise psycopg.OperationalError(
                     f"the connection to {shown(self.url)} was lost in a transaction")
+            with contextlib.suppress(Exception):
+                self.raw.close()  # broken: release what psycopg still holds of it
             self.raw = open_raw(self.url)
         if self._pending is not None:
             self._open = True
