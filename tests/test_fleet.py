@@ -123,17 +123,22 @@ def test_three_workers_share_one_postgres_and_survive_a_killed_host(
         assert api.headers["X-Log-Exists"] == "1"
         conn.close()
     finally:
-        for proc in workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _stop(workers)
         server.stop()
         server.close()
+
+
+def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (a worker hands its runs back), SIGKILL past 40 s."""
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _start_no_workers(server: kit.Server) -> None:
@@ -309,12 +314,6 @@ def test_a_servers_own_drivers_and_a_worker_keep_each_repos_concurrency(
         conn.close()
         assert "s" in drivers, drivers  # the server drove some of them itself
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        _stop([worker])
         server.stop()
         server.close()

@@ -19,15 +19,12 @@ import json
 import os
 import select
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ci_runner import paths
-from ci_runner.dispatch.runs import REQUEUE_ENV
 from ci_runner.dispatch.worker import Worker
 
 
@@ -132,14 +129,6 @@ class FleetWorker(Worker):
     def _hand_over(self, run_id: str, owner: str) -> None:
         from ci_runner.store.claims import HANDOVER_ENV
 
-        log_dir = paths.run_logs(run_id)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with (log_dir / "worker.log").open("ab") as log:
-            self.running[run_id] = subprocess.Popen(
-                [sys.executable, "-m", "ci_runner", "resume", run_id],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                # It takes the lease over from us (our claim); our SIGINT at shutdown
-                # hands the run back for the next worker.
-                env={**os.environ, REQUEUE_ENV: "requeue", HANDOVER_ENV: owner},
-            )
-        print(f"driving {run_id}", flush=True)
+        # The driver takes the lease over from us (our claim); our SIGINT at shutdown
+        # hands the run back for the next worker.
+        self._start(run_id, {HANDOVER_ENV: owner})

@@ -50,7 +50,7 @@ class Worker:
             pass
         self._shutdown()
 
-    def _start(self, run_id: str) -> None:
+    def _start(self, run_id: str, env: dict[str, str] | None = None) -> None:
         log_dir = paths.run_logs(run_id)
         log_dir.mkdir(parents=True, exist_ok=True)
         with (log_dir / "worker.log").open("ab") as log:
@@ -58,7 +58,7 @@ class Worker:
                 [sys.executable, "-m", "ci_runner", "resume", run_id],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 # Our SIGINT at shutdown hands the run back for the next worker.
-                env={**os.environ, REQUEUE_ENV: "requeue"},
+                env={**os.environ, REQUEUE_ENV: "requeue", **(env or {})},
             )
         print(f"driving {run_id}", flush=True)
 
