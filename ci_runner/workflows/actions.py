@@ -195,15 +195,21 @@ async def _checkout(cell: JobCell, step: Step, name: str, step_env: Mapping[str,
                               cwd=cell.dir_rel)
 
 
-async def _setup_python(cell: JobCell, step: Step, name: str, step_env: Mapping[str, str],
-                        with_: Mapping[str, Any]) -> dict[str, Any]:
-    installed = cell.flow.tools.get("python", [])
-    wanted = _python_wanted(cell, with_)
+def _installed(cell: JobCell, step: Step, kind: str, wanted: str | None) -> dict[str, str]:
+    """The installed ``kind`` (python, node) of version ``wanted`` (None: the newest)."""
+    installed = cell.flow.tools.get(kind, [])
     found = tools.pick(installed, wanted) if wanted is not None else (
         installed[0] if installed else None)
     if found is None:
-        raise WorkflowError(f"{cell.where(step, 'with.python-version')}: Python {wanted} is"
-                            " not installed here")
+        label = {"python": "Python", "node": "Node"}[kind]
+        raise WorkflowError(f"{cell.where(step, f'with.{kind}-version')}: {label} {wanted}"
+                            " is not installed here")
+    return dict(found)
+
+
+async def _setup_python(cell: JobCell, step: Step, name: str, step_env: Mapping[str, str],
+                        with_: Mapping[str, Any]) -> dict[str, Any]:
+    found = _installed(cell, step, "python", _python_wanted(cell, with_))
     prefix = str(Path(found["bin"]).parent)
     minor = ".".join(found["version"].split(".")[:2])
     python = shlex.quote(found["python"])
@@ -226,13 +232,7 @@ async def _setup_python(cell: JobCell, step: Step, name: str, step_env: Mapping[
 
 async def _setup_node(cell: JobCell, step: Step, name: str, step_env: Mapping[str, str],
                       with_: Mapping[str, Any]) -> dict[str, Any]:
-    installed = cell.flow.tools.get("node", [])
-    wanted = _node_wanted(cell, with_)
-    found = tools.pick(installed, wanted) if wanted is not None else (
-        installed[0] if installed else None)
-    if found is None:
-        raise WorkflowError(f"{cell.where(step, 'with.node-version')}: Node {wanted} is not"
-                            " installed here")
+    found = _installed(cell, step, "node", _node_wanted(cell, with_))
     script = f"echo \"Node $({shlex.quote(found['node'])} --version) at {found['node']}\""
     await cell.execute(name, _SH, script, step, step_env)
     return {"path": [found["bin"]], "outputs": {"node-version": "v" + found["version"],
