@@ -56,7 +56,7 @@ def test_a_killed_workflow_run_resumes_replaying_completed_steps(
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
-        while not started.exists():
+        while not started.exists() or not _begun(home, "one / wait"):
             assert proc.poll() is None, "the run ended before its wait step began"
             assert time.monotonic() < deadline, "the wait step never began"
             time.sleep(0.05)
@@ -80,3 +80,17 @@ def test_a_killed_workflow_run_resumes_replaying_completed_steps(
     assert lines[-1] == f"two {token}"
     steps = {s["name"]: s for s in done.json()["steps"]}
     assert steps["one / wait"]["attempts"] == 2
+
+
+def _begun(home: Path, step: str) -> bool:
+    """Whether the journal holds the step's attempt (a begin is written up to 10 ms after
+    the step starts, with its result if that comes first: a runner killed before then
+    has not counted the attempt, and the step runs again as attempt 1)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(home / "ci-runner.db", timeout=5) as db:
+            row = db.execute("SELECT attempts FROM steps WHERE name = ?", (step,)).fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return row is not None and row[0] >= 1
