@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -123,22 +123,17 @@ def test_three_workers_share_one_postgres_and_survive_a_killed_host(
         assert api.headers["X-Log-Exists"] == "1"
         conn.close()
     finally:
-        _stop(workers)
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         server.stop()
         server.close()
-
-
-def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM (a worker hands its runs back), SIGKILL past 40 s."""
-    for proc in workers:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in workers:
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _start_no_workers(server: kit.Server) -> None:
@@ -239,8 +234,7 @@ def _in_flight_at_kill(entries: list[dict[str, Any]], killed_at: float) -> set[s
     return began - finished
 
 
-def _check_no_overlap(conn: Any, entries: list[dict[str, Any]], killed_at: float,
-                      repos: int = len(REPOS)) -> None:
+def _check_no_overlap(conn: Any, entries: list[dict[str, Any]], killed_at: float) -> None:
     """Per repo, the stretches a pipeline process spent in steps of a run never overlap
     another run's: a killed one's lasts until the kill."""
     tenant = {str(r[0]): str(r[1]) for r in conn.execute("SELECT id, tenant FROM instances")}
@@ -261,59 +255,8 @@ def _check_no_overlap(conn: Any, entries: list[dict[str, Any]], killed_at: float
     by_repo: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for key, (start, end) in spans.items():
         by_repo[tenant[runs_of[key]]].append((start, end, runs_of[key]))
-    assert len(by_repo) == repos
+    assert len(by_repo) == len(REPOS)
     for repo, items in by_repo.items():
         items.sort()
         for (s1, e1, r1), (s2, e2, r2) in itertools.pairwise(items):
             assert r1 == r2 or e1 <= s2, f"{repo}: {r1} [{s1}, {e1}] overlaps {r2} [{s2}, {e2}]"
-
-
-@pytest.mark.slow
-def test_a_servers_own_drivers_and_a_worker_keep_each_repos_concurrency(
-        tmp_path: Path, pg_url: str) -> None:
-    """`serve` driving runs itself (not --no-workers) beside a worker on another host:
-    both claim within the repos' slot rows, so no repo ever has two runs at once."""
-    ledger = tmp_path / "ledger.jsonl"
-    ledger.touch()
-    names = REPOS[:2]
-    repos = {name: make_repo(tmp_path / name.replace("/", "-"), {".ci/pipeline.py": PIPELINE})
-             for name in names}
-    shas = {name: _head(path) for name, path in repos.items()}
-    config = kit.write_config(
-        tmp_path / "serve.yml",
-        [kit.repo_entry("github", name, path, concurrency=1, branches=["*"])
-         for name, path in repos.items()], db=pg_url, sandbox="off", workers=3,
-        pass_env=["FLEET_LEDGER", "FLEET_WORKER"])
-    shared = {"CI_RUNNER_LEASE_TTL_S": str(LEASE_TTL_S), "FLEET_LEDGER": str(ledger)}
-    server = kit.Server(config, tmp_path / "serve-home", env={**shared, "FLEET_WORKER": "s"})
-    env = {**os.environ, **ISOLATED_GIT_ENV, "PYTHONPATH": str(ROOT), **shared,
-           "CI_RUNNER_HOME": str(tmp_path / "host1"), "FLEET_WORKER": "w1",
-           "CI_RUNNER_DB": pg_url}
-    out = (tmp_path / "worker.log").open("ab")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "ci_runner", "worker", "--concurrency", "3", "--poll", "1"],
-        env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    out.close()
-    try:
-        server.start()
-        runs = 6
-        for n in range(runs):
-            for name in names:
-                body = kit.about_repo(kit.github_push(shas[name], branch=f"b{n}"), name)
-                assert server.post("github", body, event="push").status_code in (200, 202)
-        conn = _connect(pg_url)
-        kit.wait_for(lambda: _all_complete(conn, len(names) * runs),
-                     timeout=DEADLINE_S, what="every run to complete")
-        entries = [json.loads(line) for line in ledger.read_text().splitlines()]
-        drivers = {e["worker"] for e in entries}
-        starts = Counter((e["run"], e["step"]) for e in entries if e["what"] == "start")
-        assert len({run for run, _ in starts}) == len(names) * runs
-        assert set(starts.values()) == {1}, starts  # nothing killed: nothing ran twice
-        _check_no_overlap(conn, entries, float("inf"), repos=len(names))
-        conn.close()
-        assert "s" in drivers, drivers  # the server drove some of them itself
-    finally:
-        _stop([worker])
-        server.stop()
-        server.close()

@@ -401,11 +401,6 @@ class Dispatcher:
 
         if self._stop.is_set():
             return
-        from ci_runner.store.db import is_postgres
-
-        if is_postgres(engine.conn):
-            self._schedule_claims(engine)
-            return
         wanted = [r for r in needs_driver(engine) if r not in self.running]
         if not wanted:
             return
@@ -421,23 +416,6 @@ class Dispatcher:
             self._spawn(run_id, info)
             busy[run_id] = info.tenant
             per_tenant[info.tenant] += 1
-
-    def _schedule_claims(self, engine: Engine) -> None:
-        """On PostgreSQL the server's own drivers take runs as workers on other hosts do:
-        claimed within each repo's slot rows (``store.claims``), so a repo's
-        ``concurrency`` holds across this server and every worker, not only among the
-        runs this server counts."""
-        from ci_runner.engine.leases import LEASE_TTL_S, owner_id
-        from ci_runner.store.claims import HANDOVER_ENV, claim
-
-        free = self.config.server.workers - len(self.running)
-        if free <= 0:
-            return
-        owner = owner_id()
-        for got in claim(engine.conn, owner=owner, ttl_s=LEASE_TTL_S, limit=free):
-            # The driver takes the lease over from this process (a new epoch).
-            self._spawn(got.run_id, self._run_info(engine, got.run_id),
-                        env={HANDOVER_ENV: owner})
 
     def _busy(self, engine: Engine) -> dict[str, str]:
         """Runs being driven now, by our drivers or by live processes of others."""
@@ -467,8 +445,7 @@ class Dispatcher:
             self._info[run_id] = info
         return info
 
-    def _spawn(self, run_id: str, info: _RunInfo,
-               env: Mapping[str, str] | None = None) -> None:
+    def _spawn(self, run_id: str, info: _RunInfo) -> None:
         # The run's own sandbox (its pipeline process and steps) is made by its driver.
         argv = [sys.executable, "-m", "ci_runner", "resume", run_id]
         log_dir = paths.run_logs(run_id)
@@ -476,7 +453,7 @@ class Dispatcher:
         with (log_dir / "driver.log").open("ab") as out:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**self.driver_env, **(env or {})}, start_new_session=True,
+                env=self.driver_env, start_new_session=True,
             )
         self.running[run_id] = proc
         # Its slot is free the moment it exits: the loop is woken to reap it and start
