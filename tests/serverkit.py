@@ -183,11 +183,12 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=f"http://{LOOPBACK}:{self.port}", timeout=30)
 
-    def start(self) -> Server:
+    def start(self, *extra: str, timeout: float = 30) -> Server:
+        """Start `ci-runner serve` (with ``extra`` arguments) and wait for /health."""
         home_log = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ci_runner", "serve", "--config", str(self.config),
-             "--host", LOOPBACK, "--port", str(self.port)],
+             "--host", LOOPBACK, "--port", str(self.port), *extra],
             env=self.env, stdin=subprocess.DEVNULL, stdout=home_log, stderr=subprocess.STDOUT,
         )
         home_log.close()
@@ -201,7 +202,7 @@ class Server:
             except httpx.TransportError:
                 return False
 
-        wait_for(up, timeout=30, what="the server to answer /health")
+        wait_for(up, timeout=timeout, what="the server to answer /health")
         return self
 
     def output(self) -> str:

@@ -79,7 +79,7 @@ def test_three_workers_share_one_postgres_and_survive_a_killed_host(
                         env={"CI_RUNNER_LEASE_TTL_S": str(LEASE_TTL_S)})
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        _start_no_workers(server)
+        server.start("--no-workers", timeout=60)
         for i in range(3):
             home = tmp_path / f"host{i}"
             env = {**base_env, "CI_RUNNER_HOME": str(home), "FLEET_WORKER": f"w{i}"}
@@ -134,26 +134,6 @@ def test_three_workers_share_one_postgres_and_survive_a_killed_host(
                 proc.wait()
         server.stop()
         server.close()
-
-
-def _start_no_workers(server: kit.Server) -> None:
-    log = server.log.open("ab")
-    server.proc = subprocess.Popen(
-        [sys.executable, "-m", "ci_runner", "serve", "--config", str(server.config),
-         "--host", kit.LOOPBACK, "--port", str(server.port), "--no-workers"],
-        env=server.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-
-    def up() -> bool:
-        assert server.proc is not None
-        if server.proc.poll() is not None:
-            raise AssertionError(f"the server exited:\n{server.output()}")
-        try:
-            return server.http.get("/health").status_code == 200
-        except Exception:
-            return False
-
-    kit.wait_for(up, timeout=60, what="the server to answer /health")
 
 
 def _head(repo: Path) -> str:
